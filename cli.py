@@ -1,0 +1,168 @@
+"""Small helpers shared by the top-level scripts: one-line CLI errors, typed flag
+parsers, dataclass configs filled from a Python file plus --key=value, atomic writes."""
+import argparse
+import dataclasses
+import difflib
+import os
+import sys
+import tempfile
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit code 2, never a traceback."""
+
+
+def fail(prog, message):
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (not usage + traceback), exit 2."""
+
+    def error(self, message):
+        fail(self.prog, message)
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def fraction_in(low_open, high_closed):
+    """A float in (low_open, high_closed]."""
+
+    def parse(text):
+        value = float(text)
+        if not low_open < value <= high_closed:
+            raise argparse.ArgumentTypeError(f"must be in ({low_open}, {high_closed}], got {text}")
+        return value
+
+    return parse
+
+
+# ----------------------------------------------------------------------------- configs
+
+def _convert(text, field_type, key):
+    """Parse one --key=value string into the type of the dataclass field."""
+    type_name = field_type if isinstance(field_type, str) else field_type.__name__
+    if type_name == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise CliError(f"--{key} expects true/false, got {text!r}")
+    if type_name == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise CliError(f"--{key} expects an integer, got {text!r}") from None
+    if type_name == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise CliError(f"--{key} expects a number, got {text!r}") from None
+    return text
+
+
+def _unknown_key_message(key, valid):
+    close = difflib.get_close_matches(key, valid, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"unknown config key {key!r}{hint}; valid keys: {', '.join(valid)}"
+
+
+def load_config(config_cls, argv):
+    """Build a dataclass from `[config_file.py] [--key=value ...]`.
+
+    The config file is plain Python assignments (`n_layer = 8`); only names that are
+    fields of config_cls are allowed, so a typo is an error instead of being ignored.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    values = {}
+    for arg in argv:
+        if arg.startswith("--"):
+            if "=" not in arg:
+                raise CliError(f"expected --key=value, got {arg!r}")
+            key, text = arg[2:].split("=", 1)
+            if key not in fields:
+                raise CliError(_unknown_key_message(key, list(fields)))
+            values[key] = _convert(text, fields[key].type, key)
+        else:
+            values.update(_read_config_file(arg, fields))
+    for key, value in values.items():
+        expected = fields[key].type if isinstance(fields[key].type, str) else fields[key].type.__name__
+        if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif type(value).__name__ != expected:
+            raise CliError(f"{key} expects {expected}, got {value!r}")
+    config = config_cls(**values)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def _read_config_file(path, fields):
+    if not os.path.isfile(path):
+        raise CliError(f"config file not found: {path}")
+    with open(path) as f:
+        source = f.read()
+    namespace = {}
+    try:
+        exec(compile(source, path, "exec"), {}, namespace)
+    except Exception as e:  # a config file is user input: report it in one line
+        raise CliError(f"cannot run config file {path}: {type(e).__name__}: {e}") from None
+    values = {}
+    for key, value in namespace.items():
+        if key.startswith("_") or callable(value) or type(value).__name__ == "module":
+            continue
+        if key not in fields:
+            raise CliError(f"{path}: " + _unknown_key_message(key, list(fields)))
+        values[key] = value
+    return values
+
+
+# ----------------------------------------------------------------------------- files
+
+def atomic_write_bytes(path, data):
+    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode("utf-8"))

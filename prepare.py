@@ -1,0 +1,480 @@
+"""MIDI files -> data/<name>/: REMI tokens as uint16 memmaps, a per-piece index, composer ids.
+
+    python prepare.py --midi_dir ../shared/midi/piano-midi --out_dir data/piano-midi
+
+Every non-drum track of a file is merged into ONE piano stream before encoding (miditok
+would otherwise give one sequence per track, and keeping the first drops the left hand).
+See ../shared/DESIGN.md and the README's "How it works" for the on-disk format.
+"""
+import csv
+import importlib.metadata
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from cli import CliError, Parser, fail, fraction_in, non_negative_int, positive_int
+
+MIDI_SUFFIXES = (".mid", ".midi")
+PIANO_LOW, PIANO_HIGH = 21, 108  # A0..C8: notes outside are dropped (they cannot be played)
+UNCONDITIONAL = "<unconditional>"  # composers.json name of id 0; real composers are 1..N by name
+ONSET_STEPS_PER_QUARTER = 8  # REMI positions per beat (beat_res 8 for the first 4 beats)
+LAYOUTS = ("auto", "folders", "giantmidi", "maestro")
+# GiantMIDI-Piano: "Surname, Firstname, Title, YouTubeID.mid" (titles may hold commas)
+GIANTMIDI_NAME = re.compile(r"^(?P<surname>[^,]+), (?P<first>[^,]*), (?P<title>.+), (?P<youtube>[\w-]{11})$")
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def build_tokenizer():
+    """The seed's REMI: 419 tokens with miditok 3.1.
+
+    pitch_range is inclusive in miditok 3, so (21, 109) holds one more Pitch token than the
+    piano has; it is the seed's 419-token vocabulary (miditok 2's range(21, 109) carried
+    over). Our data never contains Pitch_109: notes are kept inside 21..108.
+    """
+    from miditok import REMI, TokenizerConfig
+
+    config = TokenizerConfig(
+        pitch_range=(21, 109),
+        beat_res={(0, 4): 8, (4, 12): 4},
+        num_velocities=32,
+        special_tokens=["PAD", "BOS"],
+        use_tempos=True,
+        use_time_signatures=True,
+        use_rests=True,
+    )
+    tokenizer = REMI(config)
+    if len(tokenizer) > np.iinfo(np.uint16).max + 1:
+        raise ValueError(f"vocab of {len(tokenizer)} tokens does not fit uint16")
+    return tokenizer
+
+
+def tokenizer_from_json(text):
+    """A miditok tokenizer from the JSON string that tokenizer.save() writes."""
+    from miditok import REMI
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "tokenizer.json")
+        with open(path, "w") as f:
+            f.write(text)
+        return REMI(params=path)
+
+
+def grammar_error_rate(tokenizer, ids):
+    """miditok's share of tokens that break REMI's grammar (0.0 for a well-formed piece)."""
+    return float(tokenizer.tokens_errors([list(map(int, ids))])[0])
+
+
+def pitch_token_ids(tokenizer):
+    """Token id of each piano pitch 21..108 (contiguous in REMI)."""
+    return np.array([tokenizer.vocab[f"Pitch_{p}"] for p in range(PIANO_LOW, PIANO_HIGH + 1)])
+
+
+# ----------------------------------------------------------------------------- one stream per piece
+
+def merge_piano_tracks(score):
+    """One piano track holding the notes of every non-drum track, inside 21..108.
+
+    Returns (merged score, None) or (None, skip reason).
+    """
+    from symusic import Note, Score, Track
+
+    arrays = [track.notes.numpy() for track in score.tracks if not track.is_drum and len(track.notes)]
+    if not arrays:
+        has_drums = any(track.is_drum and len(track.notes) for track in score.tracks)
+        return None, ("drums_only" if has_drums else "no_notes")
+    notes = {key: np.concatenate([a[key] for a in arrays]) for key in ("time", "duration", "pitch", "velocity")}
+    keep = (notes["pitch"] >= PIANO_LOW) & (notes["pitch"] <= PIANO_HIGH)
+    if not keep.any():
+        return None, "no_notes_in_piano_range"
+    order = np.lexsort((notes["pitch"][keep], notes["time"][keep]))
+    merged = Score(score.tpq)
+    merged.tempos = score.tempos
+    merged.time_signatures = score.time_signatures
+    merged.key_signatures = score.key_signatures
+    track = Track(name="piano", program=0, is_drum=False)
+    track.notes = Note.from_numpy(**{key: value[keep][order] for key, value in notes.items()})
+    merged.tracks.append(track)
+    return merged, None
+
+
+def snap_onsets(score, steps_per_quarter=ONSET_STEPS_PER_QUARTER):
+    """Round note onsets to the REMI position grid in the file's own resolution.
+
+    miditok first resamples time to its time division (16 ticks/quarter when the piece has
+    an x/8 metre) and then snaps to the position grid: two roundings that move a triplet
+    by up to 3/32 of a quarter. One rounding here keeps every onset within 1/16 quarter.
+    """
+    from symusic import Note
+
+    snapped = score.copy()
+    step = score.tpq / steps_per_quarter
+    for track in snapped.tracks:
+        a = track.notes.numpy()
+        onsets = np.round(a["time"] / step) * step
+        ends = np.maximum(a["time"] + a["duration"], onsets + 1)
+        track.notes = Note.from_numpy(time=onsets.astype(np.int32), duration=(ends - onsets).astype(np.int32),
+                                      pitch=a["pitch"], velocity=a["velocity"])
+    return snapped
+
+
+def encode_score(tokenizer, score):
+    """Token ids (uint16) of a score (its non-drum tracks merged into one), or (None, reason)."""
+    merged, reason = merge_piano_tracks(score)
+    if merged is None:
+        return None, reason
+    sequences = tokenizer(snap_onsets(merged))
+    ids = sequences[0].ids if isinstance(sequences, list) else sequences.ids
+    return np.asarray(ids, dtype=np.uint16), None
+
+
+def note_match(reference, decoded):
+    """Greedy one-to-one match of notes by exact pitch and onset within 1/16 quarter note.
+
+    Onsets are snapped to 1/8 quarter before encoding (snap_onsets), so an onset moves by
+    at most half a grid step. Returns (matched, n_ref, n_dec).
+    """
+
+    def onsets_by_pitch(score):
+        by_pitch = {}
+        for track in score.tracks:
+            a = track.notes.numpy()
+            quarters = a["time"] / score.tpq
+            for pitch in np.unique(a["pitch"]):
+                by_pitch.setdefault(int(pitch), []).append(quarters[a["pitch"] == pitch])
+        return {p: np.sort(np.concatenate(v)) for p, v in by_pitch.items()}
+
+    ref, dec = onsets_by_pitch(reference), onsets_by_pitch(decoded)
+    tolerance = 1 / 16 + 1e-9
+    matched = 0
+    for pitch, a in ref.items():
+        b = dec.get(pitch, np.empty(0))
+        i = j = 0
+        while i < len(a) and j < len(b):
+            if abs(a[i] - b[j]) <= tolerance:
+                matched, i, j = matched + 1, i + 1, j + 1
+            elif a[i] < b[j]:
+                i += 1
+            else:
+                j += 1
+    count = lambda notes: sum(len(v) for v in notes.values())  # noqa: E731
+    return matched, count(ref), count(dec)
+
+
+# ----------------------------------------------------------------------------- composers and splits
+
+def find_midi_files(midi_dir):
+    """Relative POSIX paths of every .mid/.midi under midi_dir, sorted."""
+    found = []
+    for root, dirs, files in os.walk(midi_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.lower().endswith(MIDI_SUFFIXES) and not name.startswith("."):
+                found.append(Path(root, name).relative_to(midi_dir).as_posix())
+    return sorted(found)
+
+
+def find_maestro_csv(midi_dir):
+    candidates = sorted(Path(midi_dir).glob("maestro-v*.csv"))
+    return candidates[-1] if candidates else None
+
+
+def detect_layout(midi_dir, relpaths):
+    if find_maestro_csv(midi_dir):
+        return "maestro"
+    stems = [Path(p).stem for p in relpaths]
+    if stems and sum(bool(GIANTMIDI_NAME.match(s)) for s in stems) >= 0.5 * len(stems):
+        return "giantmidi"
+    return "folders"
+
+
+def composer_of_folder(relpath):
+    """Parent folder name; a file at the top of midi_dir has no composer (id 0)."""
+    parent = Path(relpath).parent.name
+    return parent or None
+
+
+def composer_of_giantmidi(relpath):
+    match = GIANTMIDI_NAME.match(Path(relpath).stem)
+    if not match:
+        return None
+    first = match["first"].strip()
+    return f"{match['surname'].strip()}, {first}" if first else match["surname"].strip()
+
+
+def read_maestro(midi_dir):
+    """{relative midi path: (canonical_composer, 'train'|'val')} from maestro-v*.csv.
+
+    MAESTRO's validation and test pieces both go to our val split: neither is trained on.
+    """
+    rows = {}
+    with open(find_maestro_csv(midi_dir), newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            split = "train" if row["split"] == "train" else "val"
+            rows[Path(row["midi_filename"]).as_posix()] = (row["canonical_composer"].strip(), split)
+    return rows
+
+
+def hash_split(relpath, val_fraction):
+    """Deterministic per-piece split: adding files never moves an existing piece."""
+    digest = hashlib.sha1(relpath.encode("utf-8")).hexdigest()
+    return "val" if int(digest[:8], 16) / 2**32 < val_fraction else "train"
+
+
+def assign_composers_and_splits(midi_dir, relpaths, layout, val_fraction):
+    """[(relpath, composer or None, split)] for every file."""
+    if layout == "maestro":
+        table = read_maestro(midi_dir)
+        out = []
+        for p in relpaths:
+            composer, split = table.get(p, (None, hash_split(p, val_fraction)))
+            out.append((p, composer, split))
+        return out
+    composer_of = composer_of_giantmidi if layout == "giantmidi" else composer_of_folder
+    out = [(p, composer_of(p), hash_split(p, val_fraction)) for p in relpaths]
+    if val_fraction > 0 and out and not any(split == "val" for _, _, split in out):
+        # a tiny corpus can miss the val fraction entirely: the lowest hash becomes val
+        lowest = min(range(len(out)), key=lambda i: hashlib.sha1(out[i][0].encode()).hexdigest())
+        out[lowest] = (out[lowest][0], out[lowest][1], "val")
+    return out
+
+
+# ----------------------------------------------------------------------------- encoding workers
+
+_worker = {}
+
+
+def _init_worker(min_tokens, check_notes):
+    _worker["tokenizer"] = build_tokenizer()
+    _worker["min_tokens"] = min_tokens
+    _worker["check_notes"] = check_notes
+
+
+def encode_file(path):
+    """Worker: one MIDI file -> {"ids"} or {"reason", "detail"}; never raises."""
+    from symusic import Score
+
+    try:
+        if os.path.getsize(path) == 0:
+            return {"reason": "empty_file"}
+        score = Score(path)
+    except Exception as e:
+        return {"reason": "unreadable", "detail": f"{type(e).__name__}: {e}"[:300]}
+    try:
+        tokenizer = _worker["tokenizer"]
+        merged, reason = merge_piano_tracks(score)
+        if merged is None:
+            return {"reason": reason}
+        ids, _ = encode_score(tokenizer, merged)
+        if len(ids) < _worker["min_tokens"]:
+            return {"reason": "too_short", "detail": f"{len(ids)} tokens < min_tokens {_worker['min_tokens']}"}
+        result = {"ids": ids}
+        if _worker["check_notes"]:
+            result["notes"] = note_match(merged, tokenizer.decode([ids.tolist()]))
+        return result
+    except Exception as e:
+        return {"reason": "encode_error", "detail": f"{type(e).__name__}: {e}"[:300]}
+
+
+def encode_all(midi_dir, relpaths, workers, min_tokens, check_notes):
+    """{relpath: result} for every file, with a progress bar."""
+    from tqdm import tqdm
+
+    paths = [os.path.join(midi_dir, p) for p in relpaths]
+    results = {}
+    bar = tqdm(total=len(paths), desc="encoding", unit="file", file=sys.stdout, disable=None)
+    if workers == 1:
+        _init_worker(min_tokens, check_notes)
+        for rel, path in zip(relpaths, paths):
+            results[rel] = encode_file(path)
+            bar.update()
+    else:
+        # spawn, not fork: torch/OpenMP state in the parent must not leak into workers
+        with get_context("spawn").Pool(workers, _init_worker, (min_tokens, check_notes)) as pool:
+            for rel, result in zip(relpaths, pool.imap(encode_file, paths, chunksize=1)):
+                results[rel] = result
+                bar.update()
+    bar.close()
+    return results
+
+
+# ----------------------------------------------------------------------------- writing
+
+def write_dataset(out_dir, pieces, skipped, composers, tokenizer, meta):
+    """Write every file into a temp folder beside out_dir, then rename it into place."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        for split in ("train", "val"):
+            rows = [p for p in pieces if p["split"] == split]
+            tokens = np.concatenate([p.pop("ids") for p in rows]) if rows else np.empty(0, np.uint16)
+            lengths = np.array([p["n_tokens"] for p in rows], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if rows else lengths
+            index = np.stack([offsets, lengths, [p["composer_id"] for p in rows]], axis=1) if rows else np.empty((0, 3), np.int64)
+            tokens.astype(np.uint16).tofile(tmp / f"{split}.bin")
+            np.save(tmp / f"{split}.idx.npy", index.astype(np.int64))
+        with open(tmp / "pieces.jsonl", "w") as f:
+            for split in ("train", "val"):
+                for p in pieces:
+                    if p["split"] == split:
+                        f.write(json.dumps(p, ensure_ascii=False) + "\n")
+        with open(tmp / "skipped.jsonl", "w") as f:
+            for s in skipped:
+                f.write(json.dumps(s, ensure_ascii=False) + "\n")
+        (tmp / "composers.json").write_text(json.dumps(composers, indent=1, ensure_ascii=False))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        tokenizer.save(tmp / "tokenizer.json")
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(new, target):
+    """Swap `new` into `target`; the old target survives until the new one is in place."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / target.name)
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, target)
+
+
+def length_stats(lengths):
+    if len(lengths) == 0:
+        return {"min": 0, "median": 0, "mean": 0, "max": 0}
+    a = np.asarray(lengths)
+    return {"min": int(a.min()), "median": float(np.median(a)), "mean": float(a.mean()), "max": int(a.max())}
+
+
+# ----------------------------------------------------------------------------- main
+
+def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, min_tokens=64, check_notes=False):
+    """Build the dataset; returns meta (also written to out_dir/meta.json)."""
+    start = time.time()
+    midi_dir = Path(midi_dir)
+    if not midi_dir.is_dir():
+        raise CliError(f"--midi_dir {midi_dir} is not a folder")
+    relpaths = find_midi_files(midi_dir)
+    if not relpaths:
+        raise CliError(f"--midi_dir {midi_dir} holds no .mid/.midi files")
+    if layout == "auto":
+        layout = detect_layout(midi_dir, relpaths)
+        print(f"layout: {layout} (auto-detected; pass --layout to override)")
+    if layout == "maestro" and not find_maestro_csv(midi_dir):
+        raise CliError(f"--layout maestro needs a maestro-v*.csv in {midi_dir}")
+    assigned = assign_composers_and_splits(midi_dir, relpaths, layout, val_fraction)
+    workers = workers or os.cpu_count() or 1
+    print(f"encoding {len(relpaths)} files from {midi_dir} with {workers} worker(s)")
+    results = encode_all(midi_dir, relpaths, workers, min_tokens, check_notes)
+
+    kept, skipped = [], []
+    for relpath, composer, split in assigned:
+        result = results[relpath]
+        if "ids" in result:
+            kept.append((relpath, composer, split, result))
+        else:
+            skipped.append({"path": relpath, "reason": result["reason"], **({"detail": result["detail"]} if "detail" in result else {})})
+    names = sorted({composer for _, composer, _, _ in kept if composer})
+    composers = {name: i + 1 for i, name in enumerate(names)}
+    pieces = [
+        {"path": relpath, "composer": composer or "", "composer_id": composers.get(composer, 0), "split": split,
+         "n_tokens": int(len(result["ids"])), "ids": result["ids"]}
+        for relpath, composer, split, result in kept
+    ]
+    tokenizer = build_tokenizer()
+    lengths = [p["n_tokens"] for p in pieces]
+    reasons = {}
+    for s in skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    meta = {
+        "vocab_size": len(tokenizer),
+        "pad_id": tokenizer.vocab["PAD_None"],
+        "bos_id": tokenizer.vocab["BOS_None"],
+        "pitch_ids": [int(pitch_token_ids(tokenizer)[0]), int(pitch_token_ids(tokenizer)[-1])],
+        "pitch_range": [PIANO_LOW, PIANO_HIGH],
+        "n_composers": len(composers) + 1,
+        "n_files": len(relpaths),
+        "n_pieces": {split: sum(p["split"] == split for p in pieces) for split in ("train", "val")},
+        "n_tokens": {split: sum(p["n_tokens"] for p in pieces if p["split"] == split) for split in ("train", "val")},
+        "token_length": length_stats(lengths),
+        "skipped": reasons,
+        "source": str(midi_dir.resolve()),
+        "layout": layout,
+        "split_rule": ("maestro csv split (validation+test -> val)" if layout == "maestro" else
+                       f"val if int(sha1(relative path)[:8], 16) / 2**32 < {val_fraction}"),
+        "miditok_version": importlib.metadata.version("miditok"),
+        "seconds": None,
+    }
+    if check_notes:
+        pairs = [(p["path"], results[p["path"]]["notes"]) for p in pieces]
+        recalls = {path: m / max(n_ref, 1) for path, (m, n_ref, n_dec) in pairs}
+        precisions = {path: m / max(n_dec, 1) for path, (m, n_ref, n_dec) in pairs}
+        worst = min(recalls, key=recalls.get) if recalls else None
+        meta["note_check"] = {
+            "rule": "pitch exact, onset within 1/16 quarter note",
+            "notes": sum(n_ref for _, (_, n_ref, _) in pairs),
+            "matched": sum(m for _, (m, _, _) in pairs),
+            "worst_recall": recalls.get(worst, 1.0),
+            "worst_recall_piece": worst,
+            "worst_precision": min(precisions.values(), default=1.0),
+        }
+    meta["seconds"] = round(time.time() - start, 2)
+    write_dataset(out_dir, pieces, skipped, {UNCONDITIONAL: 0, **composers}, tokenizer, meta)
+    print_summary(out_dir, meta, len(composers))
+    return meta
+
+
+def print_summary(out_dir, meta, n_composers):
+    s = meta["token_length"]
+    print(f"\nwrote {out_dir}/ in {meta['seconds']} s")
+    print(f"  pieces   train {meta['n_pieces']['train']}, val {meta['n_pieces']['val']}; composers {n_composers} (+ id 0 unconditional)")
+    print(f"  tokens   train {meta['n_tokens']['train']:,}, val {meta['n_tokens']['val']:,}; "
+          f"length min {s['min']} / median {s['median']:.0f} / mean {s['mean']:.0f} / max {s['max']}")
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(meta["skipped"].items())) or "none"
+    print(f"  skipped  {sum(meta['skipped'].values())} ({skipped}); reasons in skipped.jsonl")
+    if "note_check" in meta:
+        c = meta["note_check"]
+        print(f"  notes    {c['matched']:,}/{c['notes']:,} kept through tokens; worst piece recall "
+              f"{c['worst_recall']:.4f} ({c['worst_recall_piece']}), worst precision {c['worst_precision']:.4f}")
+
+
+def default_midi_dir():
+    local = Path("data/midi")
+    if local.is_dir() and find_midi_files(local):
+        return local
+    raise CliError("no --midi_dir given and data/midi/ holds no MIDI files; pass --midi_dir DIR "
+                   "(e.g. a folder of <Composer>/*.mid). The offline demo corpus is not built yet.")
+
+
+def main(argv=None):
+    parser = Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("--midi_dir", help="folder of MIDI files (default: data/midi/)")
+    parser.add_argument("--out_dir", help="output folder (default: data/<name of midi_dir>)")
+    parser.add_argument("--layout", default="auto", choices=LAYOUTS, help="how composers are found")
+    parser.add_argument("--val_fraction", type=fraction_in(-1e-12, 0.5), default=0.05, help="share of pieces in val, 0..0.5")
+    parser.add_argument("--workers", type=positive_int, default=None, help="encoding processes (default: all cores)")
+    parser.add_argument("--min_tokens", type=non_negative_int, default=64, help="skip pieces shorter than this")
+    parser.add_argument("--check_notes", action="store_true", help="decode every piece and compare its notes to the MIDI")
+    args = parser.parse_args(argv)
+    try:
+        midi_dir = Path(args.midi_dir) if args.midi_dir else default_midi_dir()
+        out_dir = Path(args.out_dir) if args.out_dir else Path("data") / midi_dir.resolve().name
+        prepare(midi_dir, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes)
+    except CliError as e:
+        fail(parser.prog, str(e))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Fixture MIDI made here with symusic: never downloaded, never committed."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+REAL_MIDI = os.path.join(ROOT, "..", "shared", "midi", "piano-midi")
+
+
+def make_score(seed=0, n_bars=8, tpq=480, with_changes=True, out_of_range=True, drums=False, right_hand=True):
+    """A two-hand piano piece: right hand melody, left hand chords, with tempo and
+    time-signature changes, plus notes outside 21..108 that the piano cannot play."""
+    from symusic import Note, Score, Tempo, TimeSignature, Track
+
+    rng = np.random.default_rng(seed)
+    score = Score(tpq)
+    score.tempos.append(Tempo(0, 96.0))
+    score.time_signatures.append(TimeSignature(0, 4, 4))
+    if with_changes:
+        score.tempos.append(Tempo(4 * tpq * 3, 132.0))
+        score.time_signatures.append(TimeSignature(4 * tpq * 4, 3, 4))
+    bar_starts, t = [], 0
+    for bar in range(n_bars):
+        bar_starts.append(t)
+        t += (3 if with_changes and bar >= 4 else 4) * tpq
+
+    def track(name, notes):
+        tr = Track(name=name, program=0, is_drum=False)
+        time, dur, pitch, vel = (np.array(c) for c in zip(*notes))
+        tr.notes = Note.from_numpy(time=time.astype(np.int32), duration=dur.astype(np.int32),
+                                   pitch=pitch.astype(np.int8), velocity=vel.astype(np.int8))
+        return tr
+
+    right, left = [], []
+    for start in bar_starts:
+        beats = 3 if start >= 4 * tpq * 4 and with_changes else 4
+        for beat in range(beats * 2):  # eighth notes
+            right.append((start + beat * tpq // 2, tpq // 2, int(rng.integers(60, 84)), int(rng.integers(50, 110))))
+        root = int(rng.integers(36, 52))
+        for offset in (0, 4, 7):
+            left.append((start, beats * tpq, root + offset, 70))
+    if out_of_range:
+        right.append((bar_starts[1], tpq, 110, 80))  # above C8
+        left.append((bar_starts[2], tpq, 12, 80))  # below A0
+    if right_hand:
+        score.tracks.append(track("right", right))
+    score.tracks.append(track("left", left))
+    if drums:
+        d = track("drums", [(s, tpq // 4, 38, 100) for s in bar_starts])
+        d.is_drum = True
+        score.tracks.append(d)
+    return score
+
+
+def write_midi(path, score):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    score.dump_midi(path)
+    return path
+
+
+def make_drums_only(path):
+    from symusic import Note, Score, Track
+
+    score = Score(480)
+    tr = Track(name="drums", program=0, is_drum=True)
+    tr.notes = Note.from_numpy(time=np.arange(0, 4800, 480, dtype=np.int32), duration=np.full(10, 120, np.int32),
+                               pitch=np.full(10, 38, np.int8), velocity=np.full(10, 100, np.int8))
+    score.tracks.append(tr)
+    return write_midi(path, score)
+
+
+def make_no_notes(path):
+    from symusic import Score, Tempo, Track
+
+    score = Score(480)
+    score.tempos.append(Tempo(0, 120.0))
+    score.tracks.append(Track(name="empty", program=0, is_drum=False))
+    return write_midi(path, score)
+
+
+@pytest.fixture
+def folder_corpus(tmp_path):
+    """3 composers x 3 pieces in <Composer>/ folders."""
+    root = tmp_path / "midi"
+    for c, composer in enumerate(["Bach", "Chopin", "Alkan"]):
+        for i in range(3):
+            write_midi(str(root / composer / f"piece{i}.mid"), make_score(seed=10 * c + i))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A prepared dataset of 12 synthetic pieces by 3 composers (shared by model/train tests)."""
+    from prepare import prepare
+
+    root = tmp_path_factory.mktemp("corpus")
+    for c, composer in enumerate(["Bach", "Chopin", "Alkan"]):
+        for i in range(4):
+            write_midi(str(root / "midi" / composer / f"p{i}.mid"), make_score(seed=100 * c + i, n_bars=12))
+    out = root / "data"
+    prepare(root / "midi", out, workers=1, val_fraction=0.25)
+    return out

@@ -1,0 +1,239 @@
+"""prepare.py: MIDI folder -> REMI memmap dataset."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REAL_MIDI, ROOT, make_drums_only, make_no_notes, make_score, write_midi
+from prepare import (
+    build_tokenizer, encode_score, grammar_error_rate, find_midi_files, hash_split, merge_piano_tracks, note_match, pitch_token_ids,
+    prepare,
+)
+
+
+def read_split(out, split):
+    tokens = np.memmap(out / f"{split}.bin", dtype=np.uint16, mode="r")
+    index = np.load(out / f"{split}.idx.npy")
+    return tokens, index
+
+
+def read_pieces(out):
+    return [json.loads(line) for line in open(out / "pieces.jsonl")]
+
+
+def read_skipped(out):
+    return {os.path.basename(s["path"]): s["reason"] for s in map(json.loads, open(out / "skipped.jsonl"))}
+
+
+def test_tokenizer_is_the_seeds_419_token_remi():
+    tok = build_tokenizer()
+    assert len(tok) == 419
+    assert tok.vocab["PAD_None"] == 0 and tok.vocab["BOS_None"] == 1
+    ids = pitch_token_ids(tok)
+    assert len(ids) == 88 and np.all(np.diff(ids) == 1), "piano pitches are contiguous ids"
+
+
+def test_one_stream_keeps_the_notes_of_every_track():
+    """Decoded notes == notes of ALL tracks inside 21..108: pitch exact, onset within
+    1/16 quarter (half of REMI's 8-per-beat grid), velocity within one of 32 bins."""
+    tok = build_tokenizer()
+    score = make_score(seed=3)
+    merged, _ = merge_piano_tracks(score)
+    ids, _ = encode_score(tok, score)
+    decoded = tok.decode([ids.tolist()])
+    in_range = sum(int(((t.notes.numpy()["pitch"] >= 21) & (t.notes.numpy()["pitch"] <= 108)).sum()) for t in score.tracks)
+    first_track_only = len(score.tracks[0].notes)
+    matched, n_ref, n_dec = note_match(merged, decoded)
+    assert n_ref == in_range and n_ref > first_track_only
+    assert matched == n_ref == n_dec
+    velocities_in = np.sort(merged.tracks[0].notes.numpy()["velocity"].astype(int))
+    velocities_out = np.sort(decoded.tracks[0].notes.numpy()["velocity"].astype(int))
+    assert np.abs(velocities_in - velocities_out).max() <= 128 / 32
+    assert grammar_error_rate(tok, ids) == 0
+
+
+def test_triplets_survive_within_half_a_grid_step():
+    """miditok alone rounds twice (resample, then grid) and moves triplets 3/32 quarter."""
+    from symusic import Note, Score, Tempo, TimeSignature, Track
+
+    score = Score(480)
+    score.tempos.append(Tempo(0, 100.0))
+    score.time_signatures.append(TimeSignature(0, 4, 4))
+    score.time_signatures.append(TimeSignature(480 * 4, 6, 8))  # an x/8 metre doubles miditok's resolution
+    onsets = np.arange(0, 480 * 12, 160, dtype=np.int32)  # triplet eighths
+    track = Track(name="p", program=0)
+    track.notes = Note.from_numpy(time=onsets, duration=np.full(len(onsets), 150, np.int32),
+                                  pitch=(60 + np.arange(len(onsets)) % 12).astype(np.int8),
+                                  velocity=np.full(len(onsets), 80, np.int8))
+    score.tracks.append(track)
+    tok = build_tokenizer()
+    ids, _ = encode_score(tok, score)
+    assert note_match(score, tok.decode([ids.tolist()]))[0] == len(onsets)
+
+
+def test_folders_layout_writes_the_designed_dataset(folder_corpus, tmp_path):
+    out = tmp_path / "data"
+    meta = prepare(folder_corpus, out, workers=1, val_fraction=0.3)
+    composers = json.load(open(out / "composers.json"))
+    assert composers == {"<unconditional>": 0, "Alkan": 1, "Bach": 2, "Chopin": 3}
+    assert meta["vocab_size"] == 419 and meta["pad_id"] == 0 and meta["bos_id"] == 1
+    assert meta["layout"] == "folders" and meta["n_composers"] == 4
+    pieces = read_pieces(out)
+    assert len(pieces) == 9
+    for split in ("train", "val"):
+        tokens, index = read_split(out, split)
+        rows = [p for p in pieces if p["split"] == split]
+        assert index.dtype == np.int64 and index.shape == (len(rows), 3)
+        # offsets tile the file exactly: no piece crosses into another
+        assert np.array_equal(index[:, 0], np.concatenate([[0], np.cumsum(index[:, 1])[:-1]]))
+        assert index[:, 1].sum() == len(tokens)
+        assert ((index[:, 2] >= 1) & (index[:, 2] < meta["n_composers"])).all()
+        for row, piece in zip(index, rows):
+            assert piece["n_tokens"] == row[1] and composers[piece["composer"]] == row[2] == piece["composer_id"]
+            first = tokens[row[0]:row[0] + 4]
+            assert first[0] != 0, "pieces start with a real token, never PAD"
+        assert tokens.max(initial=0) < 419
+    from miditok import REMI
+
+    assert len(REMI(params=out / "tokenizer.json")) == 419
+    assert meta["token_length"]["min"] <= meta["token_length"]["median"] <= meta["token_length"]["max"]
+
+
+def test_giantmidi_layout_reads_composer_from_file_name(tmp_path):
+    root = tmp_path / "giant"
+    names = ["Chopin, Frédéric, Nocturne Op.9, No.2, dQw4w9WgXcQ.mid", "Chopin, Frédéric, Waltz, aaaaaaaaaaa.mid",
+             "Satie, Erik, Gymnopédie No.1, bbbbbbbbbbb.mid", "Anonymous, , Minuet, ccccccccccc.mid"]
+    for i, name in enumerate(names):
+        write_midi(str(root / name), make_score(seed=i))
+    out = tmp_path / "data"
+    meta = prepare(root, out, workers=1)
+    assert meta["layout"] == "giantmidi"
+    composers = json.load(open(out / "composers.json"))
+    assert set(composers) == {"<unconditional>", "Anonymous", "Chopin, Frédéric", "Satie, Erik"}
+    by_path = {p["path"]: p["composer"] for p in read_pieces(out)}
+    assert by_path[names[0]] == "Chopin, Frédéric"
+
+
+def test_maestro_layout_uses_the_csv_composer_and_split(tmp_path):
+    root = tmp_path / "maestro-v3.0.0"
+    rows = [("Johann Sebastian Bach", "train", "2004/a.midi"), ("Johann Sebastian Bach", "validation", "2004/b.midi"),
+            ("Franz Liszt", "test", "2006/c.midi"), ("Franz Liszt", "train", "2006/d.midi")]
+    os.makedirs(root, exist_ok=True)
+    with open(root / "maestro-v3.0.0.csv", "w") as f:
+        f.write("canonical_composer,canonical_title,split,year,midi_filename,audio_filename,duration\n")
+        for i, (composer, split, path) in enumerate(rows):
+            f.write(f'"{composer}",Title {i},{split},2004,{path},{path}.wav,100.0\n')
+            write_midi(str(root / path), make_score(seed=i))
+    out = tmp_path / "data"
+    meta = prepare(root, out, workers=1)
+    assert meta["layout"] == "maestro"
+    split_of = {p["path"]: (p["composer"], p["split"]) for p in read_pieces(out)}
+    assert split_of == {"2004/a.midi": ("Johann Sebastian Bach", "train"), "2004/b.midi": ("Johann Sebastian Bach", "val"),
+                        "2006/c.midi": ("Franz Liszt", "val"), "2006/d.midi": ("Franz Liszt", "train")}
+
+
+def test_every_kind_of_bad_input_is_skipped_with_its_reason(tmp_path):
+    root = tmp_path / "midi" / "Bach"
+    good = write_midi(str(root / "good.mid"), make_score(seed=1))
+    open(root / "empty.mid", "wb").close()
+    (root / "text.mid").write_text("this is not a MIDI file at all, just text pretending to be one")
+    data = open(good, "rb").read()
+    (root / "truncated.mid").write_bytes(data[: len(data) // 3])
+    make_no_notes(str(root / "silent.mid"))
+    make_drums_only(str(root / "drums.mid"))
+    write_midi(str(root / "short.mid"), make_score(seed=2, n_bars=1, with_changes=False, out_of_range=False))
+    out = tmp_path / "data"
+    meta = prepare(tmp_path / "midi", out, workers=1, min_tokens=60)
+    skipped = read_skipped(out)
+    assert skipped["empty.mid"] == "empty_file"
+    assert skipped["text.mid"] == "unreadable"
+    assert skipped["silent.mid"] == "no_notes"
+    assert skipped["drums.mid"] == "drums_only"
+    assert skipped["short.mid"] == "too_short"
+    # a truncated file either fails to parse or loses its tail; it never crashes the run
+    assert skipped.get("truncated.mid", "kept") in ("unreadable", "too_short", "no_notes", "kept")
+    assert [p["path"] for p in read_pieces(out) if p["path"].endswith("good.mid")] == ["Bach/good.mid"]
+    assert sum(meta["skipped"].values()) == len(skipped)
+
+
+def run_prepare(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--midi_dir", "/nonexistent/folder"], "is not a folder"),
+    (["--layout", "zip"], "invalid choice"),
+    (["--val_fraction", "0.9"], "must be in"),
+    (["--workers", "0"], "positive integer"),
+    (["--min_tokens", "-3"], ">= 0"),
+])
+def test_bad_flags_are_one_line_errors(args, message):
+    result = run_prepare(*args)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_empty_midi_dir_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_prepare("--midi_dir", str(tmp_path / "empty"), "--out_dir", str(tmp_path / "out"))
+    assert result.returncode == 2 and "holds no .mid/.midi files" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_is_deterministic_and_adding_files_moves_no_piece(folder_corpus, tmp_path):
+    prepare(folder_corpus, tmp_path / "a", workers=1, val_fraction=0.3)
+    first = {p["path"]: p["split"] for p in read_pieces(tmp_path / "a")}
+    for i in range(5):
+        write_midi(str(folder_corpus / "Bach" / f"extra{i}.mid"), make_score(seed=50 + i))
+    prepare(folder_corpus, tmp_path / "b", workers=1, val_fraction=0.3)
+    second = {p["path"]: p["split"] for p in read_pieces(tmp_path / "b")}
+    assert all(second[path] == split for path, split in first.items())
+    assert hash_split("Bach/piece0.mid", 0.3) == hash_split("Bach/piece0.mid", 0.3)
+    shares = [hash_split(f"x/{i}.mid", 0.05) == "val" for i in range(4000)]
+    assert 0.04 < np.mean(shares) < 0.06
+
+
+def test_parallel_workers_write_the_same_bytes(folder_corpus, tmp_path):
+    prepare(folder_corpus, tmp_path / "one", workers=1)
+    prepare(folder_corpus, tmp_path / "two", workers=2)
+    for name in ("train.bin", "val.bin", "pieces.jsonl", "composers.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_a_failed_write_keeps_the_previous_dataset(folder_corpus, tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    prepare(folder_corpus, out, workers=1)
+    before = (out / "train.bin").read_bytes()
+    write_midi(str(folder_corpus / "Bach" / "new.mid"), make_score(seed=99))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", disk_full)
+    with pytest.raises(OSError):
+        prepare(folder_corpus, out, workers=1)
+    assert (out / "train.bin").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "midi"], "no temp folder is left behind"
+
+
+def test_find_midi_files_ignores_other_files(tmp_path):
+    write_midi(str(tmp_path / "A" / "x.MID"), make_score())
+    (tmp_path / "A" / "notes.txt").write_text("hi")
+    write_midi(str(tmp_path / "B" / "y.midi"), make_score())
+    assert find_midi_files(tmp_path) == ["A/x.MID", "B/y.midi"]
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_MIDI), reason="../shared/midi/piano-midi is absent (fresh checkout): real-data test skipped")
+def test_real_piano_midi_keeps_every_note(tmp_path):
+    """End to end on the real piano-midi.de set: no piece lost, every note kept."""
+    meta = prepare(REAL_MIDI, tmp_path / "pm", check_notes=True)
+    composers = json.load(open(tmp_path / "pm" / "composers.json"))
+    assert len(composers) == 27 and composers["<unconditional>"] == 0  # 25 composers + Christmas + id 0
+    assert meta["skipped"] == {}
+    assert 3.0e6 < meta["n_tokens"]["train"] + meta["n_tokens"]["val"] < 3.5e6
+    assert meta["note_check"]["worst_recall"] == 1.0
