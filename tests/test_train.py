@@ -1,0 +1,208 @@
+"""train.py: batches, learning, resume, crash safety, DDP, config errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cli import CliError, load_config
+from conftest import ROOT
+from train import TrainConfig, WindowSampler, train, train_pieces
+
+
+def tiny_config(data_dir, out_dir, **overrides):
+    values = dict(data_dir=str(data_dir), out_dir=str(out_dir), block_size=32, n_layer=1, n_head=2, n_embd=32,
+                  batch_size=4, grad_accum=1, max_iters=8, eval_interval=4, eval_iters=2, log_interval=1,
+                  learning_rate=3e-3, warmup_frac=0.0, device="cpu", dtype="float32", dropout=0.1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def read_log(out_dir):
+    return [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
+
+
+def sampler_of(data_dir, block_size=32):
+    meta = json.load(open(data_dir / "meta.json"))
+    return WindowSampler(str(data_dir), "train", block_size, meta), meta
+
+
+def test_windows_start_with_bos_stay_inside_one_piece_and_pad_the_tail(tiny_dataset):
+    sampler, meta = sampler_of(tiny_dataset, block_size=600)  # longer than every piece: must pad
+    rng = np.random.default_rng(0)
+    pieces = np.arange(len(sampler))
+    x, y, composer = sampler.batch(pieces, rng)
+    assert x.shape == y.shape == (len(pieces), 600)
+    assert (x[:, 0] == meta["bos_id"]).all()
+    assert torch.equal(x[:, 1:], y[:, :-1]), "target is the input shifted by one"
+    for row, piece in enumerate(pieces):
+        offset, length, composer_id = sampler.index[piece]
+        whole = torch.from_numpy(sampler.tokens[offset:offset + length].astype(np.int64))
+        assert torch.equal(y[row, :length], whole), "short piece: all of it, then PAD"
+        assert (y[row, length:] == meta["pad_id"]).all()
+        assert composer[row] == composer_id
+    sampler, _ = sampler_of(tiny_dataset, block_size=16)
+    x, y, _ = sampler.batch(np.zeros(50, dtype=int), rng)
+    offset, length, _ = sampler.index[0]
+    piece = sampler.tokens[offset:offset + length].astype(np.int64).tobytes()
+    for row in y.numpy():
+        assert row.tobytes() in piece, "a crop never crosses into another piece"
+
+
+def test_condition_dropout_replaces_the_composer_at_the_configured_rate(tiny_dataset):
+    sampler, _ = sampler_of(tiny_dataset)
+    rng = np.random.default_rng(1)
+    _, _, composer = sampler.batch(np.zeros(4000, dtype=int), rng, cond_drop=0.25)
+    dropped = (composer == 0).float().mean().item()
+    assert 0.22 < dropped < 0.28
+    assert set(composer.unique().tolist()) == {0, int(sampler.index[0, 2])}
+    _, _, composer = sampler.batch(np.zeros(500, dtype=int), rng, cond_drop=0.0)
+    assert (composer != 0).all()
+
+
+def test_transposition_moves_pitch_tokens_only_and_stays_on_the_piano(tiny_dataset):
+    sampler, meta = sampler_of(tiny_dataset)
+    lo, hi = meta["pitch_ids"]
+    x = np.array([1, 2, lo, lo + 1, hi - 1, hi, 200, 400])
+    up = sampler.transpose(x, 2)
+    assert up.tolist() == [1, 2, lo + 2, lo + 3, hi - 1, hi, 200, 400]
+    down = sampler.transpose(x, -1)
+    assert down.tolist() == [1, 2, lo, lo, hi - 2, hi - 1, 200, 400]
+
+
+def test_each_epoch_visits_every_training_piece_once():
+    first = train_pieces(10, seed=3, sample_start=0, count=10)
+    second = train_pieces(10, seed=3, sample_start=10, count=10)
+    assert sorted(first) == sorted(second) == list(range(10))
+    assert not np.array_equal(first, second)
+
+
+def test_a_few_iterations_lower_the_loss(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset, tmp_path, max_iters=30, eval_interval=30, dropout=0.0))
+    log = read_log(tmp_path)
+    vals = [r["val_loss"] for r in log if "val_loss" in r]
+    assert vals[-1] < vals[0] - 1.0
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
+    assert {"iter", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(log[1])
+    assert os.path.isfile(tmp_path / "ckpt.pt") and os.path.isfile(tmp_path / "best.pt")
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path):
+    """Exact on CPU float32: data, dropout and LR are functions of the iteration."""
+    full = tmp_path / "full"
+    train(tiny_config(tiny_dataset, full, transpose=2))
+    part = tmp_path / "part"
+    train(tiny_config(tiny_dataset, part, transpose=2), stop_after=4)
+    train(tiny_config(tiny_dataset, part, transpose=2, init_from="resume"))
+    losses = lambda out: {r["iter"]: r["loss"] for r in read_log(out) if "loss" in r}  # noqa: E731
+    a, b = losses(full), losses(part)
+    assert set(a) == set(b) == set(range(8))
+    for it in range(4, 8):
+        assert abs(a[it] - b[it]) <= 1e-6, (it, a[it], b[it])
+    final = [torch.load(out / "ckpt.pt", weights_only=True)["model"] for out in (full, part)]
+    for key in final[0]:
+        torch.testing.assert_close(final[0][key], final[1][key], atol=1e-6, rtol=0)
+
+
+def test_checkpoint_holds_everything_sampling_and_resume_need(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset, tmp_path, max_iters=2, eval_interval=2))
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert {"model", "optimizer", "scaler", "iter", "best_val_loss", "model_config", "train_config", "tokenizer",
+            "composers"} <= set(ckpt)
+    assert ckpt["iter"] == 2 and ckpt["composers"]["<unconditional>"] == 0
+    assert json.loads(ckpt["tokenizer"])["config"]["num_velocities"] == 32
+
+
+def test_non_finite_loss_skips_the_step_and_keeps_the_weights(tiny_dataset, tmp_path, monkeypatch):
+    from model import MusicTransformer
+
+    real_forward = MusicTransformer.forward
+
+    def poisoned(self, *args, **kwargs):
+        logits, loss = real_forward(self, *args, **kwargs)
+        return logits, (loss * float("nan") if self.training and loss is not None else loss)
+
+    monkeypatch.setattr(MusicTransformer, "forward", poisoned)
+    train(tiny_config(tiny_dataset, tmp_path, max_iters=3, eval_interval=100))
+    log = read_log(tmp_path)
+    assert sum("skipped" in r for r in log) == 3
+    first = torch.load(tmp_path / "best.pt", weights_only=True)["model"]  # saved at iter 0
+    last = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
+    for key in first:
+        assert torch.equal(first[key], last[key])
+
+
+def cli_args(data_dir, out_dir, **overrides):
+    cfg = tiny_config(data_dir, out_dir, **overrides)
+    return [f"--{k}={v}" for k, v in vars(cfg).items()]
+
+
+def test_sigkill_mid_training_leaves_a_loadable_checkpoint_and_resume_finishes(tiny_dataset, tmp_path):
+    args = cli_args(tiny_dataset, tmp_path, max_iters=100000, eval_interval=2)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if os.path.isfile(tmp_path / "log.jsonl") and sum(1 for _ in open(tmp_path / "log.jsonl")) > 12:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # never a half-written file
+    assert ckpt["iter"] >= 2
+    resume = cli_args(tiny_dataset, tmp_path, max_iters=ckpt["iter"] + 2, eval_interval=2, init_from="resume")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *resume], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter"] == ckpt["iter"] + 2
+
+
+def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path):
+    args = cli_args(tiny_dataset, tmp_path, max_iters=3, grad_accum=2, eval_interval=3)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                             os.path.join(ROOT, "train.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ranks agree on weights: True" in result.stdout
+    assert "2 process(es)" in result.stdout
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter"] == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n_layers=4"], "unknown config key 'n_layers' (did you mean n_layer?)"),
+    (["--batch_size=two"], "--batch_size expects an integer"),
+    (["--batch_size=0"], "batch_size must be > 0"),
+    (["--dropout=1.5"], "dropout must be in [0, 1)"),
+    (["--dtype=float8"], "dtype must be one of"),
+    (["--init_from=gpt2"], "init_from must be one of"),
+    (["--compile=maybe"], "expects true/false"),
+    (["no_such_config.py"], "config file not found"),
+])
+def test_bad_config_keys_and_values_are_clean_errors(argv, message):
+    with pytest.raises(CliError, match=None) as error:
+        load_config(TrainConfig, argv)
+    assert message in str(error.value)
+
+
+def test_config_file_with_unknown_key_is_an_error(tmp_path):
+    path = tmp_path / "c.py"
+    path.write_text("n_layer = 2\nlearning_rat = 1e-3\n")
+    with pytest.raises(CliError, match="learning_rat"):
+        load_config(TrainConfig, [str(path)])
+    path.write_text("n_layer = 2\nlearning_rate = 1e-3\n")
+    cfg = load_config(TrainConfig, [str(path), "--n_layer=3"])
+    assert cfg.n_layer == 3 and cfg.learning_rate == 1e-3
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    for argv in (["--n_layers=4"], ["--data_dir=/nowhere"], [f"--out_dir={tmp_path}", "--init_from=resume", "--data_dir=/nowhere"]):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
