@@ -254,10 +254,13 @@ class MusicTransformer(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
-        checkpoint = load_checkpoint(path, device)
+        return cls.from_checkpoint_dict(load_checkpoint(path, device), device)
+
+    @classmethod
+    def from_checkpoint_dict(cls, checkpoint, device="cpu"):
         model = cls(ModelConfig.from_dict(checkpoint["model_config"]))
         load_state(model, checkpoint["model"])
-        return model.to(device)
+        return model.to(device).eval()
 
 
 # ---------------------------------------------------------------------- sampling

@@ -103,3 +103,15 @@ def tiny_dataset(tmp_path_factory):
     out = root / "data"
     prepare(root / "midi", out, workers=1, val_fraction=0.25)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_dataset, tmp_path_factory):
+    """A checkpoint of a tiny model trained briefly on tiny_dataset."""
+    from train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(data_dir=str(tiny_dataset), out_dir=str(out), block_size=64, n_layer=1, n_head=2, n_embd=32,
+                      batch_size=4, grad_accum=1, max_iters=40, eval_interval=40, eval_iters=2, log_interval=10,
+                      learning_rate=3e-3, device="cpu", dtype="float32", dropout=0.0))
+    return out / "ckpt.pt"

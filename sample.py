@@ -1,0 +1,300 @@
+"""Generate piano MIDI in a composer's style from a checkpoint.
+
+    python sample.py --composer Chopin --guidance 3 --num_samples 2
+    python sample.py --composer_id 42 --prompt start.mid --prompt_tokens 256
+    python sample.py --list_composers
+
+Writes samples/<name>.mid, .json (settings, seed, token ids) and .png (a piano roll).
+The tokenizer and composer names come from the checkpoint itself.
+"""
+import argparse
+import difflib
+import json
+import os
+import struct
+import sys
+import time
+import zlib
+
+import numpy as np
+import torch
+
+from cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, fraction_in, non_negative_float,
+                 non_negative_int, positive_float, positive_int)
+from model import MusicTransformer, load_checkpoint
+from prepare import PIANO_HIGH, PIANO_LOW, UNCONDITIONAL, encode_score, grammar_error_rate, tokenizer_from_json
+
+
+# ----------------------------------------------------------------------------- REMI grammar
+
+
+class RemiGrammar:
+    """Which tokens may come next in a REMI piece, per row of a batch.
+
+    The token-type successions are miditok's own graph (tokens_types_graph); on top of it a
+    Position never moves backwards or stays inside a bar, and never passes the bar's end
+    under the current time signature. PAD, BOS, drum pitches and pitches off the piano are
+    never generated. These are exactly the rules miditok's tokens_errors counts, so a
+    constrained sample has zero grammar errors.
+    """
+
+    def __init__(self, tokenizer):
+        vocab = tokenizer.vocab
+        size = len(vocab)
+        self.type_of = [""] * size
+        self.value_of = [""] * size
+        for token, i in vocab.items():
+            self.type_of[i], self.value_of[i] = token.split("_", 1)
+        types = sorted(set(self.type_of))
+        playable = np.ones(size, dtype=bool)
+        for i, (kind, value) in enumerate(zip(self.type_of, self.value_of)):
+            if kind in ("PAD", "BOS", "PitchDrum") or (kind == "Pitch" and not PIANO_LOW <= int(value) <= PIANO_HIGH):
+                playable[i] = False
+        graph = tokenizer.tokens_types_graph
+        self.allowed_after = {}
+        for kind in types:
+            successors = graph.get(kind, set(types))
+            mask = np.array([t in successors for t in self.type_of]) & playable
+            self.allowed_after[kind] = mask
+        self.allowed_after["BOS"] = np.array([t == "Bar" for t in self.type_of])  # a piece opens with a bar
+        self.position_ids = np.array([i for i, t in enumerate(self.type_of) if t == "Position"])
+        self.position_values = np.array([int(self.value_of[i]) for i in self.position_ids])
+        self.positions_per_beat = max(tokenizer.config.beat_res.values())
+        self.rows = []
+        self.consumed = 0
+
+    def new_state(self):
+        return {"type": "BOS", "before": "BOS", "pos": -1, "bar_positions": 4 * self.positions_per_beat}
+
+    def advance(self, state, token):
+        kind, value = self.type_of[token], self.value_of[token]
+        if kind == "PAD":
+            return
+        if kind == "Bar":
+            state["pos"] = -1
+        elif kind == "TimeSig":
+            state["bar_positions"] = int(value.split("/")[0]) * self.positions_per_beat
+        elif kind == "Position":
+            state["pos"] = int(value)
+        state["before"], state["type"] = state["type"], kind
+
+    def mask(self, state):
+        allowed = self.allowed_after.get(state["type"], self.allowed_after["BOS"]).copy()
+        # miditok lets time restart only right after a Rest (or a TimeSig that follows one)
+        after_rest = state["type"] == "Rest" or (state["type"] == "TimeSig" and state["before"] == "Rest")
+        lowest = -1 if after_rest else state["pos"]
+        bad = (self.position_values <= lowest) | (self.position_values >= state["bar_positions"])
+        allowed[self.position_ids[bad]] = False
+        if not allowed.any():  # cannot happen with miditok's graph; never leave nothing to sample
+            allowed = self.allowed_after["BOS"].copy()
+        return allowed
+
+    def __call__(self, seq, logits):
+        """logits_processor for MusicTransformer.generate: -inf on forbidden tokens."""
+        if not self.rows:
+            self.rows = [self.new_state() for _ in range(seq.size(0))]
+        tokens = seq[:, self.consumed:].tolist()
+        for state, row in zip(self.rows, tokens):
+            for token in row:
+                self.advance(state, token)
+        self.consumed = seq.size(1)
+        masks = torch.from_numpy(np.stack([self.mask(state) for state in self.rows])).to(logits.device)
+        return logits.masked_fill(~masks, float("-inf"))
+
+
+# ----------------------------------------------------------------------------- composers
+
+
+def resolve_composer(composers, name=None, composer_id=None):
+    """(id, name) from an id or a case-insensitive exact / prefix / substring name."""
+    by_id = {i: n for n, i in composers.items()}
+    if composer_id is not None:
+        if composer_id not in by_id:
+            raise CliError(f"--composer_id {composer_id} is out of range: valid ids are 0..{max(by_id)} "
+                           f"(see --list_composers)")
+        return composer_id, by_id[composer_id]
+    wanted = name.lower().strip()
+    names = [n for n in composers if n != UNCONDITIONAL]
+    for rule in (lambda n: n.lower() == wanted, lambda n: n.lower().startswith(wanted), lambda n: wanted in n.lower()):
+        matches = [n for n in names if rule(n)]
+        if len(matches) == 1:
+            return composers[matches[0]], matches[0]
+        if len(matches) > 1:
+            raise CliError(f"--composer {name!r} is ambiguous: {', '.join(sorted(matches)[:8])}")
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.4) or difflib.get_close_matches(
+        wanted, [n.lower() for n in names], n=3, cutoff=0.4)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    raise CliError(f"unknown composer {name!r}{hint} (see --list_composers)")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def png_bytes(rgb):
+    """A PNG file from an [H, W, 3] uint8 array, with numpy and zlib only."""
+    height, width, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[row].tobytes() for row in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+
+
+def piano_roll(score, pixels_per_quarter=8, row_height=3, max_width=4000):
+    """Pitch (bottom = A0) x time image; brightness is velocity, bar-free and DAW-free."""
+    notes = [n for track in score.tracks for n in track.notes]
+    end = max((n.time + n.duration for n in notes), default=score.tpq)
+    width = int(min(max_width, max(1, end * pixels_per_quarter / score.tpq)))
+    n_rows = PIANO_HIGH - PIANO_LOW + 1
+    image = np.full((n_rows * row_height, width, 3), 24, dtype=np.uint8)
+    for octave_c in range(24, PIANO_HIGH + 1, 12):  # faint line at every C
+        y = (PIANO_HIGH - octave_c) * row_height + row_height - 1
+        image[y, :, :] = 48
+    for n in notes:
+        x0 = int(n.time * pixels_per_quarter / score.tpq)
+        x1 = max(x0 + 1, int((n.time + n.duration) * pixels_per_quarter / score.tpq))
+        if x0 >= width or not PIANO_LOW <= n.pitch <= PIANO_HIGH:
+            continue
+        y = (PIANO_HIGH - n.pitch) * row_height
+        level = 80 + int(175 * n.velocity / 127)
+        image[y:y + row_height - 1, x0:min(x1, width)] = (level, int(level * 0.75), 60)
+    return image
+
+
+def load_prompt(path, tokenizer, prompt_tokens, bos_id):
+    from symusic import Score
+
+    try:
+        score = Score(path)
+    except Exception as e:
+        raise CliError(f"cannot read --prompt {path}: {type(e).__name__}: {e}") from None
+    ids, reason = encode_score(tokenizer, score)
+    if ids is None:
+        raise CliError(f"--prompt {path} has nothing to continue ({reason})")
+    return [bos_id] + ids[:prompt_tokens].tolist()
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv):
+    parser = Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint (ckpt.pt or best.pt)")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--composer_id", type=non_negative_int, help="composer id (0 = unconditional)")
+    who.add_argument("--composer", help="composer name: case-insensitive, unique prefix or substring")
+    parser.add_argument("--list_composers", action="store_true", help="print the checkpoint's composers and exit")
+    parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="classifier-free guidance (1 = off)")
+    parser.add_argument("--temperature", type=positive_float, default=0.9)
+    parser.add_argument("--top_k", type=non_negative_int, default=40, help="0 = off")
+    parser.add_argument("--top_p", type=fraction_in(0, 1), default=0.95, help="nucleus mass in (0, 1]")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=2048)
+    parser.add_argument("--num_samples", type=positive_int, default=1)
+    parser.add_argument("--seed", type=non_negative_int, default=1337)
+    parser.add_argument("--prompt", help="a .mid to continue (default: start from BOS)")
+    parser.add_argument("--prompt_tokens", type=positive_int, default=128, help="tokens of --prompt to keep")
+    parser.add_argument("--constrained", default=True, action=argparse.BooleanOptionalAction,
+                        help="mask tokens that break REMI's grammar (default on)")
+    parser.add_argument("--out_dir", default="samples")
+    parser.add_argument("--name", default=None, help="file name stem (default: <composer>_<seed>)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    return parser, parser.parse_args(argv)
+
+
+def load_model(path, device):
+    """(model, checkpoint dict); a missing, foreign or mismatched checkpoint is a CliError."""
+    try:
+        checkpoint = load_checkpoint(path, device)
+        return MusicTransformer.from_checkpoint_dict(checkpoint, device), checkpoint
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+
+
+def generate_samples(model, tokenizer, composer_id, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
+                     guidance, seed, constrained, device, progress=True):
+    """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces."""
+    from tqdm import tqdm
+
+    idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)
+    composer = torch.full((num_samples,), composer_id, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    bar = tqdm(total=max_new_tokens, desc="sampling", unit="tok", disable=not progress or None, file=sys.stdout)
+    out = model.generate(idx, composer, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
+                         guidance=guidance, generator=generator,
+                         logits_processor=RemiGrammar(tokenizer) if constrained else None,
+                         on_step=lambda *_: bar.update())
+    bar.close()
+    return [row[1:] for row in out.tolist()]
+
+
+def write_sample(stem, ids, tokenizer, settings):
+    """stem.mid, stem.json, stem.png; returns a summary dict."""
+    special = {tokenizer.vocab["PAD_None"], tokenizer.vocab["BOS_None"]}
+    ids = [i for i in ids if i not in special]
+    errors = grammar_error_rate(tokenizer, ids) if ids else 0.0
+    score = tokenizer.decode([ids])
+    n_notes = sum(len(t.notes) for t in score.tracks)
+    seconds = float(score.to("second").end()) if n_notes else 0.0
+    tmp_mid = f"{stem}.mid.tmp"
+    score.dump_midi(tmp_mid)  # symusic writes a path; rename it into place
+    os.replace(tmp_mid, f"{stem}.mid")
+    atomic_write_text(f"{stem}.json", json.dumps({**settings, "grammar_error_rate": errors, "notes": n_notes,
+                                                  "seconds": seconds, "token_ids": ids}))
+    atomic_write_bytes(f"{stem}.png", png_bytes(piano_roll(score)))
+    return {"midi": f"{stem}.mid", "notes": n_notes, "seconds": seconds, "grammar_error_rate": errors}
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
+    try:
+        run(args)
+    except CliError as e:
+        fail(parser.prog, str(e))
+
+
+def run(args):
+    from train import resolve_device
+
+    device = resolve_device(args.device)
+    model, checkpoint = load_model(args.ckpt, device)
+    composers = checkpoint["composers"]
+    if args.list_composers:
+        for name, i in sorted(composers.items(), key=lambda kv: kv[1]):
+            print(f"{i:4d}  {name}")
+        return
+    if args.composer_id is None and args.composer is None:
+        raise CliError("choose a composer: --composer NAME or --composer_id N (see --list_composers)")
+    composer_id, composer_name = resolve_composer(composers, args.composer, args.composer_id)
+    tokenizer = tokenizer_from_json(checkpoint["tokenizer"])
+    bos = tokenizer.vocab["BOS_None"]
+    prompt = load_prompt(args.prompt, tokenizer, args.prompt_tokens, bos) if args.prompt else [bos]
+    if len(prompt) >= model.config.block_size:
+        prompt = [bos] + prompt[-(model.config.block_size - 1):]
+    print(f"{composer_name} (id {composer_id}), guidance {args.guidance}, temperature {args.temperature}, "
+          f"top_k {args.top_k}, top_p {args.top_p}, {args.num_samples} x {args.max_new_tokens} tokens, "
+          f"{'constrained' if args.constrained else 'unconstrained'}, prompt {len(prompt)} tokens")
+    start = time.time()
+    samples = generate_samples(model, tokenizer, composer_id, prompt, args.num_samples, args.max_new_tokens,
+                               args.temperature, args.top_k, args.top_p, args.guidance, args.seed, args.constrained,
+                               device)
+    elapsed = time.time() - start
+    os.makedirs(args.out_dir, exist_ok=True)
+    safe = "".join(c if c.isalnum() else "_" for c in composer_name).strip("_") or "unconditional"
+    stem_base = args.name or f"{safe}_{args.seed}"
+    for i, ids in enumerate(samples):
+        stem = os.path.join(args.out_dir, f"{stem_base}_{i}" if args.num_samples > 1 else stem_base)
+        settings = {"composer": composer_name, "composer_id": composer_id, "guidance": args.guidance,
+                    "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+                    "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt, "prompt": args.prompt,
+                    "prompt_tokens": len(prompt) - 1}
+        summary = write_sample(stem, ids, tokenizer, settings)
+        print(f"  {summary['midi']}: {summary['notes']} notes, {summary['seconds']:.1f} s, "
+              f"grammar errors {summary['grammar_error_rate']:.2%}  (+ .json, .png)")
+    print(f"{args.num_samples * args.max_new_tokens} tokens in {elapsed:.1f} s "
+          f"({args.num_samples * args.max_new_tokens / elapsed:.0f} tokens/s)")
+
+
+if __name__ == "__main__":
+    main()

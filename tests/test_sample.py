@@ -1,0 +1,143 @@
+"""sample.py: composer lookup, grammar constraints, MIDI/JSON/PNG outputs, CLI errors."""
+import json
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from cli import CliError
+from conftest import ROOT
+from model import MusicTransformer, ModelConfig
+from prepare import build_tokenizer, grammar_error_rate
+from sample import RemiGrammar, png_bytes, resolve_composer
+
+COMPOSERS = {"<unconditional>": 0, "Bach, Johann Sebastian": 1, "Chopin, Frédéric": 2, "Schubert": 3,
+             "Schumann": 4}
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("chopin", 2), ("Chopin, Frédéric", 2), ("BACH", 1), ("schub", 3), ("frédéric", 2), ("johann", 1),
+])
+def test_composer_names_resolve_case_insensitively_by_prefix_or_substring(query, expected):
+    assert resolve_composer(COMPOSERS, name=query)[0] == expected
+
+
+def test_ambiguous_unknown_and_out_of_range_composers_are_clear_errors():
+    with pytest.raises(CliError, match="ambiguous: Schubert, Schumann"):
+        resolve_composer(COMPOSERS, name="schu")
+    with pytest.raises(CliError, match="unknown composer 'Shubert'; closest: Schubert"):
+        resolve_composer(COMPOSERS, name="Shubert")
+    with pytest.raises(CliError, match=r"out of range: valid ids are 0..4"):
+        resolve_composer(COMPOSERS, composer_id=9)
+    assert resolve_composer(COMPOSERS, composer_id=0) == (0, "<unconditional>")
+
+
+def test_grammar_mask_never_forbids_every_token_and_matches_real_pieces(tiny_dataset):
+    """Every real piece passes the mask token by token, and no state allows nothing."""
+    tok = build_tokenizer()
+    grammar = RemiGrammar(tok)
+    tokens = np.fromfile(tiny_dataset / "train.bin", dtype=np.uint16)
+    index = np.load(tiny_dataset / "train.idx.npy")
+    for offset, length, _ in index:
+        state = grammar.new_state()
+        for token in tokens[offset:offset + length]:
+            allowed = grammar.mask(state)
+            assert allowed.any()
+            assert allowed[token], f"real token {tok[int(token)]} was forbidden after {state}"
+            grammar.advance(state, int(token))
+
+
+def test_constrained_sampling_from_an_untrained_model_has_zero_grammar_errors():
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    model = MusicTransformer(ModelConfig(block_size=96, vocab_size=419, n_composers=2, n_layer=1, n_head=2,
+                                         n_embd=32, dropout=0.0))
+    kwargs = dict(temperature=1.5, top_k=None, top_p=1.0, generator=torch.Generator().manual_seed(0))
+    prompt, composer = torch.ones(6, 1, dtype=torch.long), torch.ones(6, dtype=torch.long)
+    out = model.generate(prompt, composer, 300, logits_processor=RemiGrammar(tok), **kwargs)
+    assert all(grammar_error_rate(tok, row[1:]) == 0 for row in out.tolist())
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    free = model.generate(prompt, composer, 300, **kwargs)
+    assert np.mean([grammar_error_rate(tok, row[1:]) for row in free.tolist()]) > 0.1, "the mask is doing the work"
+
+
+def test_png_writer_makes_a_valid_image():
+    rgb = np.zeros((5, 7, 3), dtype=np.uint8)
+    rgb[2, 3] = (255, 10, 20)
+    data = png_bytes(rgb)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (7, 5)
+    idat_length = int.from_bytes(data[33:37], "big")
+    raw = zlib.decompress(data[41:41 + idat_length])
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(5, 1 + 7 * 3)
+    assert (rows[:, 0] == 0).all() and tuple(rows[2, 1 + 3 * 3:1 + 4 * 3]) == (255, 10, 20)
+
+
+def run_sample(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_samples_are_midi_files_symusic_opens_and_the_same_seed_repeats(tiny_checkpoint, tmp_path):
+    from symusic import Score
+
+    args = ["--ckpt", str(tiny_checkpoint), "--composer", "chop", "--num_samples", "2", "--max_new_tokens", "200",
+            "--seed", "5"]
+    first = run_sample(*args, "--out_dir", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr
+    assert "Chopin (id 3)" in first.stdout and "grammar errors 0.00%" in first.stdout
+    for i in range(2):
+        score = Score(str(tmp_path / "a" / f"Chopin_5_{i}.mid"))
+        meta = json.load(open(tmp_path / "a" / f"Chopin_5_{i}.json"))
+        assert sum(len(t.notes) for t in score.tracks) == meta["notes"] > 0
+        assert meta["composer_id"] == 3 and meta["seed"] == 5 and meta["grammar_error_rate"] == 0.0
+        assert (tmp_path / "a" / f"Chopin_5_{i}.png").read_bytes()[:4] == b"\x89PNG"
+    second = run_sample(*args, "--out_dir", str(tmp_path / "b"))
+    for i in range(2):
+        a = json.load(open(tmp_path / "a" / f"Chopin_5_{i}.json"))["token_ids"]
+        b = json.load(open(tmp_path / "b" / f"Chopin_5_{i}.json"))["token_ids"]
+        assert a == b
+    listing = run_sample("--ckpt", str(tiny_checkpoint), "--list_composers")
+    assert "3  Chopin" in listing.stdout and "0  <unconditional>" in listing.stdout
+
+
+def test_a_prompt_file_is_continued(tiny_checkpoint, tmp_path):
+    from conftest import make_score, write_midi
+
+    prompt = write_midi(str(tmp_path / "prompt.mid"), make_score(seed=9))
+    result = run_sample("--ckpt", str(tiny_checkpoint), "--composer_id", "1", "--prompt", prompt,
+                        "--prompt_tokens", "40", "--max_new_tokens", "30", "--out_dir", str(tmp_path), "--name", "cont")
+    assert result.returncode == 0, result.stderr
+    ids = json.load(open(tmp_path / "cont.json"))["token_ids"]
+    assert len(ids) == 40 + 30
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top_k", "-1"], "--top_k"), (["--top_p", "0"], "--top_p"), (["--top_p", "1.2"], "--top_p"),
+    (["--temperature", "0"], "--temperature"), (["--temperature", "-0.5"], "--temperature"),
+    (["--max_new_tokens", "0"], "--max_new_tokens"), (["--guidance", "nan"], "--guidance"),
+    (["--composer_id", "99"], "out of range"), (["--composer", "Mahler"], "unknown composer"),
+    (["--device", "tpu"], "invalid choice"), ([], "choose a composer"),
+])
+def test_bad_flags_are_one_line_errors(tiny_checkpoint, args, message, capsys):
+    import sample
+
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(["--ckpt", str(tiny_checkpoint), *args])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2, stderr
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_missing_or_foreign_checkpoint_is_a_one_line_error(tmp_path):
+    result = run_sample("--ckpt", str(tmp_path / "nope.pt"), "--composer_id", "1")
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    result = run_sample("--ckpt", str(junk), "--composer_id", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
