@@ -1,0 +1,203 @@
+"""Speed benchmarks; prints one JSON line per case (numbers for the README's results table).
+
+    python bench.py                       # everything, on the default device
+    python bench.py --cases sample --device cuda
+    python bench.py --quick               # tiny shapes: a smoke test of the script itself
+
+Cases:
+  matmul   peak FLOP/s of a square matmul on this device (the MFU denominator)
+  train    training tokens/s, achieved FLOP/s and MFU: the seed's shape and the CPU config
+  sample   tokens/s with the KV cache vs recomputing the whole context every step (the
+           seed's method), at guidance 1 and 3, 128 prompt + 2048 new tokens
+  prepare  pieces/s encoding real MIDI with 1 worker vs all cores
+"""
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+
+import torch
+
+from cli import Parser, fail, positive_int
+from model import ModelConfig, MusicTransformer, sample_next
+from train import autocast_context, measure_matmul_peak, resolve_device, resolve_dtype
+
+CASES = ("matmul", "train", "sample", "prepare")
+SEED_SHAPE = dict(n_layer=8, n_head=8, n_embd=512)
+CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=128)  # config/remi_cpu.py
+
+
+def emit(record):
+    print(json.dumps(record), flush=True)
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def make_model(shape, block_size, device, dropout=0.0):
+    torch.manual_seed(0)
+    cfg = ModelConfig(block_size=block_size, vocab_size=419, n_composers=27, dropout=dropout, **shape)
+    return MusicTransformer(cfg).to(device)
+
+
+def bench_train(name, shape, block_size, batch_size, device, dtype, peak, steps, compile_model=False):
+    model = make_model(shape, block_size, device, dropout=0.1)
+    optimizer = model.configure_optimizers(0.1, 1e-4, device_type="cuda" if device.startswith("cuda") else "cpu")
+    step_model = torch.compile(model) if compile_model else model
+    ctx = autocast_context("cuda" if device.startswith("cuda") else device, dtype)
+    x = torch.randint(2, 419, (batch_size, block_size), device=device)
+    composer = torch.randint(0, 27, (batch_size,), device=device)
+
+    def step():
+        with ctx:
+            _, loss = step_model(x, composer, targets=x)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(2):  # warm-up (and compilation)
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    tokens_per_s = batch_size * block_size / seconds
+    flops = model.flops_per_token(block_size) * tokens_per_s
+    emit({"case": "train", "model": name, **shape, "block_size": block_size, "batch_size": batch_size, "dtype": dtype,
+          "compile": compile_model, "params_M": round(model.num_params() / 1e6, 2), "step_ms": round(seconds * 1e3, 1),
+          "tokens_per_s": round(tokens_per_s), "achieved_GFLOPs": round(flops / 1e9, 1),
+          "mfu_vs_measured_peak": round(flops / peak, 3)})
+
+
+@torch.no_grad()
+def generate_recompute(model, idx, composer, max_new_tokens, guidance, temperature=0.9, top_k=40, top_p=0.95,
+                       generator=None):
+    """The seed's sampler: a full forward over the whole (cropped) context for every token.
+    CFG rows go in one batch here too, so the comparison isolates the KV cache."""
+    block = model.config.block_size
+    use_cfg = guidance != 1.0
+    conditions = torch.cat([composer, torch.zeros_like(composer)]) if use_cfg else composer
+    seq = idx
+    for _ in range(max_new_tokens):
+        context = seq[:, -block:]
+        logits, _ = model(torch.cat([context, context]) if use_cfg else context, conditions)
+        logits = logits[:, -1].float()
+        if use_cfg:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + guidance * (cond - uncond)
+        seq = torch.cat([seq, sample_next(logits, temperature, top_k, top_p, generator)], dim=1)
+    return seq
+
+
+def time_recompute_steps(model, prompt_len, new_tokens, guidance, device, points=6):
+    """Per-token time of the recompute sampler at `points` context lengths between the first
+    and the last step, integrated (trapezoid) over all new_tokens steps: the full run would
+    take too long on a CPU, and its cost per step is a smooth function of the context length."""
+    lengths = [prompt_len + round(i * (new_tokens - 1) / (points - 1)) for i in range(points)]
+    composer = torch.ones(1, dtype=torch.long, device=device)
+    per_step = []
+    for length in lengths:
+        idx = torch.randint(2, 419, (1, min(length, model.config.block_size)), device=device)
+        generate_recompute(model, idx, composer, 1, guidance)  # warm-up at this shape
+        sync(device)
+        start = time.perf_counter()
+        generate_recompute(model, idx, composer, 2, guidance)
+        sync(device)
+        per_step.append((time.perf_counter() - start) / 2)
+    total = sum((a + b) / 2 * (lengths[i + 1] - lengths[i]) for i, (a, b) in enumerate(zip(per_step, per_step[1:])))
+    return total + per_step[0], lengths, per_step
+
+
+def bench_sample(shape, block_size, prompt_len, new_tokens, device, recompute_points):
+    model = make_model(shape, block_size, device).eval()
+    idx = torch.randint(2, 419, (1, prompt_len), device=device)
+    composer = torch.ones(1, dtype=torch.long, device=device)
+    results = {}
+    for guidance in (1.0, 3.0):
+        model.generate(idx, composer, 8, guidance=guidance)  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        model.generate(idx, composer, new_tokens, guidance=guidance, generator=torch.Generator(device=device).manual_seed(0))
+        sync(device)
+        cached = time.perf_counter() - start
+        results[guidance] = cached
+        recompute, lengths, per_step = time_recompute_steps(model, prompt_len, new_tokens, guidance, device,
+                                                            recompute_points)
+        emit({"case": "sample", **shape, "block_size": block_size, "prompt": prompt_len, "new_tokens": new_tokens,
+              "guidance": guidance, "kv_cache_tokens_per_s": round(new_tokens / cached, 1),
+              "recompute_tokens_per_s": round(new_tokens / recompute, 2),
+              "recompute_method": f"timed at contexts {lengths}, trapezoid over {new_tokens} steps",
+              "kv_cache_speedup": round(recompute / cached, 1)})
+    emit({"case": "sample_cfg_cost", "guidance_3_over_1_time": round(results[3.0] / results[1.0], 2)})
+
+
+def bench_prepare(midi_dir, workers_all):
+    from prepare import find_midi_files, prepare
+
+    n = len(find_midi_files(midi_dir))
+    for workers in sorted({1, workers_all}):
+        out = tempfile.mkdtemp(prefix="bench-prepare-")
+        try:
+            start = time.perf_counter()
+            prepare(midi_dir, os.path.join(out, "data"), workers=workers)
+            seconds = time.perf_counter() - start
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        emit({"case": "prepare", "midi_dir": str(midi_dir), "files": n, "workers": workers,
+              "seconds": round(seconds, 2), "pieces_per_s": round(n / seconds, 1)})
+
+
+def main(argv=None):
+    parser = Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument("--seed_block_size", type=positive_int, default=None,
+                        help="context for the seed-shape training case (default: 8192 on CUDA, 1024 on CPU)")
+    parser.add_argument("--new_tokens", type=positive_int, default=2048)
+    parser.add_argument("--midi_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared",
+                                                           "midi", "piano-midi"))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training cases")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and lengths (tests the script)")
+    args = parser.parse_args(argv)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        fail(parser.prog, f"unknown case {unknown[0]!r}; valid cases: {', '.join(CASES)}")
+    device = resolve_device(args.device)
+    device_type = "cuda" if device.startswith("cuda") else device
+    dtype = resolve_dtype("auto", device_type)
+    name = torch.cuda.get_device_name() if device_type == "cuda" else platform.processor() or platform.machine()
+    emit({"case": "machine", "device": device, "name": name, "threads": torch.get_num_threads(),
+          "cpu_count": os.cpu_count(), "torch": torch.__version__, "dtype": dtype})
+    seed_shape, cpu_shape = SEED_SHAPE, CPU_SHAPE
+    seed_block = args.seed_block_size or (8192 if device_type == "cuda" else 1024)
+    new_tokens, steps, points = args.new_tokens, 5, 6
+    if args.quick:
+        seed_shape = cpu_shape = dict(n_layer=1, n_head=2, n_embd=32)
+        seed_block, new_tokens, steps, points = 64, 16, 1, 2
+    peak = measure_matmul_peak(device, dtype)
+    if "matmul" in cases:
+        emit({"case": "matmul", "dtype": dtype, "peak_GFLOPs": round(peak / 1e9, 1),
+              **({"float32_GFLOPs": round(measure_matmul_peak(device, "float32") / 1e9, 1)} if dtype != "float32" else {})})
+    if "train" in cases:
+        bench_train("seed", seed_shape, seed_block, 1 if device_type == "cpu" else 2, device, dtype, peak, steps,
+                    args.compile)
+        bench_train("remi_cpu", cpu_shape, 64 if args.quick else 512, 8, device, dtype, peak, steps, args.compile)
+    if "sample" in cases:
+        bench_sample(seed_shape, 64 if args.quick else 8192, 8 if args.quick else 128, new_tokens, device, points)
+    if "prepare" in cases:
+        if os.path.isdir(args.midi_dir):
+            bench_prepare(args.midi_dir, os.cpu_count() or 1)
+        else:
+            emit({"case": "prepare", "skipped": f"{args.midi_dir} not found (pass --midi_dir)"})
+
+
+if __name__ == "__main__":
+    main()
