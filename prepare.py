@@ -450,17 +450,26 @@ def print_summary(out_dir, meta, n_composers):
               f"{c['worst_recall']:.4f} ({c['worst_recall_piece']}), worst precision {c['worst_precision']:.4f}")
 
 
+DEMO_MIDI_DIR = Path("data/demo-midi")
+
+
 def default_midi_dir():
+    """data/midi/ when it holds MIDI files, else the synthetic demo corpus (written once)."""
     local = Path("data/midi")
     if local.is_dir() and find_midi_files(local):
         return local
-    raise CliError("no --midi_dir given and data/midi/ holds no MIDI files; pass --midi_dir DIR "
-                   "(e.g. a folder of <Composer>/*.mid). The offline demo corpus is not built yet.")
+    if not (DEMO_MIDI_DIR.is_dir() and find_midi_files(DEMO_MIDI_DIR)):
+        from democorpus import STYLES, write_demo_corpus
+
+        print(f"no --midi_dir given and data/midi/ is empty: writing the SYNTHETIC demo corpus "
+              f"({', '.join(STYLES)}) to {DEMO_MIDI_DIR}/ (use --midi_dir for real music)")
+        write_demo_corpus(DEMO_MIDI_DIR)
+    return DEMO_MIDI_DIR
 
 
 def main(argv=None):
     parser = Parser(description=__doc__.split("\n")[0])
-    parser.add_argument("--midi_dir", help="folder of MIDI files (default: data/midi/)")
+    parser.add_argument("--midi_dir", help="folder of MIDI files (default: data/midi/, else the synthetic demo corpus)")
     parser.add_argument("--out_dir", help="output folder (default: data/<name of midi_dir>)")
     parser.add_argument("--layout", default="auto", choices=LAYOUTS, help="how composers are found")
     parser.add_argument("--val_fraction", type=fraction_in(-1e-12, 0.5), default=0.05, help="share of pieces in val, 0..0.5")
@@ -470,7 +479,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         midi_dir = Path(args.midi_dir) if args.midi_dir else default_midi_dir()
-        out_dir = Path(args.out_dir) if args.out_dir else Path("data") / midi_dir.resolve().name
+        default_name = "demo" if midi_dir == DEMO_MIDI_DIR else midi_dir.resolve().name
+        out_dir = Path(args.out_dir) if args.out_dir else Path("data") / default_name
         prepare(midi_dir, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes)
     except CliError as e:
         fail(parser.prog, str(e))
