@@ -7,8 +7,8 @@ whole pipeline; for real music pass --midi_dir (see the README's "Using real dat
     python democorpus.py --out_dir data/demo-midi --pieces_per_style 50
 
 Every piece: a random key (major or minor), a functional chord progression (a Markov chain
-over scale degrees that ends each phrase on a V-I cadence), a tempo and dynamics drawn from
-the style's ranges, a time signature, and both hands.
+over scale degrees that ends with a V-I cadence), a tempo (with per-bar rubato and a final
+ritardando) and dynamics drawn from the style's ranges, a time signature, and both hands.
 """
 import os
 
@@ -236,11 +236,26 @@ STYLES = {"Chorale": chorale, "Sonatina": sonatina, "Prelude": prelude, "Waltz":
           "Ragtime": ragtime}
 
 
+def bar_ticks(piece):
+    return piece.numerator * TPQ * 4 // piece.denominator
+
+
+def rubato(piece):
+    """A tempo per bar, as a player breathes: a slow +-3 % drift and a ritardando at the end.
+    (It also puts Tempo tokens inside training windows, not only at a piece's first token.)"""
+    notes = piece.right + piece.left
+    bars = max(1, -(-max(t + d for t, d, _, _ in notes) // bar_ticks(piece)))
+    drift = np.cumsum(piece.rng.normal(0, 0.01, bars)).clip(-0.03, 0.03)
+    slowing = np.where(np.arange(bars) >= bars - 2, 0.9, 1.0)
+    return [round(float(piece.tempo * (1 + d) * s), 2) for d, s in zip(drift, slowing)]
+
+
 def to_score(piece):
     from symusic import Note, Score, Tempo, TimeSignature, Track
 
     score = Score(TPQ)
-    score.tempos.append(Tempo(0, piece.tempo))
+    for bar, qpm in enumerate(rubato(piece)):
+        score.tempos.append(Tempo(bar * bar_ticks(piece), qpm))
     score.time_signatures.append(TimeSignature(0, piece.numerator, piece.denominator))
     for name, notes in (("right", piece.right), ("left", piece.left)):
         track = Track(name=name, program=0, is_drum=False)

@@ -7,6 +7,7 @@ embedding. `generate` decodes with a KV cache and classifier-free guidance in on
 import math
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -307,10 +308,14 @@ def load_checkpoint(path, device="cpu"):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; our error says more
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"refusing to load {path}: it is not a plain-tensor checkpoint "
-                         f"(weights_only=True rejected it: {str(e).splitlines()[0]})") from None
+        culprit = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line or "GLOBAL" in line),
+                       "objects other than tensors")
+        raise ValueError(f"refusing to load {path}: it is not a plain-tensor checkpoint and may run code "
+                         f"({culprit}); only load checkpoints from sources you trust") from None
     except Exception as e:
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     missing = [k for k in ("model", "model_config") if k not in checkpoint]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import CliError, Parser, fail, fraction_in, non_negative_int, positive_int
+from cli import CliError, Parser, fail, fraction_in, non_negative_int, positive_float, positive_int
 
 MIDI_SUFFIXES = (".mid", ".midi")
 PIANO_LOW, PIANO_HIGH = 21, 108  # A0..C8: notes outside are dropped (they cannot be played)
@@ -253,8 +253,13 @@ def assign_composers_and_splits(midi_dir, relpaths, layout, val_fraction):
 _worker = {}
 
 
-def _init_worker(min_tokens, check_notes):
+def _init_worker(min_tokens, check_notes, max_memory_mb=0):
     _worker["tokenizer"] = build_tokenizer()
+    if max_memory_mb:  # after the imports: a huge file fails its allocation, not the worker's start-up
+        import resource
+
+        limit = max_memory_mb * 2**20 + resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     _worker["min_tokens"] = min_tokens
     _worker["check_notes"] = check_notes
 
@@ -267,6 +272,8 @@ def encode_file(path):
         if os.path.getsize(path) == 0:
             return {"reason": "empty_file"}
         score = Score(path)
+    except MemoryError:
+        return {"reason": "too_large", "detail": "ran out of the worker's memory limit (--max_memory_mb)"}
     except Exception as e:
         return {"reason": "unreadable", "detail": f"{type(e).__name__}: {e}"[:300]}
     try:
@@ -281,30 +288,76 @@ def encode_file(path):
         if _worker["check_notes"]:
             result["notes"] = note_match(merged, tokenizer.decode([ids.tolist()]))
         return result
+    except MemoryError:
+        return {"reason": "too_large", "detail": "ran out of the worker's memory limit (--max_memory_mb)"}
     except Exception as e:
         return {"reason": "encode_error", "detail": f"{type(e).__name__}: {e}"[:300]}
 
 
-def encode_all(midi_dir, relpaths, workers, min_tokens, check_notes):
-    """{relpath: result} for every file, with a progress bar."""
+def encode_all(midi_dir, relpaths, workers, min_tokens, check_notes, isolate=True, file_timeout=300.0,
+               max_memory_mb=4096):
+    """{relpath: result} for every file, with a progress bar.
+
+    isolate: parse in worker processes, so a file that crashes the parser (a segfault in
+    C++), runs past file_timeout seconds or needs more than max_memory_mb is skipped with
+    that reason instead of taking the run down. isolate=False encodes in this process.
+    """
     from tqdm import tqdm
 
-    paths = [os.path.join(midi_dir, p) for p in relpaths]
+    bar = tqdm(total=len(relpaths), desc="encoding", unit="file", file=sys.stdout, disable=None)
     results = {}
-    bar = tqdm(total=len(paths), desc="encoding", unit="file", file=sys.stdout, disable=None)
-    if workers == 1:
+    if not isolate:
         _init_worker(min_tokens, check_notes)
-        for rel, path in zip(relpaths, paths):
-            results[rel] = encode_file(path)
+        for rel in relpaths:
+            results[rel] = encode_file(os.path.join(midi_dir, rel))
             bar.update()
     else:
-        # spawn, not fork: torch/OpenMP state in the parent must not leak into workers
-        with get_context("spawn").Pool(workers, _init_worker, (min_tokens, check_notes)) as pool:
-            for rel, result in zip(relpaths, pool.imap(encode_file, paths, chunksize=1)):
-                results[rel] = result
-                bar.update()
+        pending = list(reversed(relpaths))  # pop() from the end keeps the input order
+        limits = (min_tokens, check_notes, max_memory_mb)
+        while pending:
+            suspects = _run_pool(midi_dir, pending, workers, limits, file_timeout, results, bar)
+            for rel in suspects:  # the files in flight when the pool died: try each alone
+                if _run_pool(midi_dir, [rel], 1, limits, file_timeout, results, bar):
+                    results[rel] = {"reason": "crashed_parser",
+                                    "detail": f"the worker died or ran past {file_timeout:g} s on this file"}
+                    bar.update()
     bar.close()
     return results
+
+
+def _run_pool(midi_dir, pending, workers, limits, file_timeout, results, bar):
+    """Encode files popped from `pending` with one file in flight per worker. Returns []
+    when all are done, or the files that were in flight when a worker died or stalled."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn, not fork: torch/OpenMP state in the parent must not leak into workers
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=limits)
+    in_flight = {}  # future -> (relpath, submitted at)
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < workers:
+                rel = pending.pop()
+                in_flight[pool.submit(encode_file, os.path.join(midi_dir, rel))] = (rel, None)
+            done, _ = wait(in_flight, timeout=min(file_timeout, 5.0), return_when=FIRST_COMPLETED)
+            for future in done:
+                rel, _ = in_flight.pop(future)
+                results[rel] = future.result()  # BrokenProcessPool if a worker died
+                bar.update()
+            now = time.monotonic()
+            for future, (rel, started) in list(in_flight.items()):
+                if started is None and future.running():
+                    in_flight[future] = (rel, now)
+                elif started is not None and now - started > file_timeout:
+                    raise TimeoutError(rel)
+        return []
+    except (BrokenProcessPool, TimeoutError):
+        suspects = [rel for rel, _ in in_flight.values()]
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()  # a stalled worker must not outlive its pool
+        return suspects
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -313,6 +366,8 @@ def write_dataset(out_dir, pieces, skipped, composers, tokenizer, meta):
     """Write every file into a temp folder beside out_dir, then rename it into place."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in list(out_dir.parent.glob(f".{out_dir.name}.tmp-*")) + list(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         for split in ("train", "val"):
@@ -335,6 +390,9 @@ def write_dataset(out_dir, pieces, skipped, composers, tokenizer, meta):
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
         tokenizer.save(tmp / "tokenizer.json")
         replace_dir(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CliError(f"cannot write {out_dir}: {e.strerror or e}; the previous dataset (if any) is intact") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -360,7 +418,8 @@ def length_stats(lengths):
 
 # ----------------------------------------------------------------------------- main
 
-def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, min_tokens=64, check_notes=False):
+def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, min_tokens=64, check_notes=False,
+            isolate=True, file_timeout=300.0, max_memory_mb=4096):
     """Build the dataset; returns meta (also written to out_dir/meta.json)."""
     start = time.time()
     midi_dir = Path(midi_dir)
@@ -377,7 +436,7 @@ def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, m
     assigned = assign_composers_and_splits(midi_dir, relpaths, layout, val_fraction)
     workers = workers or os.cpu_count() or 1
     print(f"encoding {len(relpaths)} files from {midi_dir} with {workers} worker(s)")
-    results = encode_all(midi_dir, relpaths, workers, min_tokens, check_notes)
+    results = encode_all(midi_dir, relpaths, workers, min_tokens, check_notes, isolate, file_timeout, max_memory_mb)
 
     kept, skipped = [], []
     for relpath, composer, split in assigned:
@@ -386,6 +445,12 @@ def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, m
             kept.append((relpath, composer, split, result))
         else:
             skipped.append({"path": relpath, "reason": result["reason"], **({"detail": result["detail"]} if "detail" in result else {})})
+    if not kept:
+        counts = {}
+        for s in skipped:
+            counts[s["reason"]] = counts.get(s["reason"], 0) + 1
+        raise CliError(f"no piece could be encoded from {len(relpaths)} files ("
+                       + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "); nothing was written")
     names = sorted({composer for _, composer, _, _ in kept if composer})
     composers = {name: i + 1 for i, name in enumerate(names)}
     pieces = [
@@ -476,12 +541,15 @@ def main(argv=None):
     parser.add_argument("--workers", type=positive_int, default=None, help="encoding processes (default: all cores)")
     parser.add_argument("--min_tokens", type=non_negative_int, default=64, help="skip pieces shorter than this")
     parser.add_argument("--check_notes", action="store_true", help="decode every piece and compare its notes to the MIDI")
+    parser.add_argument("--file_timeout", type=positive_float, default=300.0, help="seconds per file before it is skipped")
+    parser.add_argument("--max_memory_mb", type=positive_int, default=4096, help="memory cap of each encoding worker")
     args = parser.parse_args(argv)
     try:
         midi_dir = Path(args.midi_dir) if args.midi_dir else default_midi_dir()
         default_name = "demo" if midi_dir == DEMO_MIDI_DIR else midi_dir.resolve().name
         out_dir = Path(args.out_dir) if args.out_dir else Path("data") / default_name
-        prepare(midi_dir, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes)
+        prepare(midi_dir, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes,
+                file_timeout=args.file_timeout, max_memory_mb=args.max_memory_mb)
     except CliError as e:
         fail(parser.prog, str(e))
 

@@ -220,7 +220,10 @@ def save_checkpoint(path, checkpoint):
     """torch.save into memory, then temp file + fsync + rename: a crash keeps the old file."""
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
 
 
 # ----------------------------------------------------------------------------- training

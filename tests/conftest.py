@@ -101,7 +101,7 @@ def tiny_dataset(tmp_path_factory):
         for i in range(4):
             write_midi(str(root / "midi" / composer / f"p{i}.mid"), make_score(seed=100 * c + i, n_bars=12))
     out = root / "data"
-    prepare(root / "midi", out, workers=1, val_fraction=0.25)
+    prepare(root / "midi", out, workers=1, isolate=False, val_fraction=0.25)
     return out
 
 

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from cli import CliError
 from conftest import REAL_MIDI, ROOT, make_drums_only, make_no_notes, make_score, write_midi
 from prepare import (
     build_tokenizer, encode_score, grammar_error_rate, find_midi_files, hash_split, merge_piano_tracks, note_match, pitch_token_ids,
@@ -76,7 +77,7 @@ def test_triplets_survive_within_half_a_grid_step():
 
 def test_folders_layout_writes_the_designed_dataset(folder_corpus, tmp_path):
     out = tmp_path / "data"
-    meta = prepare(folder_corpus, out, workers=1, val_fraction=0.3)
+    meta = prepare(folder_corpus, out, workers=1, isolate=False, val_fraction=0.3)
     composers = json.load(open(out / "composers.json"))
     assert composers == {"<unconditional>": 0, "Alkan": 1, "Bach": 2, "Chopin": 3}
     assert meta["vocab_size"] == 419 and meta["pad_id"] == 0 and meta["bos_id"] == 1
@@ -109,7 +110,7 @@ def test_giantmidi_layout_reads_composer_from_file_name(tmp_path):
     for i, name in enumerate(names):
         write_midi(str(root / name), make_score(seed=i))
     out = tmp_path / "data"
-    meta = prepare(root, out, workers=1)
+    meta = prepare(root, out, workers=1, isolate=False)
     assert meta["layout"] == "giantmidi"
     composers = json.load(open(out / "composers.json"))
     assert set(composers) == {"<unconditional>", "Anonymous", "Chopin, Frédéric", "Satie, Erik"}
@@ -128,7 +129,7 @@ def test_maestro_layout_uses_the_csv_composer_and_split(tmp_path):
             f.write(f'"{composer}",Title {i},{split},2004,{path},{path}.wav,100.0\n')
             write_midi(str(root / path), make_score(seed=i))
     out = tmp_path / "data"
-    meta = prepare(root, out, workers=1)
+    meta = prepare(root, out, workers=1, isolate=False)
     assert meta["layout"] == "maestro"
     split_of = {p["path"]: (p["composer"], p["split"]) for p in read_pieces(out)}
     assert split_of == {"2004/a.midi": ("Johann Sebastian Bach", "train"), "2004/b.midi": ("Johann Sebastian Bach", "val"),
@@ -146,7 +147,7 @@ def test_every_kind_of_bad_input_is_skipped_with_its_reason(tmp_path):
     make_drums_only(str(root / "drums.mid"))
     write_midi(str(root / "short.mid"), make_score(seed=2, n_bars=1, with_changes=False, out_of_range=False))
     out = tmp_path / "data"
-    meta = prepare(tmp_path / "midi", out, workers=1, min_tokens=60)
+    meta = prepare(tmp_path / "midi", out, workers=1, isolate=False, min_tokens=60)
     skipped = read_skipped(out)
     assert skipped["empty.mid"] == "empty_file"
     assert skipped["text.mid"] == "unreadable"
@@ -189,11 +190,11 @@ def test_empty_midi_dir_is_a_one_line_error(tmp_path):
 
 
 def test_split_is_deterministic_and_adding_files_moves_no_piece(folder_corpus, tmp_path):
-    prepare(folder_corpus, tmp_path / "a", workers=1, val_fraction=0.3)
+    prepare(folder_corpus, tmp_path / "a", workers=1, isolate=False, val_fraction=0.3)
     first = {p["path"]: p["split"] for p in read_pieces(tmp_path / "a")}
     for i in range(5):
         write_midi(str(folder_corpus / "Bach" / f"extra{i}.mid"), make_score(seed=50 + i))
-    prepare(folder_corpus, tmp_path / "b", workers=1, val_fraction=0.3)
+    prepare(folder_corpus, tmp_path / "b", workers=1, isolate=False, val_fraction=0.3)
     second = {p["path"]: p["split"] for p in read_pieces(tmp_path / "b")}
     assert all(second[path] == split for path, split in first.items())
     assert hash_split("Bach/piece0.mid", 0.3) == hash_split("Bach/piece0.mid", 0.3)
@@ -202,7 +203,7 @@ def test_split_is_deterministic_and_adding_files_moves_no_piece(folder_corpus, t
 
 
 def test_parallel_workers_write_the_same_bytes(folder_corpus, tmp_path):
-    prepare(folder_corpus, tmp_path / "one", workers=1)
+    prepare(folder_corpus, tmp_path / "one", workers=1, isolate=False)
     prepare(folder_corpus, tmp_path / "two", workers=2)
     for name in ("train.bin", "val.bin", "pieces.jsonl", "composers.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
@@ -210,7 +211,7 @@ def test_parallel_workers_write_the_same_bytes(folder_corpus, tmp_path):
 
 def test_a_failed_write_keeps_the_previous_dataset(folder_corpus, tmp_path, monkeypatch):
     out = tmp_path / "data"
-    prepare(folder_corpus, out, workers=1)
+    prepare(folder_corpus, out, workers=1, isolate=False)
     before = (out / "train.bin").read_bytes()
     write_midi(str(folder_corpus / "Bach" / "new.mid"), make_score(seed=99))
 
@@ -218,8 +219,8 @@ def test_a_failed_write_keeps_the_previous_dataset(folder_corpus, tmp_path, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "save", disk_full)
-    with pytest.raises(OSError):
-        prepare(folder_corpus, out, workers=1)
+    with pytest.raises(CliError, match="No space left on device"):
+        prepare(folder_corpus, out, workers=1, isolate=False)
     assert (out / "train.bin").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "midi"], "no temp folder is left behind"
 
