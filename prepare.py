@@ -132,9 +132,14 @@ def encode_score(tokenizer, score):
     merged, reason = merge_piano_tracks(score)
     if merged is None:
         return None, reason
+    return encode_merged(tokenizer, merged), None
+
+
+def encode_merged(tokenizer, merged):
+    """Token ids (uint16) of a one-track score from merge_piano_tracks."""
     sequences = tokenizer(snap_onsets(merged))
     ids = sequences[0].ids if isinstance(sequences, list) else sequences.ids
-    return np.asarray(ids, dtype=np.uint16), None
+    return np.asarray(ids, dtype=np.uint16)
 
 
 def note_match(reference, decoded):
@@ -281,7 +286,7 @@ def encode_file(path):
         merged, reason = merge_piano_tracks(score)
         if merged is None:
             return {"reason": reason}
-        ids, _ = encode_score(tokenizer, merged)
+        ids = encode_merged(tokenizer, merged)
         if len(ids) < _worker["min_tokens"]:
             return {"reason": "too_short", "detail": f"{len(ids)} tokens < min_tokens {_worker['min_tokens']}"}
         result = {"ids": ids}
@@ -341,8 +346,9 @@ def _run_pool(midi_dir, pending, workers, limits, file_timeout, results, bar):
                 in_flight[pool.submit(encode_file, os.path.join(midi_dir, rel))] = (rel, None)
             done, _ = wait(in_flight, timeout=min(file_timeout, 5.0), return_when=FIRST_COMPLETED)
             for future in done:
-                rel, _ = in_flight.pop(future)
-                results[rel] = future.result()  # BrokenProcessPool if a worker died
+                rel, _ = in_flight[future]
+                results[rel] = future.result()  # BrokenProcessPool if a worker died: rel stays a suspect
+                del in_flight[future]
                 bar.update()
             now = time.monotonic()
             for future, (rel, started) in list(in_flight.items()):

@@ -122,9 +122,9 @@ def worker_pids(parent):
 
 def test_a_worker_killed_mid_run_does_not_lose_files(tmp_path):
     root = tmp_path / "midi"
-    n_files = 200  # ~5 s of encoding on 2 cores after the workers' ~2 s start-up
+    n_files = 40  # ~0.5 s each: ~10 s of encoding on 2 cores after the workers' ~2 s start-up
     for i in range(n_files):
-        write_midi(str(root / "Bach" / f"p{i}.mid"), make_score(seed=i, n_bars=32))
+        write_midi(str(root / "Bach" / f"p{i}.mid"), make_score(seed=i, n_bars=3000))
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "prepare.py"), "--midi_dir", str(root), "--out_dir",
                              str(tmp_path / "data"), "--workers", "2"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -132,7 +132,7 @@ def test_a_worker_killed_mid_run_does_not_lose_files(tmp_path):
     while killed is None and time.time() < deadline and proc.poll() is None:
         pids = worker_pids(proc.pid)
         if len(pids) == 2:
-            time.sleep(3.5)  # the workers have imported and are encoding
+            time.sleep(4.0)  # the workers have imported and are encoding
             os.kill(pids[0], signal.SIGKILL)
             killed = pids[0]
         time.sleep(0.05)
@@ -189,6 +189,16 @@ def test_very_long_and_pathological_pieces_finish_in_bounded_time(tmp_path):
           f"{meta['seconds']} s")
 
 
+def kill_while_encoding(args):
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("encoding"):
+            break
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+
+
 def test_sigkill_during_prepare_never_leaves_a_complete_looking_dataset(tmp_path):
     root = tmp_path / "midi"
     for i in range(60):
@@ -196,23 +206,11 @@ def test_sigkill_during_prepare_never_leaves_a_complete_looking_dataset(tmp_path
     out = tmp_path / "data"
     args = [sys.executable, os.path.join(ROOT, "prepare.py"), "--midi_dir", str(root), "--out_dir", str(out),
             "--workers", "1"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith("encoding"):
-            break
-    time.sleep(1.0)
-    proc.kill()
-    proc.wait()
+    kill_while_encoding(args)
     assert not out.exists(), "a killed first run leaves no dataset at all"
     assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
     before = (out / "train.bin").read_bytes()
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith("encoding"):
-            break
-    time.sleep(1.0)
-    proc.kill()
-    proc.wait()
+    kill_while_encoding(args)
     assert (out / "train.bin").read_bytes() == before, "a killed rerun keeps the previous dataset"
     assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "midi"], "temp folders of killed runs are cleaned"
