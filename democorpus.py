@@ -88,6 +88,10 @@ class Piece:
         return pitch
 
 
+def bar_ticks(piece):
+    return piece.numerator * TPQ * 4 // piece.denominator
+
+
 def rhythm(rng, total, choices):
     """Durations (ticks) drawn from choices that fill exactly `total` ticks."""
     out, left = [], total
@@ -103,12 +107,16 @@ def rhythm(rng, total, choices):
 # each returns a Piece; bar length = numerator * (4 / denominator) quarters
 
 
+def begin(rng, tempo_range, numerator, denominator, base_velocity, bar_choices, chords_per_bar=1):
+    """(piece, chord degrees, total ticks): the part every style shares."""
+    piece = Piece(rng, float(rng.integers(*tempo_range)), numerator, denominator, base_velocity)
+    bars = int(rng.choice(bar_choices))
+    return piece, progression(rng, bars * chords_per_bar), bars * bar_ticks(piece)
+
+
 def chorale(rng):
     """Four voices in slow quarter-note chords, 4/4, a fermata-like long final chord."""
-    piece = Piece(rng, tempo=float(rng.integers(56, 76)), numerator=4, denominator=4, base_velocity=64)
-    bars = int(rng.choice([8, 12]))
-    degrees = progression(rng, bars * 2)
-    total = bars * 4 * TPQ
+    piece, degrees, total = begin(rng, (56, 76), 4, 4, 64, [8, 12], chords_per_bar=2)
     soprano = 72
     for i, degree in enumerate(degrees):
         pcs = chord_pcs(piece.key, piece.scale, degree)
@@ -128,10 +136,7 @@ def chorale(rng):
 
 def sonatina(rng):
     """Classical: a singing right hand over an Alberti bass in eighths, 4/4, allegro."""
-    piece = Piece(rng, tempo=float(rng.integers(120, 150)), numerator=4, denominator=4, base_velocity=72)
-    bars = int(rng.choice([8, 12, 16]))
-    degrees = progression(rng, bars)
-    total = bars * 4 * TPQ
+    piece, degrees, total = begin(rng, (120, 150), 4, 4, 72, [8, 12, 16])
     last = 76
     for bar, degree in enumerate(degrees):
         pcs = chord_pcs(piece.key, piece.scale, degree, seventh=degree == 5)
@@ -146,10 +151,7 @@ def sonatina(rng):
 
 def prelude(rng):
     """Baroque broken-chord prelude: one chord per bar arpeggiated in sixteenths across both hands."""
-    piece = Piece(rng, tempo=float(rng.integers(66, 88)), numerator=4, denominator=4, base_velocity=60)
-    bars = int(rng.choice([8, 12, 16]))
-    degrees = progression(rng, bars)
-    total = bars * 4 * TPQ
+    piece, degrees, total = begin(rng, (66, 88), 4, 4, 60, [8, 12, 16])
     for bar, degree in enumerate(degrees):
         pcs = chord_pcs(piece.key, piece.scale, degree)
         t = bar * 4 * TPQ
@@ -168,10 +170,7 @@ def prelude(rng):
 
 def waltz(rng):
     """Romantic waltz in 3/4: bass on one, chord on two and three; a lilting melody above."""
-    piece = Piece(rng, tempo=float(rng.integers(150, 190)), numerator=3, denominator=4, base_velocity=70)
-    bars = int(rng.choice([16, 24]))
-    degrees = progression(rng, bars)
-    total = bars * 3 * TPQ
+    piece, degrees, total = begin(rng, (150, 190), 3, 4, 70, [16, 24])
     last = 74
     for bar, degree in enumerate(degrees):
         pcs = chord_pcs(piece.key, piece.scale, degree, seventh=degree == 5)
@@ -188,15 +187,12 @@ def waltz(rng):
 
 def nocturne(rng):
     """Nocturne in 12/8: wide left-hand arpeggios over two octaves, a slow soft cantilena."""
-    piece = Piece(rng, tempo=float(rng.integers(40, 56)), numerator=12, denominator=8, base_velocity=50)
-    bars = int(rng.choice([6, 8]))
-    degrees = progression(rng, bars * 2)
-    bar_ticks = 6 * TPQ  # 12 eighths
-    total = bars * bar_ticks
+    piece, degrees, total = begin(rng, (40, 56), 12, 8, 50, [6, 8], chords_per_bar=2)
+    half_bar = 3 * TPQ  # six eighths: one chord
     last = 79
     for i, degree in enumerate(degrees):
         pcs = chord_pcs(piece.key, piece.scale, degree, seventh=degree == 5)
-        t = i * bar_ticks // 2
+        t = i * half_bar
         bass = nearest([pcs[0]], 38, 28, 45)
         span = [bass] + pitches_in(pcs, bass + 7, bass + 24)[:4]
         pattern = span + span[-2:0:-1]  # up and back down: 6 eighths
@@ -209,10 +205,7 @@ def nocturne(rng):
 
 def ragtime(rng):
     """Ragtime in 2/4: stride bass (low octave, then a mid chord) under a syncopated melody."""
-    piece = Piece(rng, tempo=float(rng.integers(84, 104)), numerator=2, denominator=4, base_velocity=80)
-    bars = int(rng.choice([16, 24]))
-    degrees = progression(rng, bars)
-    total = bars * 2 * TPQ
+    piece, degrees, total = begin(rng, (84, 104), 2, 4, 80, [16, 24])
     last = 76
     sixteenth = TPQ // 4
     for bar, degree in enumerate(degrees):
@@ -234,10 +227,6 @@ def ragtime(rng):
 
 STYLES = {"Chorale": chorale, "Sonatina": sonatina, "Prelude": prelude, "Waltz": waltz, "Nocturne": nocturne,
           "Ragtime": ragtime}
-
-
-def bar_ticks(piece):
-    return piece.numerator * TPQ * 4 // piece.denominator
 
 
 def rubato(piece):

@@ -35,7 +35,8 @@ class RemiGrammar:
     Position never moves backwards or stays inside a bar, and never passes the bar's end
     under the current time signature. PAD, BOS, drum pitches and pitches off the piano are
     never generated. These are exactly the rules miditok's tokens_errors counts, so a
-    constrained sample has zero grammar errors.
+    constrained sample has zero grammar errors. It keeps per-row state: use one instance
+    per generate call.
     """
 
     def __init__(self, tokenizer):
