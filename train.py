@@ -190,15 +190,26 @@ def autocast_context(device_type, dtype):
     return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
 
 
-def measure_matmul_peak(device, dtype, size=2048, seconds=0.5):
-    """FLOP/s of a square matmul in the training dtype on this device (the MFU denominator)."""
+def measure_matmul_peak(device, dtype, max_size=2048, seconds=0.5):
+    """FLOP/s of a square matmul in the training dtype on this device (the MFU denominator).
+
+    The matrix grows from 256 only while one product stays cheap: on a CPU without native
+    bf16, a 2048^2 bf16 matmul takes about a minute.
+    """
     torch_dtype = getattr(torch, dtype)
-    a = torch.randn(size, size, device=device, dtype=torch_dtype)
-    b = torch.randn(size, size, device=device, dtype=torch_dtype)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    for _ in range(3):  # warm up threads and caches
+    size = 256
+    while True:
+        a = torch.randn(size, size, device=device, dtype=torch_dtype)
+        b = torch.randn(size, size, device=device, dtype=torch_dtype)
+        torch.mm(a, b)  # warm up threads and caches
+        sync()
+        start = time.perf_counter()
         torch.mm(a, b)
-    sync()
+        sync()
+        if size >= max_size or time.perf_counter() - start > 0.02:
+            break
+        size *= 2
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         torch.mm(a, b)

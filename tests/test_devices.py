@@ -1,0 +1,59 @@
+"""Mixed precision, torch.compile and the CUDA paths: run here on the CPU, and on a GPU wherever one exists."""
+import pytest
+import torch
+
+from model import ModelConfig, MusicTransformer
+from train import TrainConfig, train
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: GPU paths skipped")
+
+
+def tiny_run(data_dir, out_dir, **overrides):
+    values = dict(data_dir=str(data_dir), out_dir=str(out_dir), block_size=32, n_layer=1, n_head=2, n_embd=32,
+                  batch_size=4, grad_accum=2, max_iters=4, eval_interval=4, eval_iters=1, log_interval=1,
+                  device="cpu", dtype="float32")
+    values.update(overrides)
+    return train(TrainConfig(**values))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cpu_autocast_trains_and_checkpoints(tiny_dataset, tmp_path, dtype):
+    last = tiny_run(tiny_dataset, tmp_path, dtype=dtype)
+    assert torch.isfinite(torch.tensor(last["loss"]))
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["train_config"]["dtype"] == dtype
+    if dtype == "float16":  # fp16 needs loss scaling: the GradScaler is on and saved
+        assert ckpt["scaler"]["scale"] > 0
+
+
+def test_compiled_model_trains_and_saves_plain_weights(tiny_dataset, tmp_path):
+    tiny_run(tiny_dataset, tmp_path, compile=True)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert not any(key.startswith("_orig_mod.") for key in ckpt["model"])
+    MusicTransformer.from_checkpoint(tmp_path / "ckpt.pt")
+
+
+@needs_cuda
+def test_cuda_training_uses_bf16_or_fp16_fused_adamw_and_compile(tiny_dataset, tmp_path):
+    last = tiny_run(tiny_dataset, tmp_path, device="cuda", dtype="auto", compile=True, max_iters=6, eval_interval=3)
+    assert torch.isfinite(torch.tensor(last["loss"]))
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["fused"] is True
+
+
+@needs_cuda
+def test_cuda_kv_cache_matches_full_forward_and_half_precision_generates():
+    torch.manual_seed(0)
+    model = MusicTransformer(ModelConfig(block_size=64, vocab_size=419, n_composers=4, n_layer=2, n_head=4,
+                                         n_embd=64, dropout=0.0)).cuda().eval()
+    prompt = torch.randint(2, 419, (2, 8), device="cuda")
+    composer = torch.tensor([1, 2], device="cuda")
+    seen = []
+    out = model.generate(prompt, composer, 100, guidance=1.0, generator=torch.Generator(device="cuda").manual_seed(0),
+                         on_step=lambda step, logits, start: seen.append((step, logits.clone(), start)))
+    for step, logits, start in seen[::7]:
+        full, _ = model(out[:, start:8 + step], composer)
+        torch.testing.assert_close(logits, full[:, -1].float(), atol=1e-3, rtol=0)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model.generate(prompt, composer, 40, guidance=3.0)
+    assert out.shape == (2, 48) and out.max() < 419
