@@ -125,17 +125,24 @@ def window_nll(model, x, y, composer, pad_id, batch_size=8):
 
 @torch.no_grad()
 def bayes_classify(model, samples, n_composers, batch_size=8):
-    """log p(sample | k) for k = 1..N -> [S, N] (summed over tokens after BOS)."""
+    """log p(sample | k) for k = 1..N -> [S, N], summed over the tokens after BOS.
+
+    A sample longer than the context is scored as training saw it: in windows of
+    [BOS] + block_size - 1 tokens.
+    """
     scores = []
-    ks = torch.arange(1, n_composers)
+    ks = torch.arange(1, n_composers, device=samples.device)
+    span = model.config.block_size - 1
     for seq in samples:
-        seq = seq.unsqueeze(0)
-        rows = []
-        for i in range(0, len(ks), batch_size):
-            k = ks[i:i + batch_size]
-            lp = model.token_log_probs(seq[:, :-1].expand(len(k), -1), k, seq[:, 1:].expand(len(k), -1))
-            rows.append(lp.sum(1))
-        scores.append(torch.cat(rows))
+        bos, tokens = seq[:1], seq[1:]
+        total = torch.zeros(len(ks), device=seq.device)
+        for start in range(0, len(tokens), span):
+            window = torch.cat([bos, tokens[start:start + span]]).unsqueeze(0)
+            for i in range(0, len(ks), batch_size):
+                k = ks[i:i + batch_size]
+                lp = model.token_log_probs(window[:, :-1].expand(len(k), -1), k, window[:, 1:].expand(len(k), -1))
+                total[i:i + len(k)] += lp.sum(1)
+        scores.append(total)
     return torch.stack(scores)
 
 

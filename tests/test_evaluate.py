@@ -55,9 +55,23 @@ def test_adherence_of_a_model_that_ignores_the_composer_is_chance():
     assert adherence(scores, perfect) == 1.0
 
 
+def test_samples_longer_than_the_context_are_scored_window_by_window():
+    torch.manual_seed(0)
+    model = MusicTransformer(ModelConfig(block_size=16, vocab_size=30, n_composers=3, n_layer=1, n_head=2, n_embd=16,
+                                         dropout=0.0)).eval()
+    sample = torch.cat([torch.ones(1, dtype=torch.long), torch.randint(2, 30, (40,))])
+    scores = bayes_classify(model, sample.unsqueeze(0), 3)
+    expected = torch.zeros(2)
+    for start in range(0, 40, 15):
+        window = torch.cat([sample[:1], sample[1 + start:1 + start + 15]]).unsqueeze(0)
+        for k in (1, 2):
+            expected[k - 1] += model.token_log_probs(window[:, :-1], torch.tensor([k]), window[:, 1:]).sum()
+    torch.testing.assert_close(scores[0], expected)
+
+
 def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, tiny_dataset):
     r = evaluate(tiny_checkpoint, str(tiny_dataset), num_windows=6, guidances=(1.0, 3.0), samples_per_composer=1,
-                 sample_tokens=48)
+                 sample_tokens=100)  # longer than the model's 64-token context
     assert set(r["nll"]) == {"true", "uncond", "wrong"} and all(math.isfinite(v) for v in r["nll"].values())
     assert r["baselines"]["trigram_witten_bell_nll"] < r["baselines"]["unigram_nll"]
     assert set(r["samples"]) == {"1.0", "3.0", "real val windows"}
