@@ -404,6 +404,25 @@ def write_dataset(out_dir, pieces, skipped, composers, tokenizer, meta):
         raise
 
 
+def check_out_dir(midi_dir, out_dir):
+    """Refuse an output that would replace the MIDI files or a folder prepare.py did not write."""
+    source, target = midi_dir.resolve(), out_dir.resolve()
+    if source == target or source in target.parents or target in source.parents:
+        raise CliError(f"--out_dir {out_dir} overlaps --midi_dir {midi_dir}: writing there would replace the MIDI "
+                       f"files; choose another --out_dir")
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / "meta.json").is_file())):
+        raise CliError(f"--out_dir {out_dir} exists and is not a dataset written by prepare.py; refusing to replace it")
+
+
+def default_out_dir(midi_dir):
+    """data/<name of the MIDI folder>, or data/<name>_tokens when that is the MIDI folder (data/midi)."""
+    name = "demo" if midi_dir == DEMO_MIDI_DIR else midi_dir.resolve().name
+    out_dir = Path("data") / name
+    if out_dir.resolve() == midi_dir.resolve() or midi_dir.resolve() in out_dir.resolve().parents:
+        out_dir = Path("data") / f"{name}_tokens"
+    return out_dir
+
+
 def replace_dir(new, target):
     """Swap `new` into `target`; the old target survives until the new one is in place."""
     if target.exists():
@@ -434,6 +453,7 @@ def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, m
     relpaths = find_midi_files(midi_dir)
     if not relpaths:
         raise CliError(f"--midi_dir {midi_dir} holds no .mid/.midi files")
+    check_out_dir(midi_dir, Path(out_dir))
     if layout == "auto":
         layout = detect_layout(midi_dir, relpaths)
         print(f"layout: {layout} (auto-detected; pass --layout to override)")
@@ -541,7 +561,7 @@ def default_midi_dir():
 def main(argv=None):
     parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--midi_dir", help="folder of MIDI files (default: data/midi/, else the synthetic demo corpus)")
-    parser.add_argument("--out_dir", help="output folder (default: data/<name of midi_dir>)")
+    parser.add_argument("--out_dir", help="output folder (default: data/<name of midi_dir>; data/midi -> data/midi_tokens)")
     parser.add_argument("--layout", default="auto", choices=LAYOUTS, help="how composers are found")
     parser.add_argument("--val_fraction", type=fraction_in(-1e-12, 0.5), default=0.05, help="share of pieces in val, 0..0.5")
     parser.add_argument("--workers", type=positive_int, default=None, help="encoding processes (default: all cores)")
@@ -552,8 +572,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         midi_dir = Path(args.midi_dir) if args.midi_dir else default_midi_dir()
-        default_name = "demo" if midi_dir == DEMO_MIDI_DIR else midi_dir.resolve().name
-        out_dir = Path(args.out_dir) if args.out_dir else Path("data") / default_name
+        out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(midi_dir)
         prepare(midi_dir, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes,
                 file_timeout=args.file_timeout, max_memory_mb=args.max_memory_mb)
     except CliError as e:

@@ -241,3 +241,27 @@ def test_real_piano_midi_keeps_every_note(tmp_path):
     assert meta["skipped"] == {}
     assert 3.0e6 < meta["n_tokens"]["train"] + meta["n_tokens"]["val"] < 3.5e6
     assert meta["note_check"]["worst_recall"] == 1.0
+
+
+def test_default_output_never_replaces_the_midi_folder(tmp_path, monkeypatch):
+    import prepare as prepare_module
+
+    monkeypatch.chdir(tmp_path)
+    write_midi(str(tmp_path / "data" / "midi" / "Bach" / "a.mid"), make_score(seed=1))
+    write_midi(str(tmp_path / "data" / "midi" / "Bach" / "b.mid"), make_score(seed=2))
+    prepare_module.main(["--workers", "1"])
+    assert sorted(os.listdir(tmp_path / "data" / "midi" / "Bach")) == ["a.mid", "b.mid"]
+    assert (tmp_path / "data" / "midi_tokens" / "meta.json").is_file()
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "parent", "foreign"])
+def test_an_output_that_would_destroy_other_files_is_refused(folder_corpus, tmp_path, where):
+    out = {"same": folder_corpus, "inside": folder_corpus / "data", "parent": folder_corpus.parent,
+           "foreign": tmp_path / "photos"}[where]
+    if where == "foreign":
+        out.mkdir()
+        (out / "holiday.jpg").write_bytes(b"precious")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    with pytest.raises(CliError, match="overlaps --midi_dir|is not a dataset written by prepare.py"):
+        prepare(folder_corpus, out, workers=1, isolate=False)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
