@@ -351,6 +351,8 @@ def train(cfg, stop_after=None):
     peak = measure_matmul_peak(device, dtype if dtype != "float16" or device_type == "cuda" else "float32")
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)
+        if cfg.init_from == "scratch":
+            keep_previous_run(cfg.out_dir, say)
         say(f"data {cfg.data_dir}: {len(train_data)} train / {len(val_data) if val_data else 0} val pieces, "
             f"{meta['n_composers'] - 1} composers; PAD share of training targets {pad_share(train_data, cfg.batch_size, cfg.seed):.1%}")
         say(f"model {raw_model.num_params() / 1e6:.2f}M parameters; device {device}, {dtype}, {world} process(es); "
@@ -437,6 +439,18 @@ def train(cfg, stop_after=None):
         log_file.close()
         say(f"done: {it} iters, best val loss {best_val:.4f}; checkpoints in {cfg.out_dir}/")
     return last
+
+
+def keep_previous_run(out_dir, say):
+    """A fresh run never overwrites an earlier run's checkpoints or log: they move aside."""
+    old = [name for name in ("ckpt.pt", "best.pt", "log.jsonl") if os.path.exists(os.path.join(out_dir, name))]
+    if not old:
+        return
+    folder = os.path.join(out_dir, time.strftime("previous-%Y%m%d-%H%M%S"))
+    os.makedirs(folder, exist_ok=True)
+    for name in old:
+        os.replace(os.path.join(out_dir, name), os.path.join(folder, name))
+    say(f"{out_dir} held an earlier run: moved {', '.join(old)} to {folder}/ (use --init_from=resume to continue it)")
 
 
 def check_ranks_agree(model, say):

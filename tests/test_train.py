@@ -110,6 +110,19 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path):
         torch.testing.assert_close(final[0][key], final[1][key], atol=1e-6, rtol=0)
 
 
+def test_a_fresh_run_moves_an_earlier_run_aside_instead_of_overwriting_it(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset, tmp_path, max_iters=2, eval_interval=2))
+    first = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    train(tiny_config(tiny_dataset, tmp_path, max_iters=4, eval_interval=4, seed=5))
+    previous = [p for p in os.listdir(tmp_path) if p.startswith("previous-")]
+    assert len(previous) == 1
+    kept = torch.load(tmp_path / previous[0] / "ckpt.pt", weights_only=True)
+    assert kept["iter"] == 2 and all(torch.equal(kept["model"][k], first["model"][k]) for k in first["model"])
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter"] == 4
+    assert max(r["iter"] for r in read_log(tmp_path)) == 4 and read_log(tmp_path)[0]["iter"] == 0
+    assert max(r["iter"] for r in read_log(tmp_path / previous[0])) == 2, "the earlier log moved with its checkpoint"
+
+
 def test_checkpoint_holds_everything_sampling_and_resume_need(tiny_dataset, tmp_path):
     train(tiny_config(tiny_dataset, tmp_path, max_iters=2, eval_interval=2))
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
