@@ -338,7 +338,7 @@ def _run_pool(midi_dir, pending, workers, limits, file_timeout, results, bar):
 
     # spawn, not fork: torch/OpenMP state in the parent must not leak into workers
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=limits)
-    in_flight = {}  # future -> (relpath, submitted at)
+    in_flight = {}  # future -> (relpath, time it was first seen running, or None)
     try:
         while pending or in_flight:
             while pending and len(in_flight) < workers:
@@ -404,10 +404,16 @@ def write_dataset(out_dir, pieces, skipped, composers, tokenizer, meta):
         raise
 
 
+def overlaps(a, b):
+    """True when one folder is, contains or lies inside the other."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 def check_out_dir(midi_dir, out_dir):
     """Refuse an output that would replace the MIDI files or a folder prepare.py did not write."""
-    source, target = midi_dir.resolve(), out_dir.resolve()
-    if source == target or source in target.parents or target in source.parents:
+    target = out_dir.resolve()
+    if overlaps(midi_dir, out_dir):
         raise CliError(f"--out_dir {out_dir} overlaps --midi_dir {midi_dir}: writing there would replace the MIDI "
                        f"files; choose another --out_dir")
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / "meta.json").is_file())):
@@ -418,9 +424,7 @@ def default_out_dir(midi_dir):
     """data/<name of the MIDI folder>, or data/<name>_tokens when that is the MIDI folder (data/midi)."""
     name = "demo" if midi_dir == DEMO_MIDI_DIR else midi_dir.resolve().name
     out_dir = Path("data") / name
-    if out_dir.resolve() == midi_dir.resolve() or midi_dir.resolve() in out_dir.resolve().parents:
-        out_dir = Path("data") / f"{name}_tokens"
-    return out_dir
+    return Path("data") / f"{name}_tokens" if overlaps(midi_dir, out_dir) else out_dir
 
 
 def replace_dir(new, target):
@@ -471,12 +475,12 @@ def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, m
             kept.append((relpath, composer, split, result))
         else:
             skipped.append({"path": relpath, "reason": result["reason"], **({"detail": result["detail"]} if "detail" in result else {})})
+    reasons = {}
+    for s in skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
     if not kept:
-        counts = {}
-        for s in skipped:
-            counts[s["reason"]] = counts.get(s["reason"], 0) + 1
         raise CliError(f"no piece could be encoded from {len(relpaths)} files ("
-                       + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "); nothing was written")
+                       + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + "); nothing was written")
     names = sorted({composer for _, composer, _, _ in kept if composer})
     composers = {name: i + 1 for i, name in enumerate(names)}
     pieces = [
@@ -486,9 +490,6 @@ def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, m
     ]
     tokenizer = build_tokenizer()
     lengths = [p["n_tokens"] for p in pieces]
-    reasons = {}
-    for s in skipped:
-        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
     meta = {
         "vocab_size": len(tokenizer),
         "pad_id": tokenizer.vocab["PAD_None"],

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,6 +253,15 @@ def test_default_output_never_replaces_the_midi_folder(tmp_path, monkeypatch):
     prepare_module.main(["--workers", "1"])
     assert sorted(os.listdir(tmp_path / "data" / "midi" / "Bach")) == ["a.mid", "b.mid"]
     assert (tmp_path / "data" / "midi_tokens" / "meta.json").is_file()
+
+
+def test_default_output_avoids_a_parent_of_the_midi_folder(tmp_path, monkeypatch):
+    from prepare import default_out_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert default_out_dir(Path("data/midi")) == Path("data/midi_tokens")
+    assert default_out_dir(Path("data/bach/bach")) == Path("data/bach_tokens")  # data/bach would contain it
+    assert default_out_dir(Path("elsewhere/chopin")) == Path("data/chopin")
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "parent", "foreign"])
