@@ -21,7 +21,7 @@ import time
 import torch
 
 from cli import Parser, fail, positive_int
-from model import ModelConfig, MusicTransformer, sample_next
+from model import ModelConfig, MusicTransformer, guided_logits, sample_next
 from train import autocast_context, measure_matmul_peak, resolve_device, resolve_dtype
 
 CASES = ("matmul", "train", "sample", "prepare")
@@ -88,10 +88,7 @@ def generate_recompute(model, idx, composer, max_new_tokens, guidance, temperatu
     for _ in range(max_new_tokens):
         context = seq[:, -block:]
         logits, _ = model(torch.cat([context, context]) if use_cfg else context, conditions)
-        logits = logits[:, -1].float()
-        if use_cfg:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + guidance * (cond - uncond)
+        logits = guided_logits(logits[:, -1], guidance) if use_cfg else logits[:, -1].float()
         seq = torch.cat([seq, sample_next(logits, temperature, top_k, top_p, generator)], dim=1)
     return seq
 

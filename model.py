@@ -210,11 +210,7 @@ class MusicTransformer(nn.Module):
         seq = idx
         logits, caches, start = prefill(seq, block)
         for step in range(max_new_tokens):
-            if use_cfg:
-                cond, uncond = logits.float().chunk(2)
-                mixed = uncond + guidance * (cond - uncond)
-            else:
-                mixed = logits.float()
+            mixed = guided_logits(logits, guidance) if use_cfg else logits.float()
             if logits_processor is not None:
                 mixed = logits_processor(seq, mixed)
             if on_step is not None:
@@ -276,6 +272,13 @@ def check_sampling_args(temperature, top_k, top_p, guidance):
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not (guidance >= 0 and math.isfinite(guidance)):
         raise ValueError(f"guidance must be >= 0, got {guidance}")
+
+
+def guided_logits(logits, guidance):
+    """Classifier-free guidance over a batch whose first half is conditional and second half
+    unconditional: uncond + g * (cond - uncond)."""
+    cond, uncond = logits.float().chunk(2)
+    return uncond + guidance * (cond - uncond)
 
 
 def filter_logits(logits, top_k=None, top_p=None):
