@@ -314,24 +314,20 @@ def train(cfg, stop_after=None):
                             pad_id=meta["pad_id"], grad_checkpoint=cfg.grad_checkpoint)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     start_iter, best_val = 0, float("inf")
-    if cfg.init_from == "resume":
-        try:
-            checkpoint = load_checkpoint(ckpt_path, "cpu")
-        except (FileNotFoundError, ValueError) as e:
-            raise CliError(f"cannot resume: {e}") from None
-        saved = ModelConfig.from_dict(checkpoint["model_config"])
-        if saved != model_cfg:
-            diff = [f"{f.name} {getattr(saved, f.name)} -> {getattr(model_cfg, f.name)}"
-                    for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(model_cfg, f.name)]
-            raise CliError(f"cannot resume {ckpt_path}: model config differs ({', '.join(diff)})")
-        start_iter, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = MusicTransformer(model_cfg)
     if cfg.init_from == "resume":
         try:
+            checkpoint = load_checkpoint(ckpt_path, "cpu")
+            saved = ModelConfig.from_dict(checkpoint["model_config"])
+            if saved != model_cfg:
+                diff = [f"{f.name} {getattr(saved, f.name)} -> {getattr(model_cfg, f.name)}"
+                        for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(model_cfg, f.name)]
+                raise CliError(f"cannot resume {ckpt_path}: model config differs ({', '.join(diff)})")
             load_state(model, checkpoint["model"])
-        except ValueError as e:
+        except (FileNotFoundError, ValueError) as e:
             raise CliError(f"cannot resume: {e}") from None
+        start_iter, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
     model.to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
@@ -348,7 +344,7 @@ def train(cfg, stop_after=None):
         model = DistributedDataParallel(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
 
     tokens_per_iter = samples_per_iter * cfg.block_size
-    peak = measure_matmul_peak(device, dtype if dtype != "float16" or device_type == "cuda" else "float32")
+    peak = measure_matmul_peak(device, dtype)
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if cfg.init_from == "scratch":
