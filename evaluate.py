@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from cli import CliError, Parser, atomic_write_text, fail, positive_int
-from prepare import grammar_error_rate, tokenizer_from_json
-from sample import RemiGrammar, load_model
+from prepare import tokenizer_from_json
+from sample import RemiGrammar, decode_sample, load_model
 from train import WindowSampler
 
 
@@ -158,17 +158,11 @@ def adherence(scores, requested):
 
 def music_stats(tokenizer, ids):
     """Notes per second, pitch range (semitones), pitch-class entropy (bits), grammar error rate."""
-    special = {tokenizer.vocab["PAD_None"], tokenizer.vocab["BOS_None"]}
-    ids = [int(i) for i in ids if int(i) not in special]
-    errors = grammar_error_rate(tokenizer, ids) if ids else 0.0
-    try:
-        score = tokenizer.decode([ids])
-    except Exception:
-        return {"notes_per_s": 0.0, "pitch_range": 0, "pitch_class_entropy": 0.0, "grammar_error_rate": errors}
+    _, score, errors = decode_sample(tokenizer, ids)
     pitches = np.array([n.pitch for t in score.tracks for n in t.notes])
-    seconds = float(score.to("second").end()) if len(pitches) else 0.0
     if len(pitches) == 0:
         return {"notes_per_s": 0.0, "pitch_range": 0, "pitch_class_entropy": 0.0, "grammar_error_rate": errors}
+    seconds = float(score.to("second").end())
     pc = np.bincount(pitches % 12, minlength=12) / len(pitches)
     pc = pc[pc > 0]
     return {"notes_per_s": len(pitches) / max(seconds, 1e-6), "pitch_range": int(pitches.max() - pitches.min()),
@@ -232,7 +226,7 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
                             "unigram_nll": baseline(unigram), "trigram_witten_bell_nll": baseline(ngram)}
 
     # 3. samples: adherence and music statistics
-    composer_ids = sorted(c for c in names if c != 0)[:max_composers] if max_composers else sorted(c for c in names if c != 0)
+    composer_ids = sorted(c for c in names if c != 0)[:max_composers]  # max_composers None: all
     requested = torch.tensor([c for c in composer_ids for _ in range(samples_per_composer)], device=device)
     bos = torch.full((len(requested), 1), meta["bos_id"], dtype=torch.long, device=device)
     results["samples"] = {}

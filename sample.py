@@ -230,12 +230,17 @@ def generate_samples(model, tokenizer, composer_id, prompt, num_samples, max_new
     return [row[1:] for row in out.tolist()]
 
 
+def decode_sample(tokenizer, ids):
+    """(ids without PAD/BOS, decoded score, grammar error rate) of generated tokens."""
+    special = {tokenizer.vocab["PAD_None"], tokenizer.vocab["BOS_None"]}
+    ids = [int(i) for i in ids if int(i) not in special]
+    errors = grammar_error_rate(tokenizer, ids) if ids else 0.0
+    return ids, tokenizer.decode([ids]), errors
+
+
 def write_sample(stem, ids, tokenizer, settings):
     """stem.mid, stem.json, stem.png; returns a summary dict."""
-    special = {tokenizer.vocab["PAD_None"], tokenizer.vocab["BOS_None"]}
-    ids = [i for i in ids if i not in special]
-    errors = grammar_error_rate(tokenizer, ids) if ids else 0.0
-    score = tokenizer.decode([ids])
+    ids, score, errors = decode_sample(tokenizer, ids)
     n_notes = sum(len(t.notes) for t in score.tracks)
     seconds = float(score.to("second").end()) if n_notes else 0.0
     tmp_mid = f"{stem}.mid.tmp"
