@@ -22,7 +22,7 @@ import torch
 
 from cli import Parser, fail, positive_int
 from model import ModelConfig, MusicTransformer, guided_logits, sample_next
-from train import autocast_context, measure_matmul_peak, resolve_device, resolve_dtype
+from devices import autocast_context, measure_matmul_peak, resolve_device, resolve_dtype
 
 CASES = ("matmul", "train", "sample", "prepare")
 SEED_SHAPE = dict(n_layer=8, n_head=8, n_embd=512)

@@ -13,16 +13,16 @@
 """
 import json
 import math
-import os
+
 import sys
 
 import numpy as np
 import torch
 
+from checkpoints import load_trained
 from cli import CliError, Parser, atomic_write_text, fail, positive_int
-from prepare import tokenizer_from_json
-from sample import RemiGrammar, decode_sample, load_model
-from train import WindowSampler
+from dataset import WindowSampler, open_dataset
+from remi import RemiGrammar, decode_sample
 
 
 # ----------------------------------------------------------------------------- n-gram baselines
@@ -178,20 +178,17 @@ def mean_stats(stats):
 
 def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1.0, 3.0), samples_per_composer=2,
              sample_tokens=512, seed=0, device="cpu", max_composers=None):
-    model, checkpoint = load_model(ckpt, device)
+    model, checkpoint, tokenizer = load_trained(ckpt, device)
     data_dir = data_dir or checkpoint["train_config"]["data_dir"]
-    if not os.path.isfile(os.path.join(data_dir, "meta.json")):
-        raise CliError(f"{data_dir} is not a prepared dataset; pass --data_dir")
-    with open(os.path.join(data_dir, "meta.json")) as f:
-        meta = json.load(f)
+    dataset = open_dataset(data_dir)
+    meta = dataset.meta
     if meta["vocab_size"] != model.config.vocab_size or meta["n_composers"] != model.config.n_composers:
         raise CliError(f"{data_dir} (vocab {meta['vocab_size']}, {meta['n_composers']} composer ids) does not match "
                        f"the checkpoint (vocab {model.config.vocab_size}, {model.config.n_composers} composer ids)")
-    tokenizer = tokenizer_from_json(checkpoint["tokenizer"])
     names = {i: n for n, i in checkpoint["composers"].items()}
     window = min(window or model.config.block_size, model.config.block_size)
-    val = WindowSampler(data_dir, "val", window, meta)
-    train_split = WindowSampler(data_dir, "train", window, meta)
+    val = WindowSampler(dataset, "val", window)
+    train_split = WindowSampler(dataset, "train", window)
     if len(val) == 0:
         raise CliError(f"{data_dir} has no val pieces")
     results = {"ckpt": str(ckpt), "data_dir": data_dir, "num_windows": num_windows, "window": window}
@@ -238,7 +235,7 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
         stats = [music_stats(tokenizer, row[1:].tolist()) for row in out]
         results["samples"][str(g)] = {"adherence": adherence(scores, requested.tolist()),
                                       "chance": 1 / (model.config.n_composers - 1), **mean_stats(stats)}
-    real_x, _, _ = val_windows(WindowSampler(data_dir, "val", sample_tokens, meta), num_windows, seed + 1)
+    real_x, _, _ = val_windows(WindowSampler(dataset, "val", sample_tokens), num_windows, seed + 1)
     results["samples"]["real val windows"] = mean_stats([music_stats(tokenizer, row[1:].tolist()) for row in real_x])
     return results
 

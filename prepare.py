@@ -1,20 +1,18 @@
 """MIDI files -> data/<name>/: REMI tokens as uint16 memmaps, a per-piece index, composer ids.
 
     python prepare.py --midi_dir ../shared/midi/piano-midi --out_dir data/piano-midi
+    python prepare.py --verify data/piano-midi
 
-Every non-drum track of a file is merged into ONE piano stream before encoding (miditok
-would otherwise give one sequence per track, and keeping the first drops the left hand).
-See ../shared/DESIGN.md and the README's "How it works" for the on-disk format.
+The corpus pipeline: finding files, layouts, composers, splits, the crash-isolating worker
+pool and the skip report. What a token means lives in remi.py; the on-disk format and its
+checks live in dataset.py.
 """
 import csv
 import importlib.metadata
 import hashlib
-import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from multiprocessing import get_context
 from pathlib import Path
@@ -22,157 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from cli import CliError, Parser, fail, fraction_in, non_negative_int, positive_float, positive_int
+from dataset import UNCONDITIONAL, verify_dataset, write_dataset
+from remi import PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, merge_piano_tracks, note_match, pitch_token_ids
 
 MIDI_SUFFIXES = (".mid", ".midi")
-PIANO_LOW, PIANO_HIGH = 21, 108  # A0..C8: notes outside are dropped (they cannot be played)
-UNCONDITIONAL = "<unconditional>"  # composers.json name of id 0; real composers are 1..N by name
-ONSET_STEPS_PER_QUARTER = 8  # REMI positions per beat (beat_res 8 for the first 4 beats)
 LAYOUTS = ("auto", "folders", "giantmidi", "maestro")
 # GiantMIDI-Piano: "Surname, Firstname, Title, YouTubeID.mid" (titles may hold commas)
 GIANTMIDI_NAME = re.compile(r"^(?P<surname>[^,]+), (?P<first>[^,]*), (?P<title>.+), (?P<youtube>[\w-]{11})$")
-
-
-# ----------------------------------------------------------------------------- tokenizer
-
-def build_tokenizer():
-    """The seed's REMI: 419 tokens with miditok 3.1.
-
-    pitch_range is inclusive in miditok 3, so (21, 109) holds one more Pitch token than the
-    piano has; it is the seed's 419-token vocabulary (miditok 2's range(21, 109) carried
-    over). Our data never contains Pitch_109: notes are kept inside 21..108.
-    """
-    from miditok import REMI, TokenizerConfig
-
-    config = TokenizerConfig(
-        pitch_range=(21, 109),
-        beat_res={(0, 4): 8, (4, 12): 4},
-        num_velocities=32,
-        special_tokens=["PAD", "BOS"],
-        use_tempos=True,
-        use_time_signatures=True,
-        use_rests=True,
-    )
-    tokenizer = REMI(config)
-    if len(tokenizer) > np.iinfo(np.uint16).max + 1:
-        raise ValueError(f"vocab of {len(tokenizer)} tokens does not fit uint16")
-    return tokenizer
-
-
-def tokenizer_from_json(text):
-    """A miditok tokenizer from the JSON string that tokenizer.save() writes."""
-    from miditok import REMI
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "tokenizer.json")
-        with open(path, "w") as f:
-            f.write(text)
-        return REMI(params=path)
-
-
-def grammar_error_rate(tokenizer, ids):
-    """miditok's share of tokens that break REMI's grammar (0.0 for a well-formed piece)."""
-    return float(tokenizer.tokens_errors([list(map(int, ids))])[0])
-
-
-def pitch_token_ids(tokenizer):
-    """Token id of each piano pitch 21..108 (contiguous in REMI)."""
-    return np.array([tokenizer.vocab[f"Pitch_{p}"] for p in range(PIANO_LOW, PIANO_HIGH + 1)])
-
-
-# ----------------------------------------------------------------------------- one stream per piece
-
-def merge_piano_tracks(score):
-    """One piano track holding the notes of every non-drum track, inside 21..108.
-
-    Returns (merged score, None) or (None, skip reason).
-    """
-    from symusic import Note, Score, Track
-
-    arrays = [track.notes.numpy() for track in score.tracks if not track.is_drum and len(track.notes)]
-    if not arrays:
-        has_drums = any(track.is_drum and len(track.notes) for track in score.tracks)
-        return None, ("drums_only" if has_drums else "no_notes")
-    notes = {key: np.concatenate([a[key] for a in arrays]) for key in ("time", "duration", "pitch", "velocity")}
-    keep = (notes["pitch"] >= PIANO_LOW) & (notes["pitch"] <= PIANO_HIGH)
-    if not keep.any():
-        return None, "no_notes_in_piano_range"
-    order = np.lexsort((notes["pitch"][keep], notes["time"][keep]))
-    merged = Score(score.tpq)
-    merged.tempos = score.tempos
-    merged.time_signatures = score.time_signatures
-    merged.key_signatures = score.key_signatures
-    track = Track(name="piano", program=0, is_drum=False)
-    track.notes = Note.from_numpy(**{key: value[keep][order] for key, value in notes.items()})
-    merged.tracks.append(track)
-    return merged, None
-
-
-def snap_onsets(score, steps_per_quarter=ONSET_STEPS_PER_QUARTER):
-    """Round note onsets to the REMI position grid in the file's own resolution.
-
-    miditok first resamples time to its time division (16 ticks/quarter when the piece has
-    an x/8 metre) and then snaps to the position grid: two roundings that move a triplet
-    by up to 3/32 of a quarter. One rounding here keeps every onset within 1/16 quarter.
-    """
-    from symusic import Note
-
-    snapped = score.copy()
-    step = score.tpq / steps_per_quarter
-    for track in snapped.tracks:
-        a = track.notes.numpy()
-        onsets = np.round(a["time"] / step) * step
-        ends = np.maximum(a["time"] + a["duration"], onsets + 1)
-        track.notes = Note.from_numpy(time=onsets.astype(np.int32), duration=(ends - onsets).astype(np.int32),
-                                      pitch=a["pitch"], velocity=a["velocity"])
-    return snapped
-
-
-def encode_score(tokenizer, score):
-    """Token ids (uint16) of a score (its non-drum tracks merged into one), or (None, reason)."""
-    merged, reason = merge_piano_tracks(score)
-    if merged is None:
-        return None, reason
-    return encode_merged(tokenizer, merged), None
-
-
-def encode_merged(tokenizer, merged):
-    """Token ids (uint16) of a one-track score from merge_piano_tracks."""
-    sequences = tokenizer(snap_onsets(merged))
-    ids = sequences[0].ids if isinstance(sequences, list) else sequences.ids
-    return np.asarray(ids, dtype=np.uint16)
-
-
-def note_match(reference, decoded):
-    """Greedy one-to-one match of notes by exact pitch and onset within 1/16 quarter note.
-
-    Onsets are snapped to 1/8 quarter before encoding (snap_onsets), so an onset moves by
-    at most half a grid step. Returns (matched, n_ref, n_dec).
-    """
-
-    def onsets_by_pitch(score):
-        by_pitch = {}
-        for track in score.tracks:
-            a = track.notes.numpy()
-            quarters = a["time"] / score.tpq
-            for pitch in np.unique(a["pitch"]):
-                by_pitch.setdefault(int(pitch), []).append(quarters[a["pitch"] == pitch])
-        return {p: np.sort(np.concatenate(v)) for p, v in by_pitch.items()}
-
-    ref, dec = onsets_by_pitch(reference), onsets_by_pitch(decoded)
-    tolerance = 1 / 16 + 1e-9
-    matched = 0
-    for pitch, a in ref.items():
-        b = dec.get(pitch, np.empty(0))
-        i = j = 0
-        while i < len(a) and j < len(b):
-            if abs(a[i] - b[j]) <= tolerance:
-                matched, i, j = matched + 1, i + 1, j + 1
-            elif a[i] < b[j]:
-                i += 1
-            else:
-                j += 1
-    count = lambda notes: sum(len(v) for v in notes.values())  # noqa: E731
-    return matched, count(ref), count(dec)
 
 
 # ----------------------------------------------------------------------------- composers and splits
@@ -368,42 +222,6 @@ def _run_pool(midi_dir, pending, workers, limits, file_timeout, results, bar):
 
 # ----------------------------------------------------------------------------- writing
 
-def write_dataset(out_dir, pieces, skipped, composers, tokenizer, meta):
-    """Write every file into a temp folder beside out_dir, then rename it into place."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in list(out_dir.parent.glob(f".{out_dir.name}.tmp-*")) + list(out_dir.parent.glob(f".{out_dir.name}.old-*")):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        for split in ("train", "val"):
-            rows = [p for p in pieces if p["split"] == split]
-            tokens = np.concatenate([p.pop("ids") for p in rows]) if rows else np.empty(0, np.uint16)
-            lengths = np.array([p["n_tokens"] for p in rows], dtype=np.int64)
-            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if rows else lengths
-            index = np.stack([offsets, lengths, [p["composer_id"] for p in rows]], axis=1) if rows else np.empty((0, 3), np.int64)
-            tokens.astype(np.uint16).tofile(tmp / f"{split}.bin")
-            np.save(tmp / f"{split}.idx.npy", index.astype(np.int64))
-        with open(tmp / "pieces.jsonl", "w") as f:
-            for split in ("train", "val"):
-                for p in pieces:
-                    if p["split"] == split:
-                        f.write(json.dumps(p, ensure_ascii=False) + "\n")
-        with open(tmp / "skipped.jsonl", "w") as f:
-            for s in skipped:
-                f.write(json.dumps(s, ensure_ascii=False) + "\n")
-        (tmp / "composers.json").write_text(json.dumps(composers, indent=1, ensure_ascii=False))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-        tokenizer.save(tmp / "tokenizer.json")
-        replace_dir(tmp, out_dir)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CliError(f"cannot write {out_dir}: {e.strerror or e}; the previous dataset (if any) is intact") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def overlaps(a, b):
     """True when one folder is, contains or lies inside the other."""
     a, b = Path(a).resolve(), Path(b).resolve()
@@ -425,17 +243,6 @@ def default_out_dir(midi_dir):
     name = "demo" if midi_dir == DEMO_MIDI_DIR else midi_dir.resolve().name
     out_dir = Path("data") / name
     return Path("data") / f"{name}_tokens" if overlaps(midi_dir, out_dir) else out_dir
-
-
-def replace_dir(new, target):
-    """Swap `new` into `target`; the old target survives until the new one is in place."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rename(target, old / target.name)
-        os.rename(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(new, target)
 
 
 def length_stats(lengths):
@@ -542,6 +349,15 @@ def print_summary(out_dir, meta, n_composers):
               f"{c['worst_recall']:.4f} ({c['worst_recall_piece']}), worst precision {c['worst_precision']:.4f}")
 
 
+def verify(data_dir):
+    dataset = verify_dataset(data_dir)
+    meta = dataset.meta
+    print(f"{data_dir}: ok (format {meta['format_version']}; {meta['n_pieces']['train']} train / "
+          f"{meta['n_pieces']['val']} val pieces, {sum(meta['n_tokens'].values()):,} tokens, "
+          f"{meta['n_composers'] - 1} composers; sizes, index, token ids, composer ids, tokenizer and "
+          f"{len(meta['sha256'])} checksums agree)")
+
+
 DEMO_MIDI_DIR = Path("data/demo-midi")
 
 
@@ -570,8 +386,13 @@ def main(argv=None):
     parser.add_argument("--check_notes", action="store_true", help="decode every piece and compare its notes to the MIDI")
     parser.add_argument("--file_timeout", type=positive_float, default=300.0, help="seconds per file before it is skipped")
     parser.add_argument("--max_memory_mb", type=positive_int, default=4096, help="memory cap of each encoding worker")
+    parser.add_argument("--verify", metavar="DATA_DIR", help="check a prepared dataset (sizes, index, ids, tokenizer, "
+                                                             "sha256 of every file) and exit")
     args = parser.parse_args(argv)
     try:
+        if args.verify:
+            verify(args.verify)
+            return
         midi_dir = Path(args.midi_dir) if args.midi_dir else default_midi_dir()
         out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(midi_dir)
         prepare(midi_dir, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes,

@@ -21,86 +21,10 @@ import torch
 
 from cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, fraction_in, non_negative_float,
                  non_negative_int, positive_float, positive_int)
-from model import MusicTransformer, load_checkpoint
-from prepare import PIANO_HIGH, PIANO_LOW, UNCONDITIONAL, encode_score, grammar_error_rate, tokenizer_from_json
-
-
-# ----------------------------------------------------------------------------- REMI grammar
-
-
-class RemiGrammar:
-    """Which tokens may come next in a REMI piece, per row of a batch.
-
-    The token-type successions are miditok's own graph (tokens_types_graph); on top of it a
-    Position never moves backwards or stays inside a bar, and never passes the bar's end
-    under the current time signature. PAD, BOS, drum pitches and pitches off the piano are
-    never generated. These are exactly the rules miditok's tokens_errors counts, so a
-    constrained sample has zero grammar errors. It keeps per-row state: use one instance
-    per generate call.
-    """
-
-    def __init__(self, tokenizer):
-        vocab = tokenizer.vocab
-        size = len(vocab)
-        self.type_of = [""] * size
-        self.value_of = [""] * size
-        for token, i in vocab.items():
-            self.type_of[i], self.value_of[i] = token.split("_", 1)
-        types = sorted(set(self.type_of))
-        playable = np.ones(size, dtype=bool)
-        for i, (kind, value) in enumerate(zip(self.type_of, self.value_of)):
-            if kind in ("PAD", "BOS", "PitchDrum") or (kind == "Pitch" and not PIANO_LOW <= int(value) <= PIANO_HIGH):
-                playable[i] = False
-        graph = tokenizer.tokens_types_graph
-        self.allowed_after = {}
-        for kind in types:
-            successors = graph.get(kind, set(types))
-            mask = np.array([t in successors for t in self.type_of]) & playable
-            self.allowed_after[kind] = mask
-        self.allowed_after["BOS"] = np.array([t == "Bar" for t in self.type_of])  # a piece opens with a bar
-        self.position_ids = np.array([i for i, t in enumerate(self.type_of) if t == "Position"])
-        self.position_values = np.array([int(self.value_of[i]) for i in self.position_ids])
-        self.positions_per_beat = max(tokenizer.config.beat_res.values())
-        self.rows = []
-        self.consumed = 0
-
-    def new_state(self):
-        return {"type": "BOS", "before": "BOS", "pos": -1, "bar_positions": 4 * self.positions_per_beat}
-
-    def advance(self, state, token):
-        kind, value = self.type_of[token], self.value_of[token]
-        if kind == "PAD":
-            return
-        if kind == "Bar":
-            state["pos"] = -1
-        elif kind == "TimeSig":
-            state["bar_positions"] = int(value.split("/")[0]) * self.positions_per_beat
-        elif kind == "Position":
-            state["pos"] = int(value)
-        state["before"], state["type"] = state["type"], kind
-
-    def mask(self, state):
-        allowed = self.allowed_after.get(state["type"], self.allowed_after["BOS"]).copy()
-        # miditok lets time restart only right after a Rest (or a TimeSig that follows one)
-        after_rest = state["type"] == "Rest" or (state["type"] == "TimeSig" and state["before"] == "Rest")
-        lowest = -1 if after_rest else state["pos"]
-        bad = (self.position_values <= lowest) | (self.position_values >= state["bar_positions"])
-        allowed[self.position_ids[bad]] = False
-        if not allowed.any():  # cannot happen with miditok's graph; never leave nothing to sample
-            allowed = self.allowed_after["BOS"].copy()
-        return allowed
-
-    def __call__(self, seq, logits):
-        """logits_processor for MusicTransformer.generate: -inf on forbidden tokens."""
-        if not self.rows:
-            self.rows = [self.new_state() for _ in range(seq.size(0))]
-        tokens = seq[:, self.consumed:].tolist()
-        for state, row in zip(self.rows, tokens):
-            for token in row:
-                self.advance(state, token)
-        self.consumed = seq.size(1)
-        masks = torch.from_numpy(np.stack([self.mask(state) for state in self.rows])).to(logits.device)
-        return logits.masked_fill(~masks, float("-inf"))
+from checkpoints import load_trained
+from dataset import UNCONDITIONAL
+from devices import resolve_device
+from remi import PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score
 
 
 # ----------------------------------------------------------------------------- composers
@@ -204,15 +128,6 @@ def parse_args(argv):
     return parser, parser.parse_args(argv)
 
 
-def load_model(path, device):
-    """(model, checkpoint dict); a missing, foreign or mismatched checkpoint is a CliError."""
-    try:
-        checkpoint = load_checkpoint(path, device)
-        return MusicTransformer.from_checkpoint_dict(checkpoint, device), checkpoint
-    except (FileNotFoundError, ValueError) as e:
-        raise CliError(str(e)) from None
-
-
 def generate_samples(model, tokenizer, composer_id, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
                      guidance, seed, constrained, device, progress=True):
     """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces."""
@@ -228,14 +143,6 @@ def generate_samples(model, tokenizer, composer_id, prompt, num_samples, max_new
                          on_step=lambda *_: bar.update())
     bar.close()
     return [row[1:] for row in out.tolist()]
-
-
-def decode_sample(tokenizer, ids):
-    """(ids without PAD/BOS, decoded score, grammar error rate) of generated tokens."""
-    special = {tokenizer.vocab["PAD_None"], tokenizer.vocab["BOS_None"]}
-    ids = [int(i) for i in ids if int(i) not in special]
-    errors = grammar_error_rate(tokenizer, ids) if ids else 0.0
-    return ids, tokenizer.decode([ids]), errors
 
 
 def write_sample(stem, ids, tokenizer, settings):
@@ -261,10 +168,8 @@ def main(argv=None):
 
 
 def run(args):
-    from train import resolve_device
-
     device = resolve_device(args.device)
-    model, checkpoint = load_model(args.ckpt, device)
+    model, checkpoint, tokenizer = load_trained(args.ckpt, device)
     composers = checkpoint["composers"]
     if args.list_composers:
         for name, i in sorted(composers.items(), key=lambda kv: kv[1]):
@@ -273,7 +178,6 @@ def run(args):
     if args.composer_id is None and args.composer is None:
         raise CliError("choose a composer: --composer NAME or --composer_id N (see --list_composers)")
     composer_id, composer_name = resolve_composer(composers, args.composer, args.composer_id)
-    tokenizer = tokenizer_from_json(checkpoint["tokenizer"])
     bos = tokenizer.vocab["BOS_None"]
     prompt = load_prompt(args.prompt, tokenizer, args.prompt_tokens, bos) if args.prompt else [bos]
     if len(prompt) >= model.config.block_size:

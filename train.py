@@ -10,7 +10,6 @@ field of TrainConfig below (an unknown key is an error).
 """
 import contextlib
 import dataclasses
-import io
 import json
 import math
 import os
@@ -21,7 +20,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from cli import CliError, atomic_write_bytes, fail, load_config
+from checkpoints import save_checkpoint
+from cli import CliError, fail, load_config
+from dataset import WindowSampler, open_dataset
+from devices import autocast_context, device_type_of, measure_matmul_peak, resolve_device, resolve_dtype
 from model import ModelConfig, MusicTransformer, load_checkpoint, load_state
 
 
@@ -95,54 +97,6 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- data
 
 
-class WindowSampler:
-    """Training windows from a prepared split: [BOS] + a random crop, padded with PAD.
-
-    Randomness is a pure function of (seed, rank, iteration, micro-step), so a resumed run
-    draws exactly the batches the uninterrupted run would have drawn.
-    """
-
-    def __init__(self, data_dir, split, block_size, meta):
-        self.tokens = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
-        self.index = np.load(os.path.join(data_dir, f"{split}.idx.npy"))
-        self.block_size = block_size
-        self.pad_id, self.bos_id = meta["pad_id"], meta["bos_id"]
-        self.pitch_lo, self.pitch_hi = meta["pitch_ids"]
-
-    def __len__(self):
-        return len(self.index)
-
-    def window(self, piece, rng):
-        offset, length, _ = self.index[piece]
-        start = int(rng.integers(0, max(0, length - self.block_size) + 1))
-        crop = self.tokens[offset + start: offset + min(length, start + self.block_size)]
-        x = np.full(self.block_size + 1, self.pad_id, dtype=np.int64)
-        x[0] = self.bos_id
-        x[1:1 + len(crop)] = crop
-        return x
-
-    def transpose(self, x, semitones):
-        """Shift Pitch tokens; a note that would leave the piano's range stays where it is."""
-        is_pitch = (x >= self.pitch_lo) & (x <= self.pitch_hi)
-        shifted = x + semitones
-        movable = is_pitch & (shifted >= self.pitch_lo) & (shifted <= self.pitch_hi)
-        return np.where(movable, shifted, x)
-
-    def batch(self, pieces, rng, cond_drop=0.0, transpose=0):
-        """(input [B, T], target [B, T], composer [B]) for the given piece rows."""
-        rows = []
-        for piece in pieces:
-            x = self.window(piece, rng)
-            if transpose:
-                x = self.transpose(x, int(rng.integers(-transpose, transpose + 1)))
-            rows.append(x)
-        x = torch.from_numpy(np.stack(rows))
-        composer = torch.from_numpy(self.index[pieces, 2].astype(np.int64))
-        dropped = torch.from_numpy(rng.random(len(pieces)) < cond_drop)
-        composer = torch.where(dropped, torch.zeros_like(composer), composer)
-        return x[:, :-1], x[:, 1:], composer
-
-
 def train_pieces(n_pieces, seed, sample_start, count):
     """Piece rows for global samples [sample_start, sample_start + count): a fresh permutation
     every epoch, so each epoch takes one window from every training piece."""
@@ -162,62 +116,6 @@ def pad_share(sampler, batch_size, seed, n=20):
 # ----------------------------------------------------------------------------- system
 
 
-def resolve_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CliError("device cuda requested but torch.cuda.is_available() is False; use --device=cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise CliError("device mps requested but it is not available; use --device=cpu")
-    return name
-
-
-def resolve_dtype(name, device_type):
-    if name != "auto":
-        return name
-    if device_type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device_type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bfloat16"  # measured ~1.7x faster than float32 for training on a Zen4 CPU
-    return "float32"
-
-
-def autocast_context(device_type, dtype):
-    if dtype == "float32" or device_type == "mps":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
-
-
-def measure_matmul_peak(device, dtype, max_size=2048, seconds=0.5):
-    """FLOP/s of a square matmul in the training dtype on this device (the MFU denominator).
-
-    The matrix grows from 256 only while one product stays cheap: on a CPU without native
-    bf16, a 2048^2 bf16 matmul takes about a minute.
-    """
-    torch_dtype = getattr(torch, dtype)
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    size = 256
-    while True:
-        a = torch.randn(size, size, device=device, dtype=torch_dtype)
-        b = torch.randn(size, size, device=device, dtype=torch_dtype)
-        torch.mm(a, b)  # warm up threads and caches
-        sync()
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        if size >= max_size or time.perf_counter() - start > 0.02:
-            break
-        size *= 2
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        n += 1
-        sync()
-    return 2 * size**3 * n / (time.perf_counter() - start)
-
-
 def lr_at(it, cfg, max_iters):
     """Linear warmup for warmup_frac of the run, then cosine decay to min_lr."""
     warmup = int(cfg.warmup_frac * max_iters)
@@ -227,30 +125,7 @@ def lr_at(it, cfg, max_iters):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def save_checkpoint(path, checkpoint):
-    """torch.save into memory, then temp file + fsync + rename: a crash keeps the old file."""
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    try:
-        atomic_write_bytes(path, buffer.getvalue())
-    except OSError as e:
-        raise CliError(f"cannot write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
-
-
 # ----------------------------------------------------------------------------- training
-
-
-def read_dataset_info(data_dir):
-    for name in ("meta.json", "composers.json", "tokenizer.json", "train.bin", "train.idx.npy"):
-        if not os.path.isfile(os.path.join(data_dir, name)):
-            raise CliError(f"{data_dir} is not a prepared dataset (missing {name}); run prepare.py first")
-    with open(os.path.join(data_dir, "meta.json")) as f:
-        meta = json.load(f)
-    with open(os.path.join(data_dir, "composers.json")) as f:
-        composers = json.load(f)
-    with open(os.path.join(data_dir, "tokenizer.json")) as f:
-        tokenizer_json = f.read()
-    return meta, composers, tokenizer_json
 
 
 @torch.no_grad()
@@ -289,7 +164,7 @@ def train(cfg, stop_after=None):
             raise CliError(f"grad_accum ({cfg.grad_accum}) must be divisible by the number of processes ({world})")
     master = rank == 0
     say = print if master else (lambda *a, **k: None)
-    device_type = "cuda" if device.startswith("cuda") else device
+    device_type = device_type_of(device)
     dtype = resolve_dtype(cfg.dtype, device_type)
     if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise CliError("this GPU does not support bfloat16; use --dtype=float16")
@@ -299,10 +174,10 @@ def train(cfg, stop_after=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    meta, composers, tokenizer_json = read_dataset_info(cfg.data_dir)
-    train_data = WindowSampler(cfg.data_dir, "train", cfg.block_size, meta)
-    has_val = os.path.isfile(os.path.join(cfg.data_dir, "val.idx.npy"))
-    val_data = WindowSampler(cfg.data_dir, "val", cfg.block_size, meta) if has_val else None
+    dataset = open_dataset(cfg.data_dir)  # every check before any work: a damaged dataset is one line
+    meta, composers, tokenizer_json = dataset.meta, dataset.composers, dataset.tokenizer_json
+    train_data = WindowSampler(dataset, "train", cfg.block_size)
+    val_data = WindowSampler(dataset, "val", cfg.block_size)
     if len(train_data) == 0:
         raise CliError(f"{cfg.data_dir} has no training pieces")
     samples_per_iter = cfg.batch_size * cfg.grad_accum

@@ -89,7 +89,8 @@ def test_samples_follow_the_requested_style_with_guidance_3(demo_midi, tmp_path)
     from symusic import Score
 
     from model import MusicTransformer
-    from prepare import prepare, tokenizer_from_json
+    from prepare import prepare
+    from remi import tokenizer_from_json
     from sample import generate_samples
     from train import TrainConfig, train
 

@@ -10,10 +10,8 @@ import pytest
 
 from cli import CliError
 from conftest import REAL_MIDI, ROOT, make_drums_only, make_no_notes, make_score, write_midi
-from prepare import (
-    build_tokenizer, encode_score, grammar_error_rate, find_midi_files, hash_split, merge_piano_tracks, note_match, pitch_token_ids,
-    prepare,
-)
+from prepare import find_midi_files, hash_split, prepare
+from remi import build_tokenizer, encode_score, grammar_error_rate, merge_piano_tracks, note_match, pitch_token_ids
 
 
 def read_split(out, split):

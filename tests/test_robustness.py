@@ -220,7 +220,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
     path = tmp_path / "ckpt.pt"
     script = f"""
 import os, signal, torch, cli
-from train import save_checkpoint
+from checkpoints import save_checkpoint
 save_checkpoint({str(path)!r}, {{"model": {{"w": torch.ones(3)}}, "iter": 1}})
 real_fsync = os.fsync
 def die(fd):
@@ -237,7 +237,7 @@ save_checkpoint({str(path)!r}, {{"model": {{"w": torch.zeros(1000000)}}, "iter":
 def test_disk_full_during_a_checkpoint_write_is_a_clear_error(tmp_path, monkeypatch):
     import cli
     from cli import CliError
-    from train import save_checkpoint
+    from checkpoints import save_checkpoint
 
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, {"iter": 1})

@@ -12,8 +12,8 @@ import torch
 from cli import CliError
 from conftest import ROOT
 from model import MusicTransformer, ModelConfig
-from prepare import build_tokenizer, grammar_error_rate
-from sample import RemiGrammar, png_bytes, resolve_composer
+from remi import RemiGrammar, build_tokenizer, grammar_error_rate
+from sample import png_bytes, resolve_composer
 
 COMPOSERS = {"<unconditional>": 0, "Bach, Johann Sebastian": 1, "Chopin, Frédéric": 2, "Schubert": 3,
              "Schumann": 4}

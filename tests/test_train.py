@@ -12,7 +12,8 @@ import torch
 
 from cli import CliError, load_config
 from conftest import ROOT
-from train import TrainConfig, WindowSampler, train, train_pieces
+from dataset import WindowSampler, open_dataset
+from train import TrainConfig, train, train_pieces
 
 
 def tiny_config(data_dir, out_dir, **overrides):
@@ -28,8 +29,8 @@ def read_log(out_dir):
 
 
 def sampler_of(data_dir, block_size=32):
-    meta = json.load(open(data_dir / "meta.json"))
-    return WindowSampler(str(data_dir), "train", block_size, meta), meta
+    dataset = open_dataset(data_dir)
+    return WindowSampler(dataset, "train", block_size), dataset.meta
 
 
 def test_windows_start_with_bos_stay_inside_one_piece_and_pad_the_tail(tiny_dataset):

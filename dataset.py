@@ -1,0 +1,276 @@
+"""The prepared dataset on disk: its format, writing it, and opening it with checks.
+
+data/<name>/ holds train.bin / val.bin (uint16 tokens), train.idx.npy / val.idx.npy (int64
+[N, 3]: offset, length, composer id), composers.json, tokenizer.json, meta.json (counts,
+format version, a sha256 per file), pieces.jsonl and skipped.jsonl. prepare.py writes it
+with write_dataset; train.py, evaluate.py and bench.py open it with open_dataset, which
+checks sizes, index bounds, token and composer ids and the tokenizer before any work
+starts. A mismatch is a DatasetError: one line naming the file and the fix.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cli import CliError
+from remi import check_tokenizer, transpose_pitches
+
+FORMAT_VERSION = 2
+UNCONDITIONAL = "<unconditional>"  # composers.json name of id 0; real composers are 1..N by name
+SPLITS = ("train", "val")
+CHECKSUMMED = ("train.bin", "val.bin", "train.idx.npy", "val.idx.npy", "composers.json", "tokenizer.json",
+               "pieces.jsonl")
+
+
+class DatasetError(CliError):
+    """A prepared dataset that is missing, damaged or from another version: one line, exit 2."""
+
+
+def damaged(data_dir, name, problem):
+    return DatasetError(f"{os.path.join(str(data_dir), name)}: {problem}; run prepare.py again to rebuild the dataset")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def sha256_of(path, chunk=1 << 22):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_dataset(out_dir, pieces, skipped, composers, tokenizer, meta):
+    """Write every file into a temp folder beside out_dir, then rename it into place.
+
+    pieces: dicts with "ids" (uint16 tokens), "split", "n_tokens", "composer_id" and the
+    fields of pieces.jsonl. meta gains format_version and checksums.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in list(out_dir.parent.glob(f".{out_dir.name}.tmp-*")) + list(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        for split in SPLITS:
+            rows = [p for p in pieces if p["split"] == split]
+            tokens = np.concatenate([p.pop("ids") for p in rows]) if rows else np.empty(0, np.uint16)
+            lengths = np.array([p["n_tokens"] for p in rows], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if rows else lengths
+            index = np.stack([offsets, lengths, [p["composer_id"] for p in rows]], axis=1) if rows else np.empty((0, 3), np.int64)
+            tokens.astype(np.uint16).tofile(tmp / f"{split}.bin")
+            np.save(tmp / f"{split}.idx.npy", index.astype(np.int64))
+        with open(tmp / "pieces.jsonl", "w") as f:
+            for split in SPLITS:
+                for p in pieces:
+                    if p["split"] == split:
+                        f.write(json.dumps(p, ensure_ascii=False) + "\n")
+        with open(tmp / "skipped.jsonl", "w") as f:
+            for s in skipped:
+                f.write(json.dumps(s, ensure_ascii=False) + "\n")
+        (tmp / "composers.json").write_text(json.dumps(composers, indent=1, ensure_ascii=False))
+        tokenizer.save(tmp / "tokenizer.json")
+        meta = {"format_version": FORMAT_VERSION, **meta,
+                "sha256": {name: sha256_of(tmp / name) for name in CHECKSUMMED}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        replace_dir(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CliError(f"cannot write {out_dir}: {e.strerror or e}; the previous dataset (if any) is intact") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def replace_dir(new, target):
+    """Swap `new` into `target`; the old target survives until the new one is in place."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / target.name)
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, target)
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+class Split:
+    """One split's tokens (a read-only memmap) and index [N, 3]: offset, length, composer id."""
+
+    def __init__(self, tokens, index):
+        self.tokens, self.index = tokens, index
+
+    def __len__(self):
+        return len(self.index)
+
+    def piece(self, row):
+        offset, length, _ = self.index[row]
+        return self.tokens[offset:offset + length]
+
+
+class Dataset:
+    """An opened, checked dataset: meta, composers, tokenizer (JSON text and object), splits."""
+
+    def __init__(self, data_dir, meta, composers, tokenizer_json, tokenizer, splits):
+        self.data_dir, self.meta, self.composers = str(data_dir), meta, composers
+        self.tokenizer_json, self.tokenizer, self.splits = tokenizer_json, tokenizer, splits
+
+    def pieces(self):
+        """The rows of pieces.jsonl (path, composer, composer_id, split, n_tokens), in index order."""
+        path = os.path.join(self.data_dir, "pieces.jsonl")
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+
+def read_json(data_dir, name):
+    path = os.path.join(str(data_dir), name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{data_dir} is not a prepared dataset (missing {name}); run prepare.py first") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise damaged(data_dir, name, f"does not parse ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def check_meta(data_dir, meta):
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+        raise damaged(data_dir, "meta.json", f"format version {version}, this code reads {FORMAT_VERSION}")
+    for key in ("vocab_size", "pad_id", "bos_id", "pitch_ids", "n_composers", "n_pieces", "n_tokens"):
+        if key not in meta:
+            raise damaged(data_dir, "meta.json", f"has no {key!r}")
+
+
+def check_composers(data_dir, composers, meta):
+    ids = sorted(composers.values()) if isinstance(composers, dict) else None
+    if ids is None or any(type(i) is not int for i in ids) or ids != list(range(len(ids))):
+        raise damaged(data_dir, "composers.json", "is not a {name: id} table with ids 0..N-1")
+    if composers.get(UNCONDITIONAL) != 0:
+        raise damaged(data_dir, "composers.json", f"id 0 must be {UNCONDITIONAL!r}")
+    if len(ids) != meta["n_composers"]:
+        raise damaged(data_dir, "composers.json", f"{len(ids)} composer ids, meta.json says {meta['n_composers']}")
+
+
+def open_split(data_dir, split, meta, check_tokens=True):
+    """Memmap one split after checking its files against meta.json and each other."""
+    bin_name, idx_name = f"{split}.bin", f"{split}.idx.npy"
+    bin_path, idx_path = os.path.join(str(data_dir), bin_name), os.path.join(str(data_dir), idx_name)
+    for name, path in ((bin_name, bin_path), (idx_name, idx_path)):
+        if not os.path.isfile(path):
+            raise DatasetError(f"{data_dir} is not a prepared dataset (missing {name}); run prepare.py first")
+    n_tokens, n_pieces = meta["n_tokens"].get(split, 0), meta["n_pieces"].get(split, 0)
+    size = os.path.getsize(bin_path)
+    if size != 2 * n_tokens:
+        raise damaged(data_dir, bin_name, f"{size:,} bytes, but meta.json says {n_tokens:,} uint16 tokens "
+                                          f"({2 * n_tokens:,} bytes)")
+    try:
+        index = np.load(idx_path, allow_pickle=False)
+    except Exception as e:
+        raise damaged(data_dir, idx_name, f"does not load ({type(e).__name__}: {str(e)[:120]})") from None
+    if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != 3 or len(index) != n_pieces:
+        raise damaged(data_dir, idx_name, f"shape {index.shape} {index.dtype}, expected ({n_pieces}, 3) int64")
+    offsets, lengths, composer_ids = index[:, 0], index[:, 1], index[:, 2]
+    outside = (offsets < 0) | (lengths <= 0) | (offsets + lengths > n_tokens)
+    if outside.any():
+        row = int(np.argmax(outside))
+        raise damaged(data_dir, idx_name, f"entry {row} (offset {offsets[row]}, length {lengths[row]}) lies outside "
+                                          f"{bin_name} ({n_tokens:,} tokens)")
+    bad = (composer_ids < 0) | (composer_ids >= meta["n_composers"])
+    if bad.any():
+        raise damaged(data_dir, idx_name, f"composer id {composer_ids[np.argmax(bad)]} is not in composers.json "
+                                          f"(0..{meta['n_composers'] - 1})")
+    tokens = np.memmap(bin_path, dtype=np.uint16, mode="r") if n_tokens else np.empty(0, np.uint16)
+    if check_tokens and n_tokens and int(tokens.max()) >= meta["vocab_size"]:
+        where = int(np.argmax(tokens >= meta["vocab_size"]))
+        raise damaged(data_dir, bin_name, f"token id {int(tokens[where])} at position {where} is not below the "
+                                          f"vocabulary size {meta['vocab_size']}")
+    return Split(tokens, index)
+
+
+def open_dataset(data_dir, splits=SPLITS, check_tokens=True):
+    """Open and check a prepared dataset; a DatasetError names the first problem found."""
+    if not os.path.isdir(str(data_dir)):
+        raise DatasetError(f"{data_dir} is not a prepared dataset (no such folder); run prepare.py first")
+    meta = read_json(data_dir, "meta.json")
+    check_meta(data_dir, meta)
+    composers = read_json(data_dir, "composers.json")
+    check_composers(data_dir, composers, meta)
+    path = os.path.join(str(data_dir), "tokenizer.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            tokenizer_json = f.read()
+        tokenizer = check_tokenizer(path, tokenizer_json, meta["vocab_size"], meta["pad_id"], meta["bos_id"])
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DatasetError(f"{e}; run prepare.py again to rebuild the dataset") from None
+    opened = {split: open_split(data_dir, split, meta, check_tokens) for split in splits}
+    return Dataset(data_dir, meta, composers, tokenizer_json, tokenizer, opened)
+
+
+def verify_dataset(data_dir):
+    """open_dataset plus every file's sha256 against meta.json; returns the Dataset."""
+    dataset = open_dataset(data_dir)
+    for name, expected in dataset.meta.get("sha256", {}).items():
+        path = os.path.join(str(data_dir), name)
+        if not os.path.isfile(path):
+            raise DatasetError(f"{data_dir} is missing {name}; run prepare.py again to rebuild the dataset")
+        if sha256_of(path) != expected:
+            raise damaged(data_dir, name, "its sha256 differs from meta.json (the file changed after prepare.py wrote it)")
+    return dataset
+
+
+# ----------------------------------------------------------------------------- training windows
+
+
+class WindowSampler:
+    """Training windows from one split: [BOS] + a crop of block_size tokens, padded with PAD.
+
+    Randomness comes only from the rng passed in, so a caller that seeds it from (seed,
+    rank, iteration, micro-step) draws the same batches after a resume.
+    """
+
+    def __init__(self, dataset, split, block_size):
+        meta = dataset.meta
+        self.tokens, self.index = dataset.splits[split].tokens, dataset.splits[split].index
+        self.block_size = block_size
+        self.pad_id, self.bos_id = meta["pad_id"], meta["bos_id"]
+        self.pitch_lo, self.pitch_hi = meta["pitch_ids"]
+
+    def __len__(self):
+        return len(self.index)
+
+    def window(self, piece, rng):
+        offset, length, _ = self.index[piece]
+        start = int(rng.integers(0, max(0, length - self.block_size) + 1))
+        crop = self.tokens[offset + start: offset + min(length, start + self.block_size)]
+        x = np.full(self.block_size + 1, self.pad_id, dtype=np.int64)
+        x[0] = self.bos_id
+        x[1:1 + len(crop)] = crop
+        return x
+
+    def transpose(self, x, semitones):
+        return transpose_pitches(x, semitones, self.pitch_lo, self.pitch_hi)
+
+    def batch(self, pieces, rng, cond_drop=0.0, transpose=0):
+        """(input [B, T], target [B, T], composer [B]) for the given piece rows."""
+        import torch
+
+        rows = []
+        for piece in pieces:
+            x = self.window(piece, rng)
+            if transpose:
+                x = self.transpose(x, int(rng.integers(-transpose, transpose + 1)))
+            rows.append(x)
+        x = torch.from_numpy(np.stack(rows))
+        composer = torch.from_numpy(self.index[pieces, 2].astype(np.int64))
+        dropped = torch.from_numpy(rng.random(len(pieces)) < cond_drop)
+        composer = torch.where(dropped, torch.zeros_like(composer), composer)
+        return x[:, :-1], x[:, 1:], composer
