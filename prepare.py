@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -238,11 +239,13 @@ def check_out_dir(midi_dir, out_dir):
         raise CliError(f"--out_dir {out_dir} exists and is not a dataset written by prepare.py; refusing to replace it")
 
 
-def default_out_dir(midi_dir):
-    """data/<name of the MIDI folder>, or data/<name>_tokens when that is the MIDI folder (data/midi)."""
-    name = "demo" if midi_dir == DEMO_MIDI_DIR else midi_dir.resolve().name
+def default_out_dir(midi_dirs):
+    """data/<name of the MIDI folder> (names joined by + for several folders), or
+    data/<name>_tokens when that is a MIDI folder (data/midi)."""
+    midi_dirs = midi_dirs if isinstance(midi_dirs, (list, tuple)) else [midi_dirs]
+    name = "+".join("demo" if d == DEMO_MIDI_DIR else d.resolve().name for d in midi_dirs)
     out_dir = Path("data") / name
-    return Path("data") / f"{name}_tokens" if overlaps(midi_dir, out_dir) else out_dir
+    return Path("data") / f"{name}_tokens" if any(overlaps(d, out_dir) for d in midi_dirs) else out_dir
 
 
 def length_stats(lengths):
@@ -254,70 +257,196 @@ def length_stats(lengths):
 
 # ----------------------------------------------------------------------------- main
 
-def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, min_tokens=64, check_notes=False,
-            isolate=True, file_timeout=300.0, max_memory_mb=4096):
-    """Build the dataset; returns meta (also written to out_dir/meta.json)."""
-    start = time.time()
-    midi_dir = Path(midi_dir)
+def composer_key(name):
+    """A spelling-free key: Burgmüller, Burgmueller and burgmuller; Rachmaninoff and
+    Rachmaninov are one composer each."""
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    folded = re.sub(r"[^a-z0-9]", "", folded)
+    folded = folded.replace("ae", "a").replace("oe", "o").replace("ue", "u")
+    return re.sub(r"(off|ow)$", "ov", folded)
+
+
+def merge_composer_names(counts):
+    """{spelling: canonical name} from {spelling: pieces}. Spellings with one composer_key
+    are one composer, and so is a name that is the first part of a hyphenated one
+    (Rimsky = Rimsky-Korsakov). The canonical name of a group is its most used spelling.
+    Returns (mapping, [(canonical, [other spellings])])."""
+    keys = {name: composer_key(name) for name in counts}
+    all_keys = set(keys.values())
+    for name in counts:
+        first = composer_key(re.split(r"[-\s]", name.strip())[0])
+        if "-" in name and first in all_keys and first != keys[name]:
+            keys = {n: (keys[name] if k == first else k) for n, k in keys.items()}
+    groups = {}
+    for name in sorted(counts):
+        groups.setdefault(keys[name], []).append(name)
+    mapping, merged = {}, []
+    for names in groups.values():
+        canonical = max(names, key=lambda n: (counts[n], n))
+        mapping.update({n: canonical for n in names})
+        if len(names) > 1:
+            merged.append((canonical, [n for n in names if n != canonical]))
+    return mapping, merged
+
+
+def pitch_sequence(ids, pitch_lo, pitch_hi):
+    ids = np.asarray(ids)
+    return ids[(ids >= pitch_lo) & (ids <= pitch_hi)].astype(np.int64)
+
+
+def near_duplicate_groups(pitch_seqs, k=12, threshold=0.5, max_sharing=8):
+    """Group id per piece: pieces that share at least `threshold` of the k-note pitch runs
+    of the shorter one are one work (another sequencing of it), so they share a split.
+
+    Runs found in more than max_sharing pieces (scales, repeated figures) are ignored.
+    """
+    n = len(pitch_seqs)
+    parent = list(range(n))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    grams, owners, sizes = [], [], np.zeros(n, np.int64)
+    for piece, seq in enumerate(pitch_seqs):
+        if len(seq) < k:
+            continue
+        key = np.zeros(len(seq) - k + 1, np.int64)
+        for j in range(k):
+            key = key * 1_000_003 + seq[j:len(seq) - k + 1 + j]
+        key = np.unique(key)
+        grams.append(key)
+        owners.append(np.full(len(key), piece, np.int64))
+        sizes[piece] = len(key)
+    if not grams:
+        return list(range(n))
+    grams, owners = np.concatenate(grams), np.concatenate(owners)
+    order = np.argsort(grams, kind="stable")
+    grams, owners = grams[order], owners[order]
+    starts = np.flatnonzero(np.r_[True, grams[1:] != grams[:-1]])
+    counts = np.diff(np.r_[starts, len(grams)])
+    pairs = []
+    for start, count in zip(starts[(counts > 1) & (counts <= max_sharing)], counts[(counts > 1) & (counts <= max_sharing)]):
+        members = owners[start:start + count]
+        for a in range(count):
+            for b in range(a + 1, count):
+                pairs.append(members[a] * n + members[b])
+    if pairs:
+        keys, shared = np.unique(np.array(pairs, np.int64), return_counts=True)
+        for key, count in zip(keys, shared):
+            a, b = divmod(int(key), n)
+            if count >= threshold * min(sizes[a], sizes[b]):
+                parent[root(a)] = root(b)
+    return [root(i) for i in range(n)]
+
+
+def folder_labels(midi_dirs):
+    """A short, unique label per MIDI folder: its name (name-2, ... when two share one)."""
+    labels = []
+    for folder in midi_dirs:
+        name = Path(folder).resolve().name or "midi"
+        label, i = name, 2
+        while label in labels:
+            label, i = f"{name}-{i}", i + 1
+        labels.append(label)
+    return labels
+
+
+def read_folder(midi_dir, layout, val_fraction):
+    """(layout, [(relpath, composer or None, split)]) of one MIDI folder."""
     if not midi_dir.is_dir():
         raise CliError(f"--midi_dir {midi_dir} is not a folder")
     relpaths = find_midi_files(midi_dir)
     if not relpaths:
         raise CliError(f"--midi_dir {midi_dir} holds no .mid/.midi files")
-    check_out_dir(midi_dir, Path(out_dir))
     if layout == "auto":
         layout = detect_layout(midi_dir, relpaths)
-        print(f"layout: {layout} (auto-detected; pass --layout to override)")
+        print(f"{midi_dir}: layout {layout} (auto-detected; pass --layout to override)")
     if layout == "maestro" and not find_maestro_csv(midi_dir):
         raise CliError(f"--layout maestro needs a maestro-v*.csv in {midi_dir}")
-    assigned = assign_composers_and_splits(midi_dir, relpaths, layout, val_fraction)
-    workers = workers or os.cpu_count() or 1
-    print(f"encoding {len(relpaths)} files from {midi_dir} with {workers} worker(s)")
-    results = encode_all(midi_dir, relpaths, workers, min_tokens, check_notes, isolate, file_timeout, max_memory_mb)
+    return layout, assign_composers_and_splits(midi_dir, relpaths, layout, val_fraction)
 
-    kept, skipped = [], []
-    for relpath, composer, split in assigned:
-        result = results[relpath]
-        if "ids" in result:
-            kept.append((relpath, composer, split, result))
-        else:
-            skipped.append({"path": relpath, "reason": result["reason"], **({"detail": result["detail"]} if "detail" in result else {})})
+
+def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, min_tokens=64, check_notes=False,
+            isolate=True, file_timeout=300.0, max_memory_mb=4096):
+    """Build the dataset from one MIDI folder or a list of them; returns meta (also written
+    to out_dir/meta.json). With several folders, paths in pieces.jsonl start with the
+    folder's name, composers are matched across folders by name, and a piece found twice
+    is kept once."""
+    start = time.time()
+    midi_dirs = [Path(d) for d in (midi_dir if isinstance(midi_dir, (list, tuple)) else [midi_dir])]
+    labels = folder_labels(midi_dirs) if len(midi_dirs) > 1 else [""]
+    for folder in midi_dirs:
+        check_out_dir(folder, Path(out_dir))
+    folders = [read_folder(folder, layout, val_fraction) for folder in midi_dirs]
+    workers = workers or os.cpu_count() or 1
+    tokenizer = build_tokenizer()
+    pitch_lo, pitch_hi = int(pitch_token_ids(tokenizer)[0]), int(pitch_token_ids(tokenizer)[-1])
+    kept, skipped, n_files = [], [], 0
+    for folder, label, (folder_layout, assigned) in zip(midi_dirs, labels, folders):
+        relpaths = [relpath for relpath, _, _ in assigned]
+        n_files += len(relpaths)
+        print(f"encoding {len(relpaths)} files from {folder} with {workers} worker(s)")
+        results = encode_all(folder, relpaths, workers, min_tokens, check_notes, isolate, file_timeout, max_memory_mb)
+        for relpath, composer, split in assigned:
+            path, result = f"{label}/{relpath}" if label else relpath, results[relpath]
+            if "ids" in result:
+                kept.append({"path": path, "composer": composer, "split": split, "result": result,
+                             "fixed_split": folder_layout == "maestro"})
+            else:
+                skipped.append({"path": path, "reason": result["reason"],
+                                **({"detail": result["detail"]} if "detail" in result else {})})
+    kept = drop_duplicates(kept, skipped, pitch_lo, pitch_hi)
     reasons = {}
     for s in skipped:
         reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
     if not kept:
-        raise CliError(f"no piece could be encoded from {len(relpaths)} files ("
+        raise CliError(f"no piece could be encoded from {n_files} files ("
                        + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + "); nothing was written")
-    names = sorted({composer for _, composer, _, _ in kept if composer})
+    n_moved = keep_works_in_one_split(kept, pitch_lo, pitch_hi)
+    counts = {}
+    for piece in kept:
+        if piece["composer"]:
+            counts[piece["composer"]] = counts.get(piece["composer"], 0) + 1
+    canonical, merged = merge_composer_names(counts)
+    for name, others in merged:
+        print(f"composer names merged: {name} = {' = '.join(others)}")
+    names = sorted(set(canonical.values()))
     composers = {name: i + 1 for i, name in enumerate(names)}
-    pieces = [
-        {"path": relpath, "composer": composer or "", "composer_id": composers.get(composer, 0), "split": split,
-         "n_tokens": int(len(result["ids"])), "ids": result["ids"]}
-        for relpath, composer, split, result in kept
-    ]
-    tokenizer = build_tokenizer()
+    pieces = []
+    for piece in kept:
+        name = canonical.get(piece["composer"], "")
+        ids = piece["result"]["ids"]
+        pieces.append({"path": piece["path"], "composer": name, "composer_id": composers.get(name, 0),
+                       "split": piece["split"], "n_tokens": int(len(ids)), "ids": ids})
     lengths = [p["n_tokens"] for p in pieces]
+    split_rule = f"val if int(sha1(path inside its folder)[:8], 16) / 2**32 < {val_fraction}"
     meta = {
         "vocab_size": len(tokenizer),
         "pad_id": tokenizer.vocab["PAD_None"],
         "bos_id": tokenizer.vocab["BOS_None"],
-        "pitch_ids": [int(pitch_token_ids(tokenizer)[0]), int(pitch_token_ids(tokenizer)[-1])],
+        "pitch_ids": [pitch_lo, pitch_hi],
         "pitch_range": [PIANO_LOW, PIANO_HIGH],
         "n_composers": len(composers) + 1,
-        "n_files": len(relpaths),
+        "n_files": n_files,
         "n_pieces": {split: sum(p["split"] == split for p in pieces) for split in ("train", "val")},
         "n_tokens": {split: sum(p["n_tokens"] for p in pieces if p["split"] == split) for split in ("train", "val")},
         "token_length": length_stats(lengths),
         "skipped": reasons,
-        "source": str(midi_dir.resolve()),
-        "layout": layout,
-        "split_rule": ("maestro csv split (validation+test -> val)" if layout == "maestro" else
-                       f"val if int(sha1(relative path)[:8], 16) / 2**32 < {val_fraction}"),
+        "source": str(midi_dirs[0].resolve()) if len(midi_dirs) == 1 else [str(d.resolve()) for d in midi_dirs],
+        "layout": folders[0][0] if len(midi_dirs) == 1 else [f[0] for f in folders],
+        "split_rule": ("maestro csv split (validation+test -> val)" if folders[0][0] == "maestro" and len(folders) == 1
+                       else split_rule + "; maestro folders keep their csv split; another sequencing of a piece "
+                                         "(near-duplicate notes) joins the split of its first copy"),
+        "works_moved_to_one_split": n_moved,
+        "composer_names_merged": {name: others for name, others in merged},
         "miditok_version": importlib.metadata.version("miditok"),
         "seconds": None,
     }
     if check_notes:
-        pairs = [(p["path"], results[p["path"]]["notes"]) for p in pieces]
+        pairs = [(p["path"], p["result"]["notes"]) for p in kept]
         recalls = {path: m / max(n_ref, 1) for path, (m, n_ref, n_dec) in pairs}
         precisions = {path: m / max(n_dec, 1) for path, (m, n_ref, n_dec) in pairs}
         worst = min(recalls, key=recalls.get) if recalls else None
@@ -330,9 +459,38 @@ def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, m
             "worst_precision": min(precisions.values(), default=1.0),
         }
     meta["seconds"] = round(time.time() - start, 2)
-    write_dataset(out_dir, pieces, skipped, {UNCONDITIONAL: 0, **composers}, tokenizer, meta)
+    meta = write_dataset(out_dir, pieces, skipped, {UNCONDITIONAL: 0, **composers}, tokenizer, meta)
     print_summary(out_dir, meta, len(composers))
     return meta
+
+
+def drop_duplicates(kept, skipped, pitch_lo, pitch_hi, n_notes=300):
+    """Keep the first of pieces whose first n_notes pitches are the same (the same piece
+    twice, within or across folders); the others go to skipped as "duplicate"."""
+    first_of, out = {}, []
+    for piece in kept:
+        key = pitch_sequence(piece["result"]["ids"], pitch_lo, pitch_hi)[:n_notes].tobytes()
+        if key in first_of:
+            skipped.append({"path": piece["path"], "reason": "duplicate",
+                            "detail": f"same first {n_notes} notes as {first_of[key]}"})
+        else:
+            first_of[key] = piece["path"]
+            out.append(piece)
+    return out
+
+
+def keep_works_in_one_split(kept, pitch_lo, pitch_hi):
+    """Another sequencing of a piece joins the split of its first copy, so val never holds
+    a near-copy of a training piece. Returns how many pieces moved."""
+    groups = near_duplicate_groups([pitch_sequence(p["result"]["ids"], pitch_lo, pitch_hi) for p in kept])
+    first_split, moved = {}, 0
+    for piece, group in zip(kept, groups):
+        if piece["fixed_split"]:
+            continue
+        split = first_split.setdefault(group, piece["split"])
+        if split != piece["split"]:
+            piece["split"], moved = split, moved + 1
+    return moved
 
 
 def print_summary(out_dir, meta, n_composers):
@@ -377,7 +535,8 @@ def default_midi_dir():
 
 def main(argv=None):
     parser = Parser(description=__doc__.split("\n")[0])
-    parser.add_argument("--midi_dir", help="folder of MIDI files (default: data/midi/, else the synthetic demo corpus)")
+    parser.add_argument("--midi_dir", action="append", help="folder of MIDI files; repeat it to merge several folders "
+                        "into one dataset (default: data/midi/, else the synthetic demo corpus)")
     parser.add_argument("--out_dir", help="output folder (default: data/<name of midi_dir>; data/midi -> data/midi_tokens)")
     parser.add_argument("--layout", default="auto", choices=LAYOUTS, help="how composers are found")
     parser.add_argument("--val_fraction", type=fraction_in(-1e-12, 0.5), default=0.05, help="share of pieces in val, 0..0.5")
@@ -393,9 +552,9 @@ def main(argv=None):
         if args.verify:
             verify(args.verify)
             return
-        midi_dir = Path(args.midi_dir) if args.midi_dir else default_midi_dir()
-        out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(midi_dir)
-        prepare(midi_dir, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes,
+        midi_dirs = [Path(d) for d in args.midi_dir] if args.midi_dir else [default_midi_dir()]
+        out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(midi_dirs)
+        prepare(midi_dirs, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes,
                 file_timeout=args.file_timeout, max_memory_mb=args.max_memory_mb)
     except CliError as e:
         fail(parser.prog, str(e))

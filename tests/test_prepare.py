@@ -273,3 +273,52 @@ def test_an_output_that_would_destroy_other_files_is_refused(folder_corpus, tmp_
     with pytest.raises(CliError, match="overlaps --midi_dir|is not a dataset written by prepare.py"):
         prepare(folder_corpus, out, workers=1, isolate=False)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_several_folders_make_one_dataset_with_composers_matched_by_name(tmp_path, capsys):
+    a, b = tmp_path / "set-a", tmp_path / "set-b"
+    write_midi(str(a / "Burgmüller" / "x.mid"), make_score(seed=1))
+    write_midi(str(a / "Bach" / "y.mid"), make_score(seed=2))
+    write_midi(str(b / "Burgmueller" / "z.mid"), make_score(seed=3))
+    write_midi(str(b / "bach" / "y-copy.mid"), make_score(seed=2))  # the same piece again
+    write_midi(str(b / "Chopin" / "w.mid"), make_score(seed=4))
+    out = tmp_path / "data"
+    meta = prepare([a, b], out, workers=1, isolate=False, val_fraction=0.0)
+    pieces = read_pieces(out)
+    composers = json.loads((out / "composers.json").read_text())
+    assert set(composers) == {"<unconditional>", "Bach", "Burgmüller", "Chopin"} or \
+        set(composers) == {"<unconditional>", "Bach", "Burgmueller", "Chopin"}
+    by_path = {p["path"]: p["composer"] for p in pieces}
+    assert by_path["set-a/Burgmüller/x.mid"] == by_path["set-b/Burgmueller/z.mid"], "one composer, two spellings"
+    assert "set-b/bach/y-copy.mid" not in by_path
+    skipped = [json.loads(line) for line in open(out / "skipped.jsonl")]
+    assert skipped == [{"path": "set-b/bach/y-copy.mid", "reason": "duplicate",
+                        "detail": "same first 300 notes as set-a/Bach/y.mid"}]
+    assert meta["skipped"] == {"duplicate": 1} and len(meta["composer_names_merged"]) == 1
+    assert "composer names merged" in capsys.readouterr().out
+
+
+def test_composer_spellings_that_are_one_composer():
+    from prepare import merge_composer_names
+
+    mapping, merged = merge_composer_names({"Burgmüller": 3, "Burgmueller": 2, "burgmuller": 1, "Rachmaninov": 1,
+                                            "Rachmaninoff": 5, "Rimsky": 2, "Rimsky-Korsakov": 1, "Bach": 9,
+                                            "Cpe_bach": 2, "Durand_e": 1, "Durand_ma": 1})
+    assert mapping["Burgmueller"] == mapping["burgmuller"] == "Burgmüller"
+    assert mapping["Rachmaninov"] == "Rachmaninoff" and mapping["Rimsky-Korsakov"] == mapping["Rimsky"]
+    assert len({mapping["Bach"], mapping["Cpe_bach"], mapping["Durand_e"], mapping["Durand_ma"]}) == 4
+    assert len(merged) == 3
+
+
+def test_another_sequencing_of_a_piece_is_one_work_and_unrelated_pieces_are_not():
+    from prepare import near_duplicate_groups
+
+    rng = np.random.default_rng(0)
+    piece = rng.integers(40, 80, 400)
+    resequenced = piece.copy()
+    resequenced[rng.choice(400, 8, replace=False)] += 1  # a few notes differ
+    other = rng.integers(40, 80, 400)
+    scale = np.tile(np.arange(60, 72), 30)  # shared figures alone do not make a work
+    groups = near_duplicate_groups([piece, other, resequenced, scale, scale[5:] + 0])
+    assert groups[0] == groups[2] and groups[0] != groups[1]
+    assert len({groups[0], groups[1], groups[3]}) == 3
