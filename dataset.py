@@ -10,8 +10,10 @@ starts. A mismatch is a DatasetError: one line naming the file and the fix.
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,15 @@ CHECKSUMMED = ("train.bin", "val.bin", "train.idx.npy", "val.idx.npy", "composer
 
 class DatasetError(CliError):
     """A prepared dataset that is missing, damaged or from another version: one line, exit 2."""
+
+
+def composer_key(name):
+    """A spelling-free key: Burgmüller, Burgmueller and burgmuller; Rachmaninoff and
+    Rachmaninov are one composer each."""
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    folded = re.sub(r"[^a-z0-9]", "", folded)
+    folded = folded.replace("ae", "a").replace("oe", "o").replace("ue", "u")
+    return re.sub(r"(off|ow)$", "ov", folded)
 
 
 def damaged(data_dir, name, problem):

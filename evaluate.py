@@ -1,19 +1,26 @@
-"""How good is a checkpoint? Validation NLL by composer condition, baselines, style adherence.
+"""How good is a checkpoint, and does it know the composers? Measured on held-out real music.
 
     python evaluate.py --ckpt out/ckpt.pt
-    python evaluate.py --ckpt out/ckpt.pt --guidance 0,1,3,5 --samples_per_composer 4 --json results.json
+    python evaluate.py --ckpt out/ckpt.pt --real_dir path/to/<Composer>/*.mid --json results.json
 
-1. NLL (nats/token, perplexity) on fixed, seeded val windows with the TRUE composer, with
-   composer 0 (unconditional) and with a WRONG composer (each id mapped to the next one, a
-   derangement). A model that uses the composer orders them true < uncond < wrong.
-2. Baselines on the same targets: unigram and Witten-Bell-smoothed trigram of the training tokens.
-3. Samples per composer and guidance: style adherence (the model as a Bayes classifier,
-   argmax_k log p(sample | k) == requested composer), grammar errors, notes/s, pitch range,
-   pitch-class entropy, beside the same statistics of real val windows.
+1. NLL (nats/token) on fixed, seeded val windows with the TRUE composer, composer 0
+   (unconditional) and a WRONG one (a derangement); unigram and trigram baselines on the
+   same targets. A model that uses the composer orders them true < uncond < wrong.
+2. Whole held-out pieces (val, and --real_dir): NLL true / uncond / wrong with bootstrap
+   intervals over pieces, and identification: each piece scored under every composer of
+   the comparison set (composers with >= --min_train_pieces training pieces); accuracy
+   beside chance and always guessing the commonest composer, and a confusion table.
+3. An outside judge that never sees the model (judge.py: note statistics, fitted on
+   excerpts of training pieces): its accuracy on real val excerpts, then on samples.
+4. Copying: the longest run of notes each sample shares with any training piece, beside
+   the same for real val excerpts.
+5. Samples per composer and guidance: judge accuracy, self-judged adherence (the model
+   grading its own samples: a sanity check only), notes/s, pitch range, pitch-class
+   entropy, chord size and grammar errors, beside real val excerpts and their spread.
 """
 import json
 import math
-
+import os
 import sys
 
 import numpy as np
@@ -21,8 +28,10 @@ import torch
 
 from checkpoints import load_trained
 from cli import CliError, Parser, atomic_write_text, fail, positive_int
-from dataset import WindowSampler, open_dataset
-from remi import RemiGrammar, decode_sample
+from dataset import WindowSampler, composer_key, open_dataset
+from devices import autocast_context, device_type_of, resolve_dtype
+from judge import Judge, note_arrays, note_features
+from remi import RemiGrammar, decode_sample, encode_score
 
 
 # ----------------------------------------------------------------------------- n-gram baselines
@@ -123,27 +132,47 @@ def window_nll(model, x, y, composer, pad_id, batch_size=8):
 # ----------------------------------------------------------------------------- samples
 
 
-@torch.no_grad()
-def bayes_classify(model, samples, n_composers, batch_size=8):
-    """log p(sample | k) for k = 1..N -> [S, N], summed over the tokens after BOS.
+def window_starts(n_tokens, span, max_windows=None):
+    """Starts of consecutive span-token windows over a piece; at most max_windows of them,
+    spread evenly from the beginning to the end."""
+    starts = list(range(0, max(n_tokens, 1), span))
+    if max_windows and len(starts) > max_windows:
+        starts = [starts[i] for i in np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
+    return starts
 
-    A sample longer than the context is scored as training saw it: in windows of
-    [BOS] + block_size - 1 tokens.
+
+@torch.no_grad()
+def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_size=32, ctx=None):
+    """log p(sequence | k) for every candidate composer k -> [S, K], summed over tokens.
+
+    Each sequence (tokens without BOS) is scored as training saw it: in windows of [BOS] +
+    block_size - 1 tokens (at most max_windows of them, spread over the piece).
     """
-    scores = []
-    ks = torch.arange(1, n_composers, device=samples.device)
+    import contextlib
+
+    device = next(model.parameters()).device
+    ks = torch.as_tensor(list(candidates), dtype=torch.long, device=device)
     span = model.config.block_size - 1
-    for seq in samples:
-        bos, tokens = seq[:1], seq[1:]
-        total = torch.zeros(len(ks), device=seq.device)
-        for start in range(0, len(tokens), span):
+    bos = torch.tensor([bos_id], dtype=torch.long, device=device)
+    scores = torch.zeros(len(sequences), len(ks), dtype=torch.float64)
+    for row, seq in enumerate(sequences):
+        tokens = torch.as_tensor(np.asarray(seq, dtype=np.int64), device=device)
+        for start in window_starts(len(tokens), span, max_windows):
             window = torch.cat([bos, tokens[start:start + span]]).unsqueeze(0)
             for i in range(0, len(ks), batch_size):
                 k = ks[i:i + batch_size]
-                lp = model.token_log_probs(window[:, :-1].expand(len(k), -1), k, window[:, 1:].expand(len(k), -1))
-                total[i:i + len(k)] += lp.sum(1)
-        scores.append(total)
-    return torch.stack(scores)
+                with ctx or contextlib.nullcontext():
+                    lp = model.token_log_probs(window[:, :-1].expand(len(k), -1), k,
+                                               window[:, 1:].expand(len(k), -1))
+                scores[row, i:i + len(k)] += lp.double().sum(1).cpu()
+    return scores
+
+
+def bayes_classify(model, samples, n_composers, batch_size=8):
+    """log p(sample | k) for k = 1..N -> [S, N]; samples [S, T] start with BOS."""
+    bos = int(samples[0, 0])
+    return score_under(model, [s[1:].cpu().numpy() for s in samples], range(1, n_composers), bos,
+                       batch_size=batch_size).to(samples.device).float()
 
 
 def adherence(scores, requested):
@@ -157,27 +186,213 @@ def adherence(scores, requested):
 
 
 def music_stats(tokenizer, ids):
-    """Notes per second, pitch range (semitones), pitch-class entropy (bits), grammar error rate."""
+    """Notes per second, pitch range (semitones), pitch-class entropy (bits), mean chord size, grammar error rate."""
     _, score, errors = decode_sample(tokenizer, ids)
-    pitches = np.array([n.pitch for t in score.tracks for n in t.notes])
+    onsets, _, pitches, _ = note_arrays(score)
     if len(pitches) == 0:
-        return {"notes_per_s": 0.0, "pitch_range": 0, "pitch_class_entropy": 0.0, "grammar_error_rate": errors}
+        return {"notes_per_s": 0.0, "pitch_range": 0, "pitch_class_entropy": 0.0, "chord_size": 0.0,
+                "grammar_error_rate": errors}
     seconds = float(score.to("second").end())
     pc = np.bincount(pitches % 12, minlength=12) / len(pitches)
     pc = pc[pc > 0]
     return {"notes_per_s": len(pitches) / max(seconds, 1e-6), "pitch_range": int(pitches.max() - pitches.min()),
-            "pitch_class_entropy": float(-(pc * np.log2(pc)).sum()), "grammar_error_rate": errors}
+            "pitch_class_entropy": float(-(pc * np.log2(pc)).sum()),
+            "chord_size": float(len(pitches) / len(np.unique(onsets))), "grammar_error_rate": errors}
 
 
 def mean_stats(stats):
     return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]} if stats else {}
 
 
+def spread_stats(stats):
+    """5th and 95th percentile of each statistic: the range real pieces span."""
+    return {k: [float(np.percentile([s[k] for s in stats], q)) for q in (5, 95)] for k in stats[0]} if stats else {}
+
+
+# ----------------------------------------------------------------------------- real pieces: NLL and identification
+
+
+def bootstrap_mean(values, weights, seed=0, n_resamples=2000):
+    """Weighted mean over pieces and its 95 % percentile-bootstrap interval (resampling pieces)."""
+    values, weights = np.asarray(values, np.float64), np.asarray(weights, np.float64)
+    rng = np.random.default_rng([seed, 31])
+    rows = rng.integers(0, len(values), (n_resamples, len(values)))
+    means = (values[rows] * weights[rows]).sum(1) / weights[rows].sum(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float((values * weights).sum() / weights.sum()), "low": float(low), "high": float(high)}
+
+
+def tokens_scored(n_tokens, span, max_windows):
+    return sum(min(span, n_tokens - start) for start in window_starts(n_tokens, span, max_windows))
+
+
+def identification(scores, true_ids, candidates, names, train_counts):
+    """Accuracy of argmax_k log p(piece | k) over the candidate composers (ties share the
+    credit, so a composer-blind model scores chance exactly), chance, the always-the-
+    commonest-composer baseline, and a confusion table {true: {predicted: pieces}}."""
+    candidates = list(candidates)
+    credit, confusion = [], {}
+    for row, true in zip(scores, true_ids):
+        row = torch.as_tensor(row, dtype=torch.float64)
+        best = torch.isclose(row, row.max(), rtol=0, atol=1e-6)
+        credit.append(float(best[candidates.index(true)]) / float(best.sum()))
+        guess = names[candidates[int(row.argmax())]]
+        confusion.setdefault(names[true], {}).setdefault(guess, 0)
+        confusion[names[true]][guess] += 1
+    commonest = max(candidates, key=lambda c: train_counts.get(c, 0))
+    return {"accuracy": float(np.mean(credit)) if credit else float("nan"), "pieces": len(credit),
+            "chance": 1 / len(candidates), "commonest_composer": names[commonest],
+            "commonest_baseline": float(np.mean([t == commonest for t in true_ids])) if credit else float("nan"),
+            "confusion": confusion}
+
+
+def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bos_id, max_windows, seed, ctx=None):
+    """NLL with the true composer, composer 0 and a wrong one (bootstrap intervals over
+    pieces) and identification among `candidates`, for pieces [(tokens, composer id)]."""
+    span = model.config.block_size - 1
+    rows = []
+    for tokens, true in pieces:
+        wrong = int(derangement(torch.tensor([true]), n_composers)[0])
+        ids = sorted({0, true, wrong, *candidates})
+        scores = score_under(model, [tokens], ids, bos_id, max_windows, ctx=ctx)[0]
+        n = tokens_scored(len(tokens), span, max_windows)
+        rows.append({"n": n, "true": true, "nll": {key: float(-scores[ids.index(k)] / n) for key, k in
+                                                 (("true", true), ("uncond", 0), ("wrong", wrong))},
+                     "candidate_scores": scores[[ids.index(c) for c in candidates]]})
+    weights = [r["n"] for r in rows]
+    nll = {key: bootstrap_mean([r["nll"][key] for r in rows], weights, seed) for key in ("true", "uncond", "wrong")}
+    gaps = {"uncond_minus_true": bootstrap_mean([r["nll"]["uncond"] - r["nll"]["true"] for r in rows], weights, seed),
+            "wrong_minus_uncond": bootstrap_mean([r["nll"]["wrong"] - r["nll"]["uncond"] for r in rows], weights, seed)}
+    eligible = [r for r in rows if r["true"] in candidates]
+    ident = identification([r["candidate_scores"] for r in eligible], [r["true"] for r in eligible], candidates,
+                           names, train_counts)
+    return {"pieces": len(rows), "tokens_scored": int(sum(weights)), "nll": nll, "nll_gaps": gaps,
+            "identification": ident}
+
+
+def read_real_dir(real_dir, tokenizer, composers):
+    """[(path, tokens, composer id)] of <Composer>/*.mid files whose folder names a composer
+    of the checkpoint (matched by composer_key), and {folder: reason} for the rest."""
+    from symusic import Score
+
+    if not os.path.isdir(real_dir):
+        raise CliError(f"--real_dir {real_dir} is not a folder")
+    by_key = {composer_key(name): i for name, i in composers.items() if i != 0}
+    pieces, ignored = [], {}
+    for folder in sorted(os.listdir(real_dir)):
+        path = os.path.join(real_dir, folder)
+        if not os.path.isdir(path):
+            continue
+        composer = by_key.get(composer_key(folder))
+        if composer is None:
+            ignored[folder] = "not a composer of this checkpoint"
+            continue
+        for name in sorted(os.listdir(path)):
+            if not name.lower().endswith((".mid", ".midi")):
+                continue
+            try:
+                ids, reason = encode_score(tokenizer, Score(os.path.join(path, name)))
+            except Exception as e:  # a real folder may hold a broken file: report it, go on
+                ids, reason = None, f"unreadable ({type(e).__name__})"
+            if ids is None:
+                ignored[f"{folder}/{name}"] = reason
+            else:
+                pieces.append((f"{folder}/{name}", ids.astype(np.int64), composer))
+    return pieces, ignored
+
+
+# ----------------------------------------------------------------------------- copying
+
+
+def note_events(score):
+    """One int per note: pitch and inter-onset interval (in 1/8 quarters) from the note before."""
+    onsets, _, pitches, _ = note_arrays(score)
+    steps = np.round(onsets * 8).astype(np.int64)
+    ioi = np.clip(np.diff(steps, prepend=steps[:1]), 0, 255)
+    return pitches * 256 + ioi
+
+
+def gram_keys(seq, k):
+    key = np.zeros(len(seq) - k + 1, dtype=np.int64)
+    for j in range(k):
+        key = key * 1_000_003 + seq[j:len(seq) - k + 1 + j]
+    return key
+
+
+class CopyFinder:
+    """The longest run of consecutive notes a query shares with any of a set of pieces.
+
+    Runs are anchored on k-note grams (grams found more than max_occurrences times are
+    generic figures and are not used as anchors) and extended both ways note by note, so a
+    run of k notes or more is measured exactly; shorter ones count as 0.
+    """
+
+    def __init__(self, sequences, k=5, max_occurrences=400):
+        self.k, self.max_occurrences = k, max_occurrences
+        parts = []
+        for i, seq in enumerate(sequences):
+            parts += [np.asarray(seq, np.int64), np.array([-(i + 1)])]  # a separator no run can cross
+        self.data = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        if len(self.data) < k:
+            self.keys = self.positions = np.empty(0, np.int64)
+            return
+        negatives = np.concatenate([[0], np.cumsum(self.data < 0)])
+        valid = negatives[k:] - negatives[:-k] == 0
+        keys, positions = gram_keys(self.data, k)[valid], np.flatnonzero(valid)
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.positions = keys[order], positions[order]
+
+    def longest(self, query):
+        query = np.asarray(query, np.int64)
+        if len(query) < self.k or len(self.keys) == 0:
+            return 0
+        keys = gram_keys(query, self.k)
+        low, high = np.searchsorted(self.keys, keys, "left"), np.searchsorted(self.keys, keys, "right")
+        best = 0
+        for s in np.flatnonzero((high > low) & (high - low <= self.max_occurrences)):
+            starts = self.positions[low[s]:high[s]]
+            run = run_lengths(query[s:], self.data, starts) + run_lengths(query[:s][::-1], self.data, starts - 1, -1)
+            best = max(best, int(run.max()))
+        return best
+
+
+def run_lengths(query, data, starts, step=1):
+    """For each start, how many notes of query match data[start], data[start + step], ... in a row."""
+    if len(query) == 0:
+        return np.zeros(len(starts), np.int64)
+    offsets = starts[:, None] + step * np.arange(len(query))[None, :]
+    inside = (offsets >= 0) & (offsets < len(data))
+    same = inside & (data[np.clip(offsets, 0, len(data) - 1)] == query[None, :])
+    return np.where(same.all(1), len(query), np.argmin(same, axis=1))
+
+
 # ----------------------------------------------------------------------------- main
 
 
+def comparison_set(train_counts, min_train_pieces):
+    """Composers with at least min_train_pieces training pieces (all composers with any, when
+    fewer than two qualify), and the rule that chose them."""
+    chosen = sorted(c for c, n in train_counts.items() if c != 0 and n >= min_train_pieces)
+    if len(chosen) >= 2:
+        return chosen, f"composers with >= {min_train_pieces} training pieces"
+    return sorted(c for c, n in train_counts.items() if c != 0 and n > 0), "every composer with a training piece"
+
+
+def excerpts(split, rows, length, per_piece, seed):
+    """[(tokens, composer id)]: per_piece seeded excerpts of `length` tokens from each piece row."""
+    rng = np.random.default_rng([seed, 77])
+    out = []
+    for row in rows:
+        offset, n, composer = (int(v) for v in split.index[row])
+        for _ in range(per_piece):
+            start = int(rng.integers(0, max(1, n - length + 1)))
+            out.append((np.asarray(split.tokens[offset + start:offset + min(n, start + length)], np.int64), composer))
+    return out
+
+
 def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1.0, 3.0), samples_per_composer=2,
-             sample_tokens=512, seed=0, device="cpu", max_composers=None):
+             sample_tokens=512, seed=0, device="cpu", max_composers=None, real_dir=None, min_train_pieces=30,
+             max_windows=4, judge_excerpts=3, dtype="auto"):
     model, checkpoint, tokenizer = load_trained(ckpt, device)
     data_dir = data_dir or checkpoint["train_config"]["data_dir"]
     dataset = open_dataset(data_dir)
@@ -185,20 +400,27 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     if meta["vocab_size"] != model.config.vocab_size or meta["n_composers"] != model.config.n_composers:
         raise CliError(f"{data_dir} (vocab {meta['vocab_size']}, {meta['n_composers']} composer ids) does not match "
                        f"the checkpoint (vocab {model.config.vocab_size}, {model.config.n_composers} composer ids)")
+    ctx = autocast_context(device_type_of(device), resolve_dtype(dtype, device_type_of(device)))
     names = {i: n for n, i in checkpoint["composers"].items()}
+    n_composers, bos_id = model.config.n_composers, meta["bos_id"]
     window = min(window or model.config.block_size, model.config.block_size)
     val = WindowSampler(dataset, "val", window)
     train_split = WindowSampler(dataset, "train", window)
     if len(val) == 0:
         raise CliError(f"{data_dir} has no val pieces")
-    results = {"ckpt": str(ckpt), "data_dir": data_dir, "num_windows": num_windows, "window": window}
+    train_counts = {int(c): int(n) for c, n in zip(*np.unique(train_split.index[:, 2], return_counts=True))}
+    candidates, rule = comparison_set(train_counts, min_train_pieces)
+    candidates = candidates[:max_composers]  # max_composers None: all
+    results = {"ckpt": str(ckpt), "data_dir": data_dir, "num_windows": num_windows, "window": window,
+               "comparison_set": {"rule": rule, "composers": {names[c]: train_counts[c] for c in candidates}}}
+    progress = Progress()
 
-    # 1. NLL with true / unconditional / wrong composer
+    # 1. NLL with true / unconditional / wrong composer on seeded val windows
     x, y, composer = val_windows(val, num_windows, seed)
     x, y, composer = x.to(device), y.to(device), composer.to(device)
     nll = {"true": window_nll(model, x, y, composer, meta["pad_id"]),
            "uncond": window_nll(model, x, y, torch.zeros_like(composer), meta["pad_id"]),
-           "wrong": window_nll(model, x, y, derangement(composer, model.config.n_composers), meta["pad_id"])}
+           "wrong": window_nll(model, x, y, derangement(composer, n_composers), meta["pad_id"])}
     weights = (y != meta["pad_id"]).sum(1).float()
     results["nll"] = {k: float((v * weights).sum() / weights.sum()) for k, v in nll.items()}
     results["perplexity"] = {k: math.exp(v) for k, v in results["nll"].items()}
@@ -208,6 +430,7 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
         per_composer[names.get(c, str(c))] = {k: float((v[rows] * weights[rows]).sum() / weights[rows].sum())
                                               for k, v in nll.items()} | {"windows": int(rows.sum())}
     results["nll_by_composer"] = per_composer
+    progress.say("val windows scored")
 
     # 2. baselines on the same targets
     train_tokens = train_split.tokens
@@ -221,23 +444,101 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
         return float(np.mean(np.concatenate([-m.log_probs(f)[targets_mask[i]] for i, f in enumerate(full)])))
     results["baselines"] = {"unigram_entropy_train": unigram_entropy(np.asarray(train_tokens), meta["vocab_size"]),
                             "unigram_nll": baseline(unigram), "trigram_witten_bell_nll": baseline(ngram)}
+    progress.say("baselines")
 
-    # 3. samples: adherence and music statistics
-    composer_ids = sorted(c for c in names if c != 0)[:max_composers]  # max_composers None: all
-    requested = torch.tensor([c for c in composer_ids for _ in range(samples_per_composer)], device=device)
-    bos = torch.full((len(requested), 1), meta["bos_id"], dtype=torch.long, device=device)
+    # 3. whole held-out pieces: NLL by condition with bootstrap intervals, identification
+    val_pieces = [(np.asarray(val.tokens[o:o + n], np.int64), int(c)) for o, n, c in val.index]
+    results["val_pieces"] = judge_pieces(model, val_pieces, candidates, names, train_counts, n_composers, bos_id,
+                                         max_windows, seed, ctx)
+    progress.say(f"{len(val_pieces)} val pieces scored under {len(candidates) + 3} conditions")
+    if real_dir:
+        real, ignored = read_real_dir(real_dir, tokenizer, checkpoint["composers"])
+        if not real:
+            raise CliError(f"--real_dir {real_dir}: no piece by a composer of this checkpoint "
+                           f"({len(ignored)} folders/files ignored)")
+        results["real_dir"] = {"dir": real_dir, "ignored": ignored,
+                               **judge_pieces(model, [(t, c) for _, t, c in real], candidates, names, train_counts,
+                                              n_composers, bos_id, max_windows, seed, ctx)}
+        progress.say(f"{len(real)} pieces of {real_dir} scored")
+
+    # 4. the outside judge, fitted on excerpts of training pieces of the comparison set
+    def features(token_lists):
+        return np.array([note_features(decode_sample(tokenizer, ids)[1]) for ids in token_lists])
+
+    train_rows = [r for r in range(len(train_split)) if int(train_split.index[r, 2]) in candidates]
+    val_rows = [r for r in range(len(val)) if int(val.index[r, 2]) in candidates]
+    train_ex = excerpts(train_split, train_rows, sample_tokens, judge_excerpts, seed)
+    val_ex = excerpts(val, val_rows, sample_tokens, judge_excerpts, seed + 1)
+    judge = Judge().fit(features([t for t, _ in train_ex]), [c for _, c in train_ex])
+    val_features = features([t for t, _ in val_ex])
+    results["judge"] = {"features": "note statistics (pitch classes, intervals, register, chords, onsets, durations, "
+                                    "velocities, tempo)", "train_excerpts": len(train_ex),
+                        "val_excerpts": len(val_ex), "accuracy_on_real_val": judge.accuracy(val_features,
+                                                                                            [c for _, c in val_ex]),
+                        "chance": 1 / len(candidates)}
+    progress.say("outside judge fitted")
+    copies = CopyFinder([note_events(decode_sample(tokenizer, p)[1]) for p in pieces])
+    real_runs = [copies.longest(note_events(decode_sample(tokenizer, t)[1])) for t, _ in val_ex]
+    results["copying"] = {"rule": "longest run of consecutive notes (pitch and inter-onset interval) shared with "
+                                  "any training piece; runs under 5 notes count as 0",
+                          "real_val_excerpts": {"median": float(np.median(real_runs)) if real_runs else 0.0,
+                                                "max": int(max(real_runs, default=0))}}
+    progress.say("copy index built")
+
+    # 5. samples for the comparison set at each guidance
+    requested = torch.tensor([c for c in candidates for _ in range(samples_per_composer)], device=device)
+    bos = torch.full((len(requested), 1), bos_id, dtype=torch.long, device=device)
     results["samples"] = {}
     for g in guidances:
         generator = torch.Generator(device=device).manual_seed(seed)
-        out = model.generate(bos, requested, sample_tokens, guidance=g, generator=generator,
-                             logits_processor=RemiGrammar(tokenizer))
-        scores = bayes_classify(model, out, model.config.n_composers)
-        stats = [music_stats(tokenizer, row[1:].tolist()) for row in out]
-        results["samples"][str(g)] = {"adherence": adherence(scores, requested.tolist()),
-                                      "chance": 1 / (model.config.n_composers - 1), **mean_stats(stats)}
-    real_x, _, _ = val_windows(WindowSampler(dataset, "val", sample_tokens), num_windows, seed + 1)
-    results["samples"]["real val windows"] = mean_stats([music_stats(tokenizer, row[1:].tolist()) for row in real_x])
+        with ctx:
+            out = model.generate(bos, requested, sample_tokens, guidance=g, generator=generator,
+                                 logits_processor=RemiGrammar(tokenizer))
+        token_lists = [row[1:].tolist() for row in out]
+        scores = score_under(model, [np.array(t) for t in token_lists], candidates, bos_id, ctx=ctx)
+        runs = [copies.longest(note_events(decode_sample(tokenizer, t)[1])) for t in token_lists]
+        stats = [music_stats(tokenizer, t) for t in token_lists]
+        verdicts = judge.predict(features(token_lists))
+        confusion = {}
+        for want, got in zip(requested.tolist(), verdicts.tolist()):
+            confusion.setdefault(names[want], {}).setdefault(names[got], 0)
+            confusion[names[want]][names[got]] += 1
+        results["samples"][str(g)] = {
+            "judge_accuracy": float(np.mean(verdicts == requested.cpu().numpy())), "judge_confusion": confusion,
+            "self_judged_adherence": adherence(scores, [candidates.index(c) + 1 for c in requested.tolist()]),
+            "chance": 1 / len(candidates), "longest_copied_run": int(max(runs, default=0)),
+            "median_copied_run": float(np.median(runs)) if runs else 0.0, **mean_stats(stats)}
+        progress.say(f"samples at guidance {g}")
+    real_stats = [music_stats(tokenizer, t.tolist()) for t, _ in val_ex]
+    results["samples"]["real val excerpts"] = mean_stats(real_stats)
+    results["real_val_spread"] = spread_stats(real_stats)
     return results
+
+
+class Progress:
+    """One line per finished stage, with the seconds since the start (to stderr)."""
+
+    def __init__(self):
+        import time
+
+        self.clock, self.start = time.perf_counter, time.perf_counter()
+
+    def say(self, what):
+        print(f"[{self.clock() - self.start:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+
+def print_pieces(title, p):
+    n, g, ident = p["nll"], p["nll_gaps"], p["identification"]
+    print(f"\n{title}: {p['pieces']} whole pieces ({p['tokens_scored']:,} tokens scored), 95 % bootstrap over pieces")
+    for key in ("true", "uncond", "wrong"):
+        print(f"  NLL {key:7s} {n[key]['mean']:.4f}  [{n[key]['low']:.4f}, {n[key]['high']:.4f}]")
+    for key, label in (("uncond_minus_true", "uncond - true"), ("wrong_minus_uncond", "wrong - uncond")):
+        print(f"  {label:15s} {g[key]['mean']:+.4f}  [{g[key]['low']:+.4f}, {g[key]['high']:+.4f}]")
+    print(f"  identification {ident['accuracy']:.3f} over {ident['pieces']} pieces (chance {ident['chance']:.3f}, "
+          f"always {ident['commonest_composer']} {ident['commonest_baseline']:.3f})")
+    for true, row in sorted(ident["confusion"].items()):
+        guesses = ", ".join(f"{name} {count}" for name, count in sorted(row.items(), key=lambda kv: -kv[1])[:4])
+        print(f"    {true[:18]:18s} -> {guesses}")
 
 
 def print_report(r):
@@ -245,17 +546,32 @@ def print_report(r):
     print("\nNLL (nats/token)        true     uncond   wrong")
     print(f"  all windows          {r['nll']['true']:.4f}   {r['nll']['uncond']:.4f}   {r['nll']['wrong']:.4f}"
           f"   (perplexity {r['perplexity']['true']:.2f} / {r['perplexity']['uncond']:.2f} / {r['perplexity']['wrong']:.2f})")
-    for name, v in sorted(r["nll_by_composer"].items()):
-        print(f"  {name[:20]:20s} {v['true']:.4f}   {v['uncond']:.4f}   {v['wrong']:.4f}   ({v['windows']} windows)")
     b = r["baselines"]
     print(f"\nbaselines: unigram entropy of train tokens {b['unigram_entropy_train']:.4f}; on these targets unigram "
           f"{b['unigram_nll']:.4f}, Witten-Bell trigram {b['trigram_witten_bell_nll']:.4f}")
-    print("\nsamples                adherence (chance)   grammar err   notes/s   pitch range   pitch-class H (bits)")
+    c = r["comparison_set"]
+    print(f"\ncomparison set ({c['rule']}): " + ", ".join(f"{k} {v}" for k, v in c["composers"].items()))
+    print_pieces("val pieces", r["val_pieces"])
+    if "real_dir" in r:
+        print_pieces(f"--real_dir {r['real_dir']['dir']}", r["real_dir"])
+        if r["real_dir"]["ignored"]:
+            print(f"  ignored: {len(r['real_dir']['ignored'])} ({', '.join(list(r['real_dir']['ignored'])[:6])} ...)")
+    j, cp = r["judge"], r["copying"]
+    print(f"\noutside judge (note statistics, never sees the model): {j['accuracy_on_real_val']:.3f} on "
+          f"{j['val_excerpts']} real val excerpts (chance {j['chance']:.3f})")
+    print(f"copying: {cp['rule']}; real val excerpts median {cp['real_val_excerpts']['median']:.0f}, "
+          f"max {cp['real_val_excerpts']['max']}")
+    print("\nsamples              judge   self-judged*  longest copy  notes/s  pitch range  pc H (bits)  chord  grammar")
     for g, s in r["samples"].items():
-        label = f"guidance {g}" if g != "real val windows" else g
-        adh = f"{s['adherence']:.3f} ({s['chance']:.3f})" if "adherence" in s else "-".ljust(15)
-        print(f"  {label:20s} {adh:20s} {s['grammar_error_rate']:.4f}        {s['notes_per_s']:6.2f}    "
-              f"{s['pitch_range']:6.1f}        {s['pitch_class_entropy']:.3f}")
+        is_real = "judge_accuracy" not in s
+        label = g if is_real else f"guidance {g}"
+        judged = "   -   " if is_real else f"{s['judge_accuracy']:.3f}  "
+        self_judged = "     -      " if is_real else f"{s['self_judged_adherence']:.3f}       "
+        copy = "     -      " if is_real else f"{s['longest_copied_run']:5d}       "
+        print(f"  {label:18s} {judged} {self_judged} {copy} {s['notes_per_s']:6.2f}   {s['pitch_range']:6.1f}"
+              f"       {s['pitch_class_entropy']:.3f}      {s['chord_size']:.2f}   {s['grammar_error_rate']:.4f}")
+    print("  * self-judged: the model as a Bayes classifier of its own samples; a sanity check of guidance, "
+          "not evidence of style")
 
 
 def main(argv=None):
@@ -270,6 +586,14 @@ def main(argv=None):
     parser.add_argument("--max_composers", type=positive_int, default=None, help="sample only the first N composers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="autocast for scoring and sampling (auto: bf16 where the CPU/GPU has it natively)")
+    parser.add_argument("--real_dir", default=None, help="a labelled folder <Composer>/*.mid of real held-out pieces")
+    parser.add_argument("--min_train_pieces", type=positive_int, default=30,
+                        help="identification compares composers with at least this many training pieces")
+    parser.add_argument("--max_windows", type=positive_int, default=4,
+                        help="windows of block_size tokens scored per whole piece (spread over it)")
+    parser.add_argument("--judge_excerpts", type=positive_int, default=3, help="excerpts per piece for the judge")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     try:
@@ -280,7 +604,8 @@ def main(argv=None):
         fail(parser.prog, f"--guidance expects comma-separated numbers >= 0, got {args.guidance!r}")
     try:
         results = evaluate(args.ckpt, args.data_dir, args.num_windows, args.window, guidances, args.samples_per_composer,
-                           args.sample_tokens, args.seed, args.device, args.max_composers)
+                           args.sample_tokens, args.seed, args.device, args.max_composers, args.real_dir,
+                           args.min_train_pieces, args.max_windows, args.judge_excerpts, args.dtype)
     except CliError as e:
         fail(parser.prog, str(e))
     print_report(results)

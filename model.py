@@ -16,6 +16,9 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 
+COMPOSER_MODES = ("add", "block")
+
+
 @dataclass
 class ModelConfig:
     block_size: int = 1024  # longest context, in tokens
@@ -30,6 +33,11 @@ class ModelConfig:
     label_smoothing: float = 0.1
     pad_id: int = 0
     grad_checkpoint: bool = False  # recompute each block's activations in backward (long contexts)
+    composer_mode: str = "add"  # add: the seed's composer embedding added at the input; block: also one per block
+
+    def __post_init__(self):
+        if self.composer_mode not in COMPOSER_MODES:
+            raise ValueError(f"composer_mode must be one of {', '.join(COMPOSER_MODES)}, got {self.composer_mode!r}")
 
     @classmethod
     def from_dict(cls, d):
@@ -113,6 +121,8 @@ class MusicTransformer(nn.Module):
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wce = nn.Embedding(cfg.n_composers, cfg.n_embd)
+        if cfg.composer_mode == "block":  # a composer vector added to the residual stream before every block
+            self.wce_blocks = nn.Embedding(cfg.n_composers, cfg.n_layer * cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -148,8 +158,13 @@ class MusicTransformer(nn.Module):
         if start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size {self.config.block_size}")
         pos = torch.arange(start_pos, start_pos + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wce(composer)[:, None, :] + self.wpe(pos))
+        x = self.drop(self.wte(idx) + composer_vectors(self.wce, composer)[:, None, :] + self.wpe(pos))
+        per_block = None
+        if self.config.composer_mode == "block":
+            per_block = composer_vectors(self.wce_blocks, composer).view(B, self.config.n_layer, 1, self.config.n_embd)
         for i, block in enumerate(self.blocks):
+            if per_block is not None:
+                x = x + per_block[:, i]
             if caches is not None:
                 x = block(x, caches[i])
             elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
@@ -193,7 +208,7 @@ class MusicTransformer(nn.Module):
         block = self.config.block_size
         slide = max(1, min(block - 1, slide or block // 4))
         use_cfg = guidance != 1.0
-        conditions = torch.cat([composer, torch.zeros_like(composer)]) if use_cfg else composer
+        conditions = torch.cat([composer, unconditional_like(composer)]) if use_cfg else composer
         dtype = next(self.parameters()).dtype
 
         def prefill(seq, keep):
@@ -230,19 +245,32 @@ class MusicTransformer(nn.Module):
 
     # ------------------------------------------------------------------ training helpers
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu"):
-        """AdamW; weight decay on 2-D weights (matmuls, embeddings) only; fused on CUDA."""
-        params = [p for p in self.parameters() if p.requires_grad]
+    def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu",
+                             composer_decay=True, composer_lr_scale=1.0):
+        """AdamW; weight decay on 2-D weights (matmuls, embeddings) only; fused on CUDA.
+
+        composer_decay=False / composer_lr_scale != 1 put the composer tables in a group of
+        their own: no weight decay, and a learning rate scaled by composer_lr_scale (a
+        group's "lr_scale"; the training loop multiplies its scheduled LR by it).
+        """
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        own_group = not composer_decay or composer_lr_scale != 1.0
+        composer = [p for n, p in named if own_group and n.startswith("wce")]
+        rest = [(n, p) for n, p in named if not (own_group and n.startswith("wce"))]
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for _, p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for _, p in rest if p.dim() < 2], "weight_decay": 0.0},
         ]
+        if composer:
+            groups.append({"params": composer, "weight_decay": weight_decay if composer_decay else 0.0,
+                           "lr_scale": composer_lr_scale})
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
 
     def flops_per_token(self, seq_len):
         """Training (forward + backward) FLOPs per token, PaLM appendix B."""
         cfg = self.config
-        non_embedding = self.num_params() - self.wpe.weight.numel() - self.wce.weight.numel()
+        non_embedding = self.num_params() - self.wpe.weight.numel() - sum(
+            p.numel() for name, p in self.named_parameters() if name.startswith("wce"))
         return 6 * non_embedding + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
     def estimate_mfu(self, tokens_per_second, seq_len, peak_flops):
@@ -258,6 +286,25 @@ class MusicTransformer(nn.Module):
         model = cls(ModelConfig.from_dict(checkpoint["model_config"]))
         load_state(model, checkpoint["model"])
         return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------- composers
+
+
+def composer_vectors(table, composer):
+    """Rows of an embedding table for composer ids [B], or their weighted sums for a mix of
+    composers given as weights [B, n_composers] (a style mix: 0.7 Chopin + 0.3 Bach)."""
+    if composer.is_floating_point():
+        return composer.to(table.weight.dtype) @ table.weight
+    return table(composer)
+
+
+def unconditional_like(composer):
+    """The unconditional condition (composer 0) in the same form as `composer`."""
+    if composer.is_floating_point():
+        return torch.nn.functional.one_hot(torch.zeros(composer.size(0), dtype=torch.long, device=composer.device),
+                                           composer.size(1)).to(composer.dtype)
+    return torch.zeros_like(composer)
 
 
 # ---------------------------------------------------------------------- sampling

@@ -14,14 +14,13 @@ import os
 import re
 import sys
 import time
-import unicodedata
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from cli import CliError, Parser, fail, fraction_in, non_negative_int, positive_float, positive_int
-from dataset import UNCONDITIONAL, verify_dataset, write_dataset
+from dataset import UNCONDITIONAL, composer_key, verify_dataset, write_dataset
 from remi import PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, merge_piano_tracks, note_match, pitch_token_ids
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -256,15 +255,6 @@ def length_stats(lengths):
 
 
 # ----------------------------------------------------------------------------- main
-
-def composer_key(name):
-    """A spelling-free key: Burgmüller, Burgmueller and burgmuller; Rachmaninoff and
-    Rachmaninov are one composer each."""
-    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
-    folded = re.sub(r"[^a-z0-9]", "", folded)
-    folded = folded.replace("ae", "a").replace("oe", "o").replace("ue", "u")
-    return re.sub(r"(off|ow)$", "ov", folded)
-
 
 def merge_composer_names(counts):
     """{spelling: canonical name} from {spelling: pieces}. Spellings with one composer_key

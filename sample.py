@@ -10,6 +10,7 @@ The tokenizer and composer names come from the checkpoint itself.
 import argparse
 import difflib
 import json
+import math
 import os
 import struct
 import sys
@@ -50,6 +51,36 @@ def resolve_composer(composers, name=None, composer_id=None):
         wanted, [n.lower() for n in names], n=3, cutoff=0.4)
     hint = f"; closest: {', '.join(close)}" if close else ""
     raise CliError(f"unknown composer {name!r}{hint} (see --list_composers)")
+
+
+def resolve_mix(composers, text):
+    """{id: weight} from "chopin:0.7,bach:0.3" (weights > 0, scaled to sum to 1), and a name
+    for it ("Chopin 0.7 + Bach 0.3")."""
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.rpartition(":")
+        try:
+            value = float(weight)
+        except ValueError:
+            raise CliError(f"--composer {text!r}: {part!r} is not NAME:WEIGHT") from None
+        if not value > 0 or not math.isfinite(value):
+            raise CliError(f"--composer {text!r}: weights must be > 0, got {weight}")
+        composer_id, composer_name = resolve_composer(composers, name)
+        mix[composer_id] = mix.get(composer_id, 0.0) + value
+    total = sum(mix.values())
+    mix = {i: w / total for i, w in mix.items()}
+    by_id = {i: n for n, i in composers.items()}
+    return mix, " + ".join(f"{by_id[i]} {w:.2g}" for i, w in mix.items())
+
+
+def condition_tensor(condition, num_samples, n_composers, device):
+    """Composer ids [B] for one composer, or weights [B, n_composers] for a mix {id: weight}."""
+    if isinstance(condition, dict):
+        weights = torch.zeros(num_samples, n_composers, device=device)
+        for i, w in condition.items():
+            weights[:, i] = w
+        return weights
+    return torch.full((num_samples,), condition, dtype=torch.long, device=device)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -109,7 +140,8 @@ def parse_args(argv):
     parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint (ckpt.pt or best.pt)")
     who = parser.add_mutually_exclusive_group()
     who.add_argument("--composer_id", type=non_negative_int, help="composer id (0 = unconditional)")
-    who.add_argument("--composer", help="composer name: case-insensitive, unique prefix or substring")
+    who.add_argument("--composer", help="composer name (case-insensitive, unique prefix or substring), or a mix of "
+                     "styles: \"chopin:0.7,bach:0.3\"")
     parser.add_argument("--list_composers", action="store_true", help="print the checkpoint's composers and exit")
     parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="classifier-free guidance (1 = off)")
     parser.add_argument("--temperature", type=positive_float, default=0.9)
@@ -128,13 +160,13 @@ def parse_args(argv):
     return parser, parser.parse_args(argv)
 
 
-def generate_samples(model, tokenizer, composer_id, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
+def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
                      guidance, seed, constrained, device, progress=True):
     """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces."""
     from tqdm import tqdm
 
     idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)
-    composer = torch.full((num_samples,), composer_id, dtype=torch.long, device=device)
+    composer = condition_tensor(condition, num_samples, model.config.n_composers, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     bar = tqdm(total=max_new_tokens, desc="sampling", unit="tok", disable=not progress or None, file=sys.stdout)
     out = model.generate(idx, composer, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
@@ -177,16 +209,21 @@ def run(args):
         return
     if args.composer_id is None and args.composer is None:
         raise CliError("choose a composer: --composer NAME or --composer_id N (see --list_composers)")
-    composer_id, composer_name = resolve_composer(composers, args.composer, args.composer_id)
+    if args.composer and ":" in args.composer:
+        condition, composer_name = resolve_mix(composers, args.composer)
+        composer_id = None
+    else:
+        composer_id, composer_name = resolve_composer(composers, args.composer, args.composer_id)
+        condition = composer_id
     bos = tokenizer.vocab["BOS_None"]
     prompt = load_prompt(args.prompt, tokenizer, args.prompt_tokens, bos) if args.prompt else [bos]
     if len(prompt) >= model.config.block_size:
         prompt = [bos] + prompt[-(model.config.block_size - 1):]
-    print(f"{composer_name} (id {composer_id}), guidance {args.guidance}, temperature {args.temperature}, "
+    print(f"{composer_name} ({'a mix' if composer_id is None else f'id {composer_id}'}), guidance {args.guidance}, temperature {args.temperature}, "
           f"top_k {args.top_k}, top_p {args.top_p}, {args.num_samples} x {args.max_new_tokens} tokens, "
           f"{'constrained' if args.constrained else 'unconstrained'}, prompt {len(prompt)} tokens")
     start = time.time()
-    samples = generate_samples(model, tokenizer, composer_id, prompt, args.num_samples, args.max_new_tokens,
+    samples = generate_samples(model, tokenizer, condition, prompt, args.num_samples, args.max_new_tokens,
                                args.temperature, args.top_k, args.top_p, args.guidance, args.seed, args.constrained,
                                device)
     elapsed = time.time() - start
@@ -196,6 +233,7 @@ def run(args):
     for i, ids in enumerate(samples):
         stem = os.path.join(args.out_dir, f"{stem_base}_{i}" if args.num_samples > 1 else stem_base)
         settings = {"composer": composer_name, "composer_id": composer_id, "guidance": args.guidance,
+                    **({"mix": {str(i): w for i, w in condition.items()}} if isinstance(condition, dict) else {}),
                     "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
                     "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt, "prompt": args.prompt,
                     "prompt_tokens": len(prompt) - 1}

@@ -24,7 +24,7 @@ from checkpoints import save_checkpoint
 from cli import CliError, fail, load_config
 from dataset import WindowSampler, open_dataset
 from devices import autocast_context, device_type_of, measure_matmul_peak, resolve_device, resolve_dtype
-from model import ModelConfig, MusicTransformer, load_checkpoint, load_state
+from model import COMPOSER_MODES, ModelConfig, MusicTransformer, load_checkpoint, load_state
 
 
 @dataclass
@@ -35,6 +35,7 @@ class TrainConfig:
     # length of training: max_iters if > 0, else epochs (one random crop per training piece per epoch)
     max_iters: int = 0
     epochs: float = 1.0
+    max_minutes: float = 0.0  # > 0: also stop after this much training wall time; the LR schedule then follows time
     eval_interval: int = 250
     eval_iters: int = 20
     log_interval: int = 10
@@ -60,6 +61,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     # data
     cond_drop: float = 0.1  # share of windows whose composer becomes 0 (trains the CFG branch)
+    composer_mode: str = "add"  # add (the seed's input embedding) | block (also a composer vector per block)
+    composer_balance: float = 0.0  # 0: every piece equally often; 1: every composer equally often
+    composer_decay: bool = True  # weight decay on the composer table (the seed: yes)
+    composer_lr_scale: float = 1.0  # the composer table's learning rate relative to the rest
     transpose: int = 0  # random pitch shift in [-transpose, transpose] semitones per window
     # system
     device: str = "auto"  # auto | cpu | cuda | mps (or cuda:N)
@@ -87,9 +92,17 @@ class TrainConfig:
         for key in ("dropout", "attn_dropout", "cond_drop", "warmup_frac", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 raise CliError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if not self.max_minutes >= 0:
+            raise CliError(f"max_minutes must be >= 0, got {self.max_minutes}")
         for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             if getattr(self, key) < 0:
                 raise CliError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.composer_mode not in COMPOSER_MODES:
+            raise CliError(f"composer_mode must be one of {', '.join(COMPOSER_MODES)}; got {self.composer_mode!r}")
+        if not 0 <= self.composer_balance <= 1:
+            raise CliError(f"composer_balance must be in [0, 1], got {self.composer_balance}")
+        if not self.composer_lr_scale > 0:
+            raise CliError(f"composer_lr_scale must be > 0, got {self.composer_lr_scale}")
         if not 0 <= self.transpose <= 24:
             raise CliError(f"transpose must be in 0..24 semitones, got {self.transpose}")
 
@@ -97,14 +110,27 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- data
 
 
-def train_pieces(n_pieces, seed, sample_start, count):
+def train_pieces(n_pieces, seed, sample_start, count, weights=None):
     """Piece rows for global samples [sample_start, sample_start + count): a fresh permutation
-    every epoch, so each epoch takes one window from every training piece."""
+    every epoch, so each epoch takes one window from every training piece. With weights
+    (one per piece, summing to 1), each epoch is n_pieces draws with those probabilities."""
     out = []
     for k in range(sample_start, sample_start + count):
         epoch, position = divmod(k, n_pieces)
-        out.append(np.random.default_rng([seed, epoch]).permutation(n_pieces)[position])
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(n_pieces) if weights is None else rng.choice(n_pieces, n_pieces, p=weights)
+        out.append(order[position])
     return np.array(out)
+
+
+def composer_balanced_weights(composer_ids, balance):
+    """Sampling weight per piece, proportional to (pieces of its composer) ** -balance:
+    0 keeps every piece equal, 1 makes every composer equal. None when balance is 0."""
+    if balance == 0:
+        return None
+    _, inverse, counts = np.unique(composer_ids, return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(np.float64) ** -balance
+    return weights / weights.sum()
 
 
 def pad_share(sampler, batch_size, seed, n=20):
@@ -116,8 +142,19 @@ def pad_share(sampler, batch_size, seed, n=20):
 # ----------------------------------------------------------------------------- system
 
 
-def lr_at(it, cfg, max_iters):
-    """Linear warmup for warmup_frac of the run, then cosine decay to min_lr."""
+def lr_at(it, cfg, max_iters, time_progress=0.0):
+    """Linear warmup for warmup_frac of the run, then cosine decay to min_lr.
+
+    time_progress (share of max_minutes used): with a time budget, the run's progress is
+    the larger of the iteration share and the time share, so the schedule ends when
+    either runs out.
+    """
+    if time_progress > 0:
+        progress = min(1.0, max(it / max_iters, time_progress))
+        if progress < cfg.warmup_frac:
+            return cfg.learning_rate * progress / cfg.warmup_frac
+        decay = (progress - cfg.warmup_frac) / max(1e-9, 1 - cfg.warmup_frac)
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * decay)) * (cfg.learning_rate - cfg.min_lr)
     warmup = int(cfg.warmup_frac * max_iters)
     if it < warmup:
         return cfg.learning_rate * (it + 1) / (warmup + 1)
@@ -181,14 +218,15 @@ def train(cfg, stop_after=None):
     if len(train_data) == 0:
         raise CliError(f"{cfg.data_dir} has no training pieces")
     samples_per_iter = cfg.batch_size * cfg.grad_accum
+    piece_weights = composer_balanced_weights(train_data.index[:, 2], cfg.composer_balance)
     max_iters = cfg.max_iters or math.ceil(cfg.epochs * len(train_data) / samples_per_iter)
 
     model_cfg = ModelConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"], n_composers=meta["n_composers"],
                             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
                             attn_dropout=cfg.attn_dropout, bias=cfg.bias, label_smoothing=cfg.label_smoothing,
-                            pad_id=meta["pad_id"], grad_checkpoint=cfg.grad_checkpoint)
+                            pad_id=meta["pad_id"], grad_checkpoint=cfg.grad_checkpoint, composer_mode=cfg.composer_mode)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    start_iter, best_val = 0, float("inf")
+    start_iter, best_val, seconds_before = 0, float("inf"), 0.0
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = MusicTransformer(model_cfg)
     if cfg.init_from == "resume":
@@ -203,8 +241,10 @@ def train(cfg, stop_after=None):
         except (FileNotFoundError, ValueError) as e:
             raise CliError(f"cannot resume: {e}") from None
         start_iter, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
+        seconds_before = checkpoint.get("train_seconds", 0.0)
     model.to(device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type,
+                                           cfg.composer_decay, cfg.composer_lr_scale)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     if cfg.init_from == "resume":
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -237,8 +277,14 @@ def train(cfg, stop_after=None):
 
     def checkpoint_state(it):
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "iter": it, "best_val_loss": best_val, "model_config": asdict(model_cfg), "train_config": asdict(cfg),
+                "iter": it, "best_val_loss": best_val, "train_seconds": train_seconds(),
+                "model_config": asdict(model_cfg), "train_config": asdict(cfg),
                 "tokenizer": tokenizer_json, "composers": composers}
+
+    loop_start = time.perf_counter()
+
+    def train_seconds():
+        return seconds_before + time.perf_counter() - loop_start
 
     from tqdm import tqdm
 
@@ -247,7 +293,8 @@ def train(cfg, stop_after=None):
     model.train()
     for it in range(start_iter, max_iters + 1):
         resumed_here = cfg.init_from == "resume" and it == start_iter  # that state was evaluated already
-        if (it % cfg.eval_interval == 0 and not resumed_here) or it == max_iters:
+        out_of_time = time_share(train_seconds(), cfg, ddp) >= 1.0
+        if (it % cfg.eval_interval == 0 and not resumed_here) or it == max_iters or out_of_time:
             val, val_uncond = estimate_val_loss(raw_model, val_data, cfg, ctx, device)
             if master:
                 record = {"iter": it, "val_loss": val, "val_loss_uncond": val_uncond}
@@ -259,17 +306,17 @@ def train(cfg, stop_after=None):
                     save_checkpoint(os.path.join(cfg.out_dir, "best.pt"), checkpoint_state(it))
                 if val is None or math.isfinite(val):
                     save_checkpoint(ckpt_path, checkpoint_state(it))
-        if it == max_iters or (stop_after is not None and it - start_iter >= stop_after):
+        if it == max_iters or out_of_time or (stop_after is not None and it - start_iter >= stop_after):
             break
-        lr = lr_at(it, cfg, max_iters)
+        lr = lr_at(it, cfg, max_iters, time_share(train_seconds(), cfg, ddp))
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         torch.manual_seed(cfg.seed + 1_000_003 * it + rank)  # dropout masks: a function of (iter, rank)
         loss_sum = 0.0
         for micro in range(accum):
             rng = np.random.default_rng([cfg.seed, rank, it, micro])
             first_sample = (it * cfg.grad_accum + rank * accum + micro) * cfg.batch_size
-            pieces = train_pieces(len(train_data), cfg.seed, first_sample, cfg.batch_size)
+            pieces = train_pieces(len(train_data), cfg.seed, first_sample, cfg.batch_size, piece_weights)
             x, y, composer = train_data.batch(pieces, rng, cfg.cond_drop, cfg.transpose)
             x, y, composer = x.to(device), y.to(device), composer.to(device)
             sync = model.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
@@ -308,8 +355,20 @@ def train(cfg, stop_after=None):
         torch.distributed.destroy_process_group()
     if master:
         log_file.close()
-        say(f"done: {it} iters, best val loss {best_val:.4f}; checkpoints in {cfg.out_dir}/")
+        say(f"done: {it} iters in {train_seconds() / 60:.1f} min of training, best val loss {best_val:.4f}; "
+            f"checkpoints in {cfg.out_dir}/")
     return last
+
+
+def time_share(seconds, cfg, ddp):
+    """Share of the max_minutes budget used (0 without a budget); under DDP rank 0's clock decides."""
+    if cfg.max_minutes <= 0:
+        return 0.0
+    on_gpu = ddp and torch.distributed.get_backend() == "nccl"
+    share = torch.tensor([seconds / (60 * cfg.max_minutes)], dtype=torch.float64, device="cuda" if on_gpu else "cpu")
+    if ddp:
+        torch.distributed.broadcast(share, src=0)
+    return max(float(share[0]), 1e-12)
 
 
 def keep_previous_run(out_dir, say):

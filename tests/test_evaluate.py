@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import NGram, adherence, bayes_classify, derangement, evaluate, unigram_entropy
+from evaluate import (CopyFinder, NGram, adherence, bayes_classify, bootstrap_mean, derangement, evaluate, judge_pieces,
+                      print_report, unigram_entropy)
+from judge import Judge, note_features
 from model import ModelConfig, MusicTransformer
 
 
@@ -69,11 +71,84 @@ def test_samples_longer_than_the_context_are_scored_window_by_window():
     torch.testing.assert_close(scores[0], expected)
 
 
-def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, tiny_dataset):
+def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, tiny_dataset, capsys):
     r = evaluate(tiny_checkpoint, str(tiny_dataset), num_windows=6, guidances=(1.0, 3.0), samples_per_composer=1,
                  sample_tokens=100)  # longer than the model's 64-token context
     assert set(r["nll"]) == {"true", "uncond", "wrong"} and all(math.isfinite(v) for v in r["nll"].values())
     assert r["baselines"]["trigram_witten_bell_nll"] < r["baselines"]["unigram_nll"]
-    assert set(r["samples"]) == {"1.0", "3.0", "real val windows"}
+    assert set(r["samples"]) == {"1.0", "3.0", "real val excerpts"}
     assert r["samples"]["3.0"]["grammar_error_rate"] == 0.0
-    assert 0 <= r["samples"]["3.0"]["adherence"] <= 1
+    assert 0 <= r["samples"]["3.0"]["self_judged_adherence"] <= 1 and 0 <= r["samples"]["3.0"]["judge_accuracy"] <= 1
+    ident = r["val_pieces"]["identification"]
+    assert ident["pieces"] == 5 and ident["chance"] == 1 / 3
+    for key in ("true", "uncond", "wrong"):
+        n = r["val_pieces"]["nll"][key]
+        assert n["low"] <= n["mean"] <= n["high"]
+    print_report(r)
+    assert "identification" in capsys.readouterr().out
+
+
+def test_identification_by_a_composer_blind_model_is_chance_exactly():
+    model = MusicTransformer(ModelConfig(block_size=16, vocab_size=30, n_composers=5, n_layer=1, n_head=2, n_embd=16,
+                                         dropout=0.0)).eval()
+    torch.nn.init.zeros_(model.wce.weight)  # the composer changes nothing
+    rng = np.random.default_rng(0)
+    pieces = [(rng.integers(2, 30, 40), int(c)) for c in (1, 2, 3, 4, 1, 2)]
+    names = {i: f"c{i}" for i in range(5)}
+    r = judge_pieces(model, pieces, [1, 2, 3, 4], names, {1: 9, 2: 5, 3: 5, 4: 5}, 5, bos_id=1, max_windows=None,
+                     seed=0)
+    assert r["identification"]["accuracy"] == 0.25 == r["identification"]["chance"]
+    assert r["identification"]["commonest_baseline"] == 2 / 6
+    assert abs(r["nll_gaps"]["uncond_minus_true"]["mean"]) < 1e-9
+
+
+def test_bootstrap_is_seeded_reproducible_and_brackets_the_mean():
+    rng = np.random.default_rng(1)
+    values, weights = rng.normal(0.05, 0.1, 50), rng.integers(100, 1000, 50)
+    a, b = bootstrap_mean(values, weights, seed=3), bootstrap_mean(values, weights, seed=3)
+    assert a == b
+    assert a["low"] < a["mean"] < a["high"]
+    assert bootstrap_mean(values, weights, seed=4) != a
+
+
+def test_copy_finder_finds_a_planted_copy_and_nothing_in_unrelated_music():
+    rng = np.random.default_rng(2)
+    training = [rng.integers(0, 5000, 3000) for _ in range(5)]
+    query = rng.integers(0, 5000, 300)
+    assert CopyFinder(training).longest(query) < 5
+    query[100:160] = training[3][2000:2060]  # a planted 60-note copy
+    assert CopyFinder(training).longest(query) == 60
+    query[160:170] = training[3][2060:2070]
+    assert CopyFinder(training).longest(query) == 70, "measured exactly past its anchor, both ways"
+    assert CopyFinder(training).longest(training[1][:40]) == 40
+
+
+def synthetic_piece(style, rng):
+    """Style 0: fast high melodies, loud; style 1: slow low chords, soft."""
+    from symusic import Note, Score, Tempo, Track
+
+    score = Score(480)
+    score.tempos.append(Tempo(0, 100.0))
+    notes, t = [], 0
+    for _ in range(60):
+        if style == 0:
+            notes.append((t, 120, int(rng.choice([60, 62, 64, 65, 67, 69, 71, 72, 74, 76])), int(rng.integers(80, 110))))
+            t += int(rng.choice([120, 240]))
+        else:
+            root = int(rng.integers(36, 52))
+            notes += [(t, 480, root + i, int(rng.integers(40, 70))) for i in (0, 4, 7)]
+            t += int(rng.choice([480, 960]))
+    track = Track(name="p", program=0, is_drum=False)
+    time, dur, pitch, vel = (np.array(c) for c in zip(*notes))
+    track.notes = Note.from_numpy(time=time.astype(np.int32), duration=dur.astype(np.int32),
+                                  pitch=pitch.astype(np.int8), velocity=vel.astype(np.int8))
+    score.tracks.append(track)
+    return score
+
+
+def test_the_judge_tells_two_styles_apart_on_held_out_pieces():
+    rng = np.random.default_rng(5)
+    train = [(note_features(synthetic_piece(s, rng)), s) for s in (0, 1) for _ in range(15)]
+    held_out = [(note_features(synthetic_piece(s, rng)), s) for s in (0, 1) for _ in range(10)]
+    judge = Judge().fit([f for f, _ in train], [s for _, s in train])
+    assert judge.accuracy([f for f, _ in held_out], [s for _, s in held_out]) >= 0.95

@@ -13,7 +13,7 @@ from cli import CliError
 from conftest import ROOT
 from model import MusicTransformer, ModelConfig
 from remi import RemiGrammar, build_tokenizer, grammar_error_rate
-from sample import png_bytes, resolve_composer
+from sample import png_bytes, resolve_composer, resolve_mix
 
 COMPOSERS = {"<unconditional>": 0, "Bach, Johann Sebastian": 1, "Chopin, Frédéric": 2, "Schubert": 3,
              "Schumann": 4}
@@ -141,3 +141,50 @@ def test_missing_or_foreign_checkpoint_is_a_one_line_error(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     result = run_sample("--ckpt", str(junk), "--composer_id", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("mode", ["add", "block"])
+def test_a_mix_of_one_composer_at_weight_1_is_that_composer(mode):
+    torch.manual_seed(0)
+    model = MusicTransformer(ModelConfig(block_size=32, vocab_size=30, n_composers=4, n_layer=2, n_head=2, n_embd=16,
+                                         dropout=0.0, composer_mode=mode)).eval()
+    idx = torch.randint(2, 30, (2, 10))
+    one_hot = torch.nn.functional.one_hot(torch.tensor([2, 2]), 4).float()
+    torch.testing.assert_close(model(idx, one_hot, all_logits=True)[0], model(idx, torch.tensor([2, 2]), all_logits=True)[0])
+    by_id = model.generate(idx[:, :1], torch.tensor([2, 2]), 20, guidance=3.0, generator=torch.Generator().manual_seed(1))
+    by_mix = model.generate(idx[:, :1], one_hot, 20, guidance=3.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(by_id, by_mix)
+
+
+def test_a_mix_is_the_weighted_sum_of_composer_conditions():
+    torch.manual_seed(0)
+    model = MusicTransformer(ModelConfig(block_size=32, vocab_size=30, n_composers=4, n_layer=1, n_head=2, n_embd=16,
+                                         dropout=0.0)).eval()
+    idx = torch.randint(2, 30, (1, 10))
+    mix = torch.tensor([[0.0, 0.7, 0.3, 0.0]])
+    expected_embedding = 0.7 * model.wce.weight[1] + 0.3 * model.wce.weight[2]
+    with torch.no_grad():
+        model.wce.weight[3] = expected_embedding
+    torch.testing.assert_close(model(idx, mix)[0], model(idx, torch.tensor([3]))[0])
+    assert not torch.allclose(model(idx, mix)[0], model(idx, torch.tensor([1]))[0])
+
+
+def test_mix_flags_resolve_names_and_refuse_bad_weights():
+    mix, name = resolve_mix(COMPOSERS, "chopin:0.7,bach:0.3")
+    assert mix == pytest.approx({2: 0.7, 1: 0.3}) and name == "Chopin, Frédéric 0.7 + Bach, Johann Sebastian 0.3"
+    assert resolve_mix(COMPOSERS, "chopin:2,bach:2")[0] == pytest.approx({2: 0.5, 1: 0.5})
+    for bad, message in (("chopin:-1", "weights must be > 0"), ("chopin:x", "not NAME:WEIGHT"),
+                         ("nobody:1", "unknown composer")):
+        with pytest.raises(CliError, match=message):
+            resolve_mix(COMPOSERS, bad)
+
+
+def test_the_cli_samples_a_mix_and_records_it(tiny_checkpoint, tmp_path):
+    import sample
+
+    sample.main(["--ckpt", str(tiny_checkpoint), "--composer", "bach:1", "--max_new_tokens", "40", "--out_dir",
+                 str(tmp_path / "mix"), "--name", "m"])
+    sample.main(["--ckpt", str(tiny_checkpoint), "--composer", "bach", "--max_new_tokens", "40", "--out_dir",
+                 str(tmp_path / "one"), "--name", "m"])
+    mixed, single = (json.load(open(tmp_path / d / "m.json")) for d in ("mix", "one"))
+    assert mixed["token_ids"] == single["token_ids"] and mixed["mix"] == {str(single["composer_id"]): 1.0}

@@ -13,7 +13,7 @@ import torch
 from cli import CliError, load_config
 from conftest import ROOT
 from dataset import WindowSampler, open_dataset
-from train import TrainConfig, train, train_pieces
+from train import TrainConfig, composer_balanced_weights, lr_at, train, train_pieces
 
 
 def tiny_config(data_dir, out_dir, **overrides):
@@ -81,6 +81,43 @@ def test_each_epoch_visits_every_training_piece_once():
     second = train_pieces(10, seed=3, sample_start=10, count=10)
     assert sorted(first) == sorted(second) == list(range(10))
     assert not np.array_equal(first, second)
+
+
+def test_composer_balance_evens_out_composers_as_asked():
+    composers = np.array([1] * 90 + [2] * 9 + [3])
+    assert composer_balanced_weights(composers, 0.0) is None
+    equal = composer_balanced_weights(composers, 1.0)
+    assert [equal[composers == c].sum() for c in (1, 2, 3)] == pytest.approx([1 / 3] * 3)
+    sqrt = composer_balanced_weights(composers, 0.5)
+    assert [sqrt[composers == c].sum() for c in (1, 2, 3)] == pytest.approx(np.sqrt([90, 9, 1]) / np.sqrt([90, 9, 1]).sum())
+    drawn = train_pieces(100, seed=0, sample_start=0, count=3000, weights=equal)
+    share = np.bincount(composers[drawn], minlength=4)[1:] / 3000
+    assert np.all(np.abs(share - 1 / 3) < 0.05), share
+    assert np.array_equal(drawn, train_pieces(100, seed=0, sample_start=0, count=3000, weights=equal)), "seeded"
+
+
+def test_a_time_budget_warms_up_decays_to_min_lr_and_stops_the_run(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset, tmp_path, warmup_frac=0.1, max_minutes=0.02, max_iters=100000, eval_interval=100000)
+    assert lr_at(0, cfg, 100000, time_progress=0.05) == pytest.approx(cfg.learning_rate / 2)
+    assert lr_at(0, cfg, 100000, time_progress=0.1) == pytest.approx(cfg.learning_rate)
+    assert lr_at(0, cfg, 100000, time_progress=1.0) == pytest.approx(cfg.min_lr)
+    assert lr_at(100000, cfg, 100000, time_progress=0.2) == pytest.approx(cfg.min_lr), "iterations can end it first"
+    train(cfg)
+    log = read_log(tmp_path)
+    last_eval = [r for r in log if "val_loss" in r][-1]
+    assert 0 < last_eval["iter"] < 100000, "stopped by the clock, with a final evaluation"
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert checkpoint["iter"] == last_eval["iter"] and checkpoint["train_seconds"] >= 1.2
+
+
+def test_composer_table_gets_its_own_decay_and_learning_rate(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset, tmp_path, max_iters=2, composer_mode="block", composer_decay=False,
+                      composer_lr_scale=4.0, weight_decay=0.1))
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0, 0.0] and groups[2]["lr_scale"] == 4.0
+    assert groups[2]["lr"] == pytest.approx(4.0 * groups[0]["lr"])
+    assert len(groups[2]["params"]) == 2, "wce and wce_blocks"
 
 
 def test_a_few_iterations_lower_the_loss(tiny_dataset, tmp_path):
@@ -197,6 +234,10 @@ def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path)
     (["--init_from=gpt2"], "init_from must be one of"),
     (["--compile=maybe"], "expects true/false"),
     (["no_such_config.py"], "config file not found"),
+    (["--composer_mode=film"], "composer_mode must be one of add, block"),
+    (["--composer_balance=1.5"], "composer_balance must be in [0, 1]"),
+    (["--composer_lr_scale=0"], "composer_lr_scale must be > 0"),
+    (["--max_minutes=-1"], "max_minutes must be >= 0"),
 ])
 def test_bad_config_keys_and_values_are_clean_errors(argv, message):
     with pytest.raises(CliError, match=None) as error:
