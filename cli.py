@@ -166,3 +166,97 @@ def atomic_write_bytes(path, data):
 
 def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------- one run per folder
+
+
+class FolderLock:
+    """A lock file naming the process and host that owns an output folder for a whole run.
+
+    Taken atomically (O_CREAT | O_EXCL). A lock held by a live process is a CliError naming
+    it; a lock left by a process that no longer exists on this host is taken over with a
+    warning. Released (the file removed) on exit from the with-block.
+    """
+
+    def __init__(self, path, what):
+        self.path, self.what, self.held = str(path), what, False
+
+    def __enter__(self):
+        import json
+        import socket
+        import time
+
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:300]}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = read_lock(self.path)
+                if not holder and lock_age(self.path) < 10:
+                    holder = {"pid": "?", "host": me["host"], "command": "a run that is taking it right now"}
+                    raise CliError(f"{self.what} is in use by {describe_holder(holder)} (lock {self.path})") from None
+                if holder_is_alive(holder, me["host"]):
+                    raise CliError(f"{self.what} is in use by {describe_holder(holder)} (lock {self.path}); wait for "
+                                   f"that run to finish or choose another folder") from None
+                print(f"warning: taking over the stale lock {self.path} of {describe_holder(holder)}, which no longer "
+                      f"runs", file=sys.stderr)
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise CliError(f"cannot take the lock {self.path}: another run keeps taking it")
+
+    def __exit__(self, *exc):
+        if self.held and read_lock(self.path).get("pid") == os.getpid():
+            os.unlink(self.path)
+        self.held = False
+        return False
+
+
+def read_lock(path):
+    import json
+
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}  # unreadable: a run killed while writing it
+
+
+def lock_age(path):
+    import time
+
+    try:
+        return time.time() - os.path.getmtime(path)
+    except OSError:
+        return float("inf")
+
+
+def holder_is_alive(holder, this_host):
+    """A holder on another host cannot be checked, so it counts as alive."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if holder.get("host") != this_host:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe_holder(holder):
+    return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} ({holder.get('command', '?')}, "
+            f"started {holder.get('started', '?')})")

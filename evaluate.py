@@ -240,7 +240,9 @@ def identification(scores, true_ids, candidates, names, train_counts):
         confusion.setdefault(names[true], {}).setdefault(guess, 0)
         confusion[names[true]][guess] += 1
     commonest = max(candidates, key=lambda c: train_counts.get(c, 0))
+    interval = bootstrap_mean(credit, np.ones(len(credit))) if credit else {"low": float("nan"), "high": float("nan")}
     return {"accuracy": float(np.mean(credit)) if credit else float("nan"), "pieces": len(credit),
+            "accuracy_interval": [interval["low"], interval["high"]],
             "chance": 1 / len(candidates), "commonest_composer": names[commonest],
             "commonest_baseline": float(np.mean([t == commonest for t in true_ids])) if credit else float("nan"),
             "confusion": confusion}
@@ -473,9 +475,10 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     val_features = features([t for t, _ in val_ex])
     results["judge"] = {"features": "note statistics (pitch classes, intervals, register, chords, onsets, durations, "
                                     "velocities, tempo)", "train_excerpts": len(train_ex),
-                        "val_excerpts": len(val_ex), "accuracy_on_real_val": judge.accuracy(val_features,
-                                                                                            [c for _, c in val_ex]),
-                        "chance": 1 / len(candidates)}
+                        "val_excerpts": len(val_ex),
+                        "accuracy_on_real_val": judge.accuracy(val_features, [c for _, c in val_ex]),
+                        "balanced_accuracy_on_real_val": judge.balanced_accuracy(val_features, [c for _, c in val_ex]),
+                        "real_val_composers": len({c for _, c in val_ex}), "chance": 1 / len(candidates)}
     progress.say("outside judge fitted")
     copies = CopyFinder([note_events(decode_sample(tokenizer, p)[1]) for p in pieces])
     real_runs = [copies.longest(note_events(decode_sample(tokenizer, t)[1])) for t, _ in val_ex]
@@ -534,7 +537,8 @@ def print_pieces(title, p):
         print(f"  NLL {key:7s} {n[key]['mean']:.4f}  [{n[key]['low']:.4f}, {n[key]['high']:.4f}]")
     for key, label in (("uncond_minus_true", "uncond - true"), ("wrong_minus_uncond", "wrong - uncond")):
         print(f"  {label:15s} {g[key]['mean']:+.4f}  [{g[key]['low']:+.4f}, {g[key]['high']:+.4f}]")
-    print(f"  identification {ident['accuracy']:.3f} over {ident['pieces']} pieces (chance {ident['chance']:.3f}, "
+    print(f"  identification {ident['accuracy']:.3f} [{ident['accuracy_interval'][0]:.3f}, "
+          f"{ident['accuracy_interval'][1]:.3f}] over {ident['pieces']} pieces (chance {ident['chance']:.3f}, "
           f"always {ident['commonest_composer']} {ident['commonest_baseline']:.3f})")
     for true, row in sorted(ident["confusion"].items()):
         guesses = ", ".join(f"{name} {count}" for name, count in sorted(row.items(), key=lambda kv: -kv[1])[:4])
@@ -558,7 +562,8 @@ def print_report(r):
             print(f"  ignored: {len(r['real_dir']['ignored'])} ({', '.join(list(r['real_dir']['ignored'])[:6])} ...)")
     j, cp = r["judge"], r["copying"]
     print(f"\noutside judge (note statistics, never sees the model): {j['accuracy_on_real_val']:.3f} on "
-          f"{j['val_excerpts']} real val excerpts (chance {j['chance']:.3f})")
+          f"{j['val_excerpts']} real val excerpts, {j['balanced_accuracy_on_real_val']:.3f} balanced over their "
+          f"{j['real_val_composers']} composers (chance {j['chance']:.3f}); samples are balanced by design")
     print(f"copying: {cp['rule']}; real val excerpts median {cp['real_val_excerpts']['median']:.0f}, "
           f"max {cp['real_val_excerpts']['max']}")
     print("\nsamples              judge   self-judged*  longest copy  notes/s  pitch range  pc H (bits)  chord  grammar")
@@ -570,6 +575,11 @@ def print_report(r):
         copy = "     -      " if is_real else f"{s['longest_copied_run']:5d}       "
         print(f"  {label:18s} {judged} {self_judged} {copy} {s['notes_per_s']:6.2f}   {s['pitch_range']:6.1f}"
               f"       {s['pitch_class_entropy']:.3f}      {s['chord_size']:.2f}   {s['grammar_error_rate']:.4f}")
+    spread = r.get("real_val_spread", {})
+    if spread:
+        print("  real 5-95 %                                           " + "  ".join(
+            f"{spread[k][0]:.1f}-{spread[k][1]:.1f}" for k in ("notes_per_s", "pitch_range", "pitch_class_entropy",
+                                                               "chord_size")))
     print("  * self-judged: the model as a Bayes classifier of its own samples; a sanity check of guidance, "
           "not evidence of style")
 

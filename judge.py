@@ -89,3 +89,12 @@ class Judge:
         if len(labels) == 0:
             return float("nan")
         return float(np.mean(self.predict(features) == np.asarray(labels)))
+
+    def balanced_accuracy(self, features, labels):
+        """Mean over composers of the share of their excerpts judged right: what the
+        accuracy would be if every composer had as many excerpts (as samples do)."""
+        labels = np.asarray(labels)
+        if len(labels) == 0:
+            return float("nan")
+        right = self.predict(features) == labels
+        return float(np.mean([right[labels == c].mean() for c in np.unique(labels)]))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import CliError, Parser, fail, fraction_in, non_negative_int, positive_float, positive_int
+from cli import CliError, FolderLock, Parser, fail, fraction_in, non_negative_int, positive_float, positive_int
 from dataset import UNCONDITIONAL, composer_key, verify_dataset, write_dataset
 from remi import PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, merge_piano_tracks, note_match, pitch_token_ids
 
@@ -367,9 +367,17 @@ def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, m
     is kept once."""
     start = time.time()
     midi_dirs = [Path(d) for d in (midi_dir if isinstance(midi_dir, (list, tuple)) else [midi_dir])]
-    labels = folder_labels(midi_dirs) if len(midi_dirs) > 1 else [""]
     for folder in midi_dirs:
         check_out_dir(folder, Path(out_dir))
+    out_dir = Path(out_dir)
+    with FolderLock(out_dir.parent / f".{out_dir.name}.lock", f"--out_dir {out_dir}"):
+        return build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate,
+                             file_timeout, max_memory_mb, start)
+
+
+def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate, file_timeout,
+                  max_memory_mb, start):
+    labels = folder_labels(midi_dirs) if len(midi_dirs) > 1 else [""]
     folders = [read_folder(folder, layout, val_fraction) for folder in midi_dirs]
     workers = workers or os.cpu_count() or 1
     tokenizer = build_tokenizer()

@@ -155,7 +155,8 @@ def parse_args(argv):
     parser.add_argument("--constrained", default=True, action=argparse.BooleanOptionalAction,
                         help="mask tokens that break REMI's grammar (default on)")
     parser.add_argument("--out_dir", default="samples")
-    parser.add_argument("--name", default=None, help="file name stem (default: <composer>_<seed>)")
+    parser.add_argument("--name", default=None, help="file name stem (default: <composer>_<seed>); a name taken by "
+                        "an earlier or concurrent run gets -2, -3, ... instead of overwriting it")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     return parser, parser.parse_args(argv)
 
@@ -177,12 +178,32 @@ def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_t
     return [row[1:] for row in out.tolist()]
 
 
+def claim_stem(base):
+    """base, or base-2, base-3, ...: the first stem no earlier or concurrent run has taken.
+
+    The claim is stem.json created with O_EXCL (atomic: two runs finishing at once never
+    get the same stem); write_sample later replaces it with the real .json.
+    """
+    for n in range(1, 100000):
+        stem = base if n == 1 else f"{base}-{n}"
+        if os.path.exists(f"{stem}.mid"):
+            continue
+        try:
+            fd = os.open(f"{stem}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write('{"status": "being written"}')
+        return stem
+    raise CliError(f"no free file name for {base} in its folder")
+
+
 def write_sample(stem, ids, tokenizer, settings):
     """stem.mid, stem.json, stem.png; returns a summary dict."""
     ids, score, errors = decode_sample(tokenizer, ids)
     n_notes = sum(len(t.notes) for t in score.tracks)
     seconds = float(score.to("second").end()) if n_notes else 0.0
-    tmp_mid = f"{stem}.mid.tmp"
+    tmp_mid = f"{stem}.mid.{os.getpid()}.tmp"
     score.dump_midi(tmp_mid)  # symusic writes a path; rename it into place
     os.replace(tmp_mid, f"{stem}.mid")
     atomic_write_text(f"{stem}.json", json.dumps({**settings, "grammar_error_rate": errors, "notes": n_notes,
@@ -231,7 +252,7 @@ def run(args):
     safe = "".join(c if c.isalnum() else "_" for c in composer_name).strip("_") or "unconditional"
     stem_base = args.name or f"{safe}_{args.seed}"
     for i, ids in enumerate(samples):
-        stem = os.path.join(args.out_dir, f"{stem_base}_{i}" if args.num_samples > 1 else stem_base)
+        stem = claim_stem(os.path.join(args.out_dir, f"{stem_base}_{i}" if args.num_samples > 1 else stem_base))
         settings = {"composer": composer_name, "composer_id": composer_id, "guidance": args.guidance,
                     **({"mix": {str(i): w for i, w in condition.items()}} if isinstance(condition, dict) else {}),
                     "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from checkpoints import save_checkpoint
-from cli import CliError, fail, load_config
+from cli import CliError, FolderLock, fail, load_config
 from dataset import WindowSampler, open_dataset
 from devices import autocast_context, device_type_of, measure_matmul_peak, resolve_device, resolve_dtype
 from model import COMPOSER_MODES, ModelConfig, MusicTransformer, load_checkpoint, load_state
@@ -36,6 +37,7 @@ class TrainConfig:
     max_iters: int = 0
     epochs: float = 1.0
     max_minutes: float = 0.0  # > 0: also stop after this much training wall time; the LR schedule then follows time
+    save_every_min: float = 0.0  # > 0: also write ckpt.pt at least this often (minutes), whatever eval_interval says
     eval_interval: int = 250
     eval_iters: int = 20
     log_interval: int = 10
@@ -92,8 +94,9 @@ class TrainConfig:
         for key in ("dropout", "attn_dropout", "cond_drop", "warmup_frac", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 raise CliError(f"{key} must be in [0, 1), got {getattr(self, key)}")
-        if not self.max_minutes >= 0:
-            raise CliError(f"max_minutes must be >= 0, got {self.max_minutes}")
+        for key in ("max_minutes", "save_every_min"):
+            if not getattr(self, key) >= 0:
+                raise CliError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             if getattr(self, key) < 0:
                 raise CliError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -183,9 +186,63 @@ def estimate_val_loss(model, sampler, cfg, ctx, device):
     return float(np.mean(losses["true"])), float(np.mean(losses["uncond"]))
 
 
+class TrainingStopped(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint of its exact state; .code is 130 or 143."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+class StopRequest:
+    """SIGINT / SIGTERM handlers that ask the loop to stop after the current step; a second
+    Ctrl-C stops at once. Under DDP every rank stops at the same iteration (see agreed)."""
+
+    def __init__(self):
+        self.signum, self.previous = 0, {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    def handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            print("\nsecond interrupt: stopping now (the last checkpoint is kept)", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+              f"(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def agreed(self, ddp):
+        """The signal to stop on, the same on every rank (0: go on)."""
+        if not ddp:
+            return self.signum
+        on_gpu = torch.distributed.get_backend() == "nccl"
+        flag = torch.tensor([self.signum], device="cuda" if on_gpu else "cpu")
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag[0])
+
+
+def resume_command():
+    args = [a for a in sys.argv[1:] if not a.startswith("--init_from=")]
+    return " ".join(["python", os.path.basename(sys.argv[0] or "train.py"), *args, "--init_from=resume"])
+
+
 def train(cfg, stop_after=None):
     """Run training; returns the last logged record. stop_after: leave the loop (as if
-    killed) once that many iterations have run, without changing the LR schedule."""
+    killed) once that many iterations have run, without changing the LR schedule.
+    SIGINT/SIGTERM: checkpoint after the current step, then raise TrainingStopped."""
+    with contextlib.ExitStack() as stack:
+        return run_training(cfg, stop_after, stack)
+
+
+def run_training(cfg, stop_after, stack):
     ddp = int(os.environ.get("RANK", -1)) != -1
     rank, world = 0, 1
     device = resolve_device(cfg.device)
@@ -221,6 +278,9 @@ def train(cfg, stop_after=None):
     piece_weights = composer_balanced_weights(train_data.index[:, 2], cfg.composer_balance)
     max_iters = cfg.max_iters or math.ceil(cfg.epochs * len(train_data) / samples_per_iter)
 
+    if master:  # one run per folder, held for the whole run (a resume into a live run's folder too)
+        stack.enter_context(FolderLock(os.path.join(cfg.out_dir, ".lock"), f"out_dir {cfg.out_dir}"))
+    stop_request = stack.enter_context(StopRequest())
     model_cfg = ModelConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"], n_composers=meta["n_composers"],
                             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
                             attn_dropout=cfg.attn_dropout, bias=cfg.bias, label_smoothing=cfg.label_smoothing,
@@ -241,6 +301,9 @@ def train(cfg, stop_after=None):
         except (FileNotFoundError, ValueError) as e:
             raise CliError(f"cannot resume: {e}") from None
         start_iter, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
+        if start_iter > max_iters:
+            raise CliError(f"cannot resume {ckpt_path}: it is at iteration {start_iter}, past max_iters {max_iters}; "
+                           f"raise max_iters to train further")
         seconds_before = checkpoint.get("train_seconds", 0.0)
     model.to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type,
@@ -291,8 +354,12 @@ def train(cfg, stop_after=None):
     bar = tqdm(total=max_iters, initial=start_iter, desc="train", unit="it", disable=not master or None, file=sys.stdout)
     last, bad_steps, iters_timed, t0 = {}, 0, 0, time.perf_counter()
     model.train()
+    last_save = time.perf_counter()
     for it in range(start_iter, max_iters + 1):
         resumed_here = cfg.init_from == "resume" and it == start_iter  # that state was evaluated already
+        if master and cfg.save_every_min > 0 and time.perf_counter() - last_save >= 60 * cfg.save_every_min:
+            save_checkpoint(ckpt_path, checkpoint_state(it))
+            last_save = time.perf_counter()
         out_of_time = time_share(train_seconds(), cfg, ddp) >= 1.0
         if (it % cfg.eval_interval == 0 and not resumed_here) or it == max_iters or out_of_time:
             val, val_uncond = estimate_val_loss(raw_model, val_data, cfg, ctx, device)
@@ -306,8 +373,22 @@ def train(cfg, stop_after=None):
                     save_checkpoint(os.path.join(cfg.out_dir, "best.pt"), checkpoint_state(it))
                 if val is None or math.isfinite(val):
                     save_checkpoint(ckpt_path, checkpoint_state(it))
+                    last_save = time.perf_counter()
         if it == max_iters or out_of_time or (stop_after is not None and it - start_iter >= stop_after):
             break
+        signum = stop_request.agreed(ddp)
+        if signum:
+            name = signal.Signals(signum).name
+            if master:
+                save_checkpoint(ckpt_path, checkpoint_state(it))
+                log({"iter": it, "stopped": name})
+                log_file.close()
+            bar.close()
+            say(f"{name}: stopped before iteration {it}; {ckpt_path} holds the state after the last finished step. "
+                f"Resume with: {resume_command()}")
+            if ddp:
+                torch.distributed.destroy_process_group()
+            raise TrainingStopped(128 + signum)
         lr = lr_at(it, cfg, max_iters, time_share(train_seconds(), cfg, ddp))
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -409,6 +490,8 @@ def main(argv=None):
         train(cfg)
     except CliError as e:
         fail("train.py", str(e))
+    except TrainingStopped as stopped:
+        sys.exit(stopped.code)
 
 
 if __name__ == "__main__":
