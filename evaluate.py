@@ -612,6 +612,8 @@ def main(argv=None):
             raise ValueError
     except ValueError:
         fail(parser.prog, f"--guidance expects comma-separated numbers >= 0, got {args.guidance!r}")
+    if args.real_dir and not os.path.isdir(args.real_dir):
+        fail(parser.prog, f"--real_dir {args.real_dir} is not a folder")
     try:
         results = evaluate(args.ckpt, args.data_dir, args.num_windows, args.window, guidances, args.samples_per_composer,
                            args.sample_tokens, args.seed, args.device, args.max_composers, args.real_dir,

@@ -1,10 +1,14 @@
-"""Generate piano MIDI in a composer's style from a checkpoint.
+"""Generate piano MIDI in a composer's style from a checkpoint, and hear it.
 
     python sample.py --composer Chopin --guidance 3 --num_samples 2
+    python sample.py --composer chopin --guidance 0,1,3           # the same seed at three guidances
+    python sample.py --composer "chopin:0.7,bach:0.3"             # a mix of styles
     python sample.py --composer_id 42 --prompt start.mid --prompt_tokens 256
+    python sample.py --render real.mid                            # a real piece through the same voice
     python sample.py --list_composers
 
-Writes samples/<name>.mid, .json (settings, seed, token ids) and .png (a piano roll).
+Writes samples/<name>.mid, .wav (audio), .png (a piano roll) and .json (settings, seed, token
+ids), and rewrites samples/index.html: a page listing every sample in the folder.
 The tokenizer and composer names come from the checkpoint itself.
 """
 import argparse
@@ -12,19 +16,20 @@ import difflib
 import json
 import math
 import os
-import struct
 import sys
 import time
-import zlib
 
 import numpy as np
 import torch
 
-from cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, fraction_in, non_negative_float,
-                 non_negative_int, positive_float, positive_int)
+from audio import SOUNDFONT_ENV, SOUNDFONT_FOLDERS, find_soundfont, render, wav_bytes
 from checkpoints import load_trained
+from cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, fraction_in, non_negative_int,
+                 positive_float, positive_int)
 from dataset import UNCONDITIONAL
 from devices import resolve_device
+from gallery import write_gallery
+from pictures import png_bytes
 from remi import PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score
 
 
@@ -86,18 +91,6 @@ def condition_tensor(condition, num_samples, n_composers, device):
 # ----------------------------------------------------------------------------- outputs
 
 
-def png_bytes(rgb):
-    """A PNG file from an [H, W, 3] uint8 array, with numpy and zlib only."""
-    height, width, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[row].tobytes() for row in range(height))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-
-
 def piano_roll(score, pixels_per_quarter=8, row_height=3, max_width=4000):
     """Pitch (bottom = A0) x time image; brightness is velocity, bar-free and DAW-free."""
     notes = [n for track in score.tracks for n in track.notes]
@@ -143,7 +136,9 @@ def parse_args(argv):
     who.add_argument("--composer", help="composer name (case-insensitive, unique prefix or substring), or a mix of "
                      "styles: \"chopin:0.7,bach:0.3\"")
     parser.add_argument("--list_composers", action="store_true", help="print the checkpoint's composers and exit")
-    parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="classifier-free guidance (1 = off)")
+    parser.add_argument("--guidance", type=guidance_list, default=[3.0],
+                        help="classifier-free guidance (1 = off); a list such as 0,1,3 makes one version per value "
+                             "from the same seed, to hear what guidance does")
     parser.add_argument("--temperature", type=positive_float, default=0.9)
     parser.add_argument("--top_k", type=non_negative_int, default=40, help="0 = off")
     parser.add_argument("--top_p", type=fraction_in(0, 1), default=0.95, help="nucleus mass in (0, 1]")
@@ -158,7 +153,24 @@ def parse_args(argv):
     parser.add_argument("--name", default=None, help="file name stem (default: <composer>_<seed>); a name taken by "
                         "an earlier or concurrent run gets -2, -3, ... instead of overwriting it")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--audio", default=True, action=argparse.BooleanOptionalAction,
+                        help="write <name>.wav beside every .mid (default on): through --soundfont, else a SoundFont "
+                             f"named by ${SOUNDFONT_ENV} or found in {', '.join(SOUNDFONT_FOLDERS)}, else the built-in "
+                             "numpy piano voice")
+    parser.add_argument("--soundfont", help="a .sf2/.sf3 file for the audio")
+    parser.add_argument("--render", metavar="FILE.mid", help="render a MIDI file (real music, to compare) through the "
+                        "same voice into --out_dir, and exit; needs no checkpoint")
     return parser, parser.parse_args(argv)
+
+
+def guidance_list(text):
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects numbers >= 0 separated by commas, got {text!r}") from None
+    if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
+        raise argparse.ArgumentTypeError(f"expects numbers >= 0 separated by commas, got {text!r}")
+    return values
 
 
 def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
@@ -198,18 +210,48 @@ def claim_stem(base):
     raise CliError(f"no free file name for {base} in its folder")
 
 
-def write_sample(stem, ids, tokenizer, settings):
-    """stem.mid, stem.json, stem.png; returns a summary dict."""
+def write_sample(stem, ids, tokenizer, settings, soundfont=None, audio=True):
+    """stem.mid, stem.png, stem.wav (unless audio is off) and stem.json last; returns a summary dict."""
     ids, score, errors = decode_sample(tokenizer, ids)
+    summary = write_score(stem, score, audio, soundfont)
+    atomic_write_text(f"{stem}.json", json.dumps({**settings, "grammar_error_rate": errors, "notes": summary["notes"],
+                                                  "seconds": summary["seconds"], "voice": summary["voice"],
+                                                  "token_ids": ids}))
+    return {**summary, "grammar_error_rate": errors}
+
+
+def write_score(stem, score, audio=True, soundfont=None):
+    """stem.mid, stem.png and stem.wav of a score; {"midi", "notes", "seconds", "voice"}."""
     n_notes = sum(len(t.notes) for t in score.tracks)
     seconds = float(score.to("second").end()) if n_notes else 0.0
     tmp_mid = f"{stem}.mid.{os.getpid()}.tmp"
     score.dump_midi(tmp_mid)  # symusic writes a path; rename it into place
     os.replace(tmp_mid, f"{stem}.mid")
-    atomic_write_text(f"{stem}.json", json.dumps({**settings, "grammar_error_rate": errors, "notes": n_notes,
-                                                  "seconds": seconds, "token_ids": ids}))
     atomic_write_bytes(f"{stem}.png", png_bytes(piano_roll(score)))
-    return {"midi": f"{stem}.mid", "notes": n_notes, "seconds": seconds, "grammar_error_rate": errors}
+    voice = None
+    if audio:
+        samples, voice = render(score, soundfont)
+        atomic_write_bytes(f"{stem}.wav", wav_bytes(samples))
+    return {"midi": f"{stem}.mid", "notes": n_notes, "seconds": seconds, "voice": voice}
+
+
+def render_file(args):
+    """--render: a real MIDI file through the same voice, listed in the folder's gallery."""
+    from symusic import Score
+
+    try:
+        score = Score(args.render)
+    except Exception as e:
+        raise CliError(f"cannot read --render {args.render}: {type(e).__name__}: {e}") from None
+    os.makedirs(args.out_dir, exist_ok=True)
+    base = args.name or "real_" + os.path.splitext(os.path.basename(args.render))[0]
+    stem = claim_stem(os.path.join(args.out_dir, base))
+    summary = write_score(stem, score, True, find_soundfont(args.soundfont))
+    atomic_write_text(f"{stem}.json", json.dumps({"rendered": os.path.abspath(args.render), "notes": summary["notes"],
+                                                  "seconds": summary["seconds"], "voice": summary["voice"]}))
+    write_gallery(args.out_dir)
+    print(f"  {stem}.wav: {summary['notes']} notes, {summary['seconds']:.1f} s, voice: {summary['voice']} "
+          f"(+ .mid, .png, .json; {args.out_dir}/index.html)")
 
 
 def main(argv=None):
@@ -221,6 +263,10 @@ def main(argv=None):
 
 
 def run(args):
+    if args.soundfont and not os.path.isfile(args.soundfont):
+        raise CliError(f"--soundfont {args.soundfont} is not a file")
+    if args.render:
+        return render_file(args)
     device = resolve_device(args.device)
     model, checkpoint, tokenizer = load_trained(args.ckpt, device)
     composers = checkpoint["composers"]
@@ -236,33 +282,45 @@ def run(args):
     else:
         composer_id, composer_name = resolve_composer(composers, args.composer, args.composer_id)
         condition = composer_id
+    soundfont = find_soundfont(args.soundfont) if args.audio else None
     bos = tokenizer.vocab["BOS_None"]
     prompt = load_prompt(args.prompt, tokenizer, args.prompt_tokens, bos) if args.prompt else [bos]
     if len(prompt) >= model.config.block_size:
         prompt = [bos] + prompt[-(model.config.block_size - 1):]
-    print(f"{composer_name} ({'a mix' if composer_id is None else f'id {composer_id}'}), guidance {args.guidance}, temperature {args.temperature}, "
-          f"top_k {args.top_k}, top_p {args.top_p}, {args.num_samples} x {args.max_new_tokens} tokens, "
-          f"{'constrained' if args.constrained else 'unconstrained'}, prompt {len(prompt)} tokens")
-    start = time.time()
-    samples = generate_samples(model, tokenizer, condition, prompt, args.num_samples, args.max_new_tokens,
-                               args.temperature, args.top_k, args.top_p, args.guidance, args.seed, args.constrained,
-                               device)
-    elapsed = time.time() - start
+    guidances = ", ".join(f"{g:g}" for g in args.guidance)
+    print(f"{composer_name} ({'a mix' if composer_id is None else f'id {composer_id}'}), guidance {guidances}, "
+          f"temperature {args.temperature}, top_k {args.top_k}, top_p {args.top_p}, {args.num_samples} x "
+          f"{args.max_new_tokens} tokens, {'constrained' if args.constrained else 'unconstrained'}, "
+          f"prompt {len(prompt)} tokens")
     os.makedirs(args.out_dir, exist_ok=True)
     safe = "".join(c if c.isalnum() else "_" for c in composer_name).strip("_") or "unconditional"
     stem_base = args.name or f"{safe}_{args.seed}"
-    for i, ids in enumerate(samples):
-        stem = claim_stem(os.path.join(args.out_dir, f"{stem_base}_{i}" if args.num_samples > 1 else stem_base))
-        settings = {"composer": composer_name, "composer_id": composer_id, "guidance": args.guidance,
-                    **({"mix": {str(i): w for i, w in condition.items()}} if isinstance(condition, dict) else {}),
-                    "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-                    "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt, "prompt": args.prompt,
-                    "prompt_tokens": len(prompt) - 1}
-        summary = write_sample(stem, ids, tokenizer, settings)
-        print(f"  {summary['midi']}: {summary['notes']} notes, {summary['seconds']:.1f} s, "
-              f"grammar errors {summary['grammar_error_rate']:.2%}  (+ .json, .png)")
-    print(f"{args.num_samples * args.max_new_tokens} tokens in {elapsed:.1f} s "
-          f"({args.num_samples * args.max_new_tokens / elapsed:.0f} tokens/s)")
+    tokens, elapsed, voices = 0, 0.0, set()
+    for guidance in args.guidance:
+        start = time.time()
+        samples = generate_samples(model, tokenizer, condition, prompt, args.num_samples, args.max_new_tokens,
+                                   args.temperature, args.top_k, args.top_p, guidance, args.seed, args.constrained,
+                                   device)
+        elapsed += time.time() - start
+        tokens += args.num_samples * args.max_new_tokens
+        tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
+        for i, ids in enumerate(samples):
+            name = f"{stem_base}{tag}_{i}" if args.num_samples > 1 else f"{stem_base}{tag}"
+            stem = claim_stem(os.path.join(args.out_dir, name))
+            settings = {"composer": composer_name, "composer_id": composer_id, "guidance": guidance,
+                        **({"mix": {str(k): w for k, w in condition.items()}} if isinstance(condition, dict) else {}),
+                        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+                        "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt,
+                        "prompt": args.prompt, "prompt_tokens": len(prompt) - 1}
+            summary = write_sample(stem, ids, tokenizer, settings, soundfont, args.audio)
+            voices.add(summary["voice"])
+            print(f"  {summary['midi']}: {summary['notes']} notes, {summary['seconds']:.1f} s, "
+                  f"grammar errors {summary['grammar_error_rate']:.2%}  "
+                  f"(+ .json, .png{', .wav' if args.audio else ''})")
+    write_gallery(args.out_dir)
+    print(f"{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s); "
+          f"audio: {', '.join(sorted(voices)) if args.audio else 'off (--no-audio)'}; "
+          f"listen: {os.path.join(args.out_dir, 'index.html')}")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from checkpoints import save_checkpoint
-from cli import CliError, FolderLock, fail, load_config
+from cli import CliError, FolderLock, atomic_write_bytes, fail, load_config
 from dataset import WindowSampler, open_dataset
 from devices import autocast_context, device_type_of, measure_matmul_peak, resolve_device, resolve_dtype
 from model import COMPOSER_MODES, ModelConfig, MusicTransformer, load_checkpoint, load_state
+from pictures import chart, png_bytes, side_by_side
 
 
 @dataclass
@@ -364,8 +365,10 @@ def run_training(cfg, stop_after, stack):
         if (it % cfg.eval_interval == 0 and not resumed_here) or it == max_iters or out_of_time:
             val, val_uncond = estimate_val_loss(raw_model, val_data, cfg, ctx, device)
             if master:
-                record = {"iter": it, "val_loss": val, "val_loss_uncond": val_uncond}
+                record = {"iter": it, "val_loss": val, "val_loss_uncond": val_uncond,
+                          "minutes": round(train_seconds() / 60, 3)}
                 log(record)
+                write_curves(cfg.out_dir)
                 bar.write(f"iter {it}: val loss {val if val is None else round(val, 4)} "
                           f"(composer 0: {val_uncond if val_uncond is None else round(val_uncond, 4)})")
                 if val is not None and math.isfinite(val) and val < best_val:
@@ -426,6 +429,7 @@ def run_training(cfg, stop_after, stack):
         if it % cfg.log_interval == 0 or it == max_iters - 1:
             tokens_per_s = tokens_per_iter * iters_timed / (time.perf_counter() - t0)
             last = {"iter": it, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s),
+                    "minutes": round(train_seconds() / 60, 3),
                     "mfu": round(raw_model.estimate_mfu(tokens_per_s / world, cfg.block_size, peak), 4)}
             log(last)
             bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tokens_per_s:,.0f}")
@@ -452,9 +456,34 @@ def time_share(seconds, cfg, ddp):
     return max(float(share[0]), 1e-12)
 
 
+def write_curves(out_dir):
+    """out_dir/curves.png from log.jsonl: train and val loss against iterations and against
+    minutes, and the learning rate; written atomically, so an image viewer can watch a run."""
+    records = []
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    steps = [r for r in records if "loss" in r and "lr" in r]
+    evals = [r for r in records if r.get("val_loss") is not None]
+
+    def series(rows, x, y):
+        return [r.get(x, float("nan")) for r in rows], [r[y] for r in rows]
+
+    by_iter = [("TRAIN", *series(steps, "iter", "loss")), ("VAL", *series(evals, "iter", "val_loss")),
+               ("VAL COMPOSER 0", *series(evals, "iter", "val_loss_uncond"))]
+    by_minute = [("TRAIN", *series(steps, "minutes", "loss")), ("VAL", *series(evals, "minutes", "val_loss"))]
+    image = side_by_side(chart(by_iter, "LOSS", "ITERATION"), chart(by_minute, "LOSS", "MINUTES"),
+                         chart([("LR", *series(steps, "iter", "lr"))], "LEARNING RATE", "ITERATION"))
+    atomic_write_bytes(os.path.join(out_dir, "curves.png"), png_bytes(image))
+
+
 def keep_previous_run(out_dir, say):
     """A fresh run never overwrites an earlier run's checkpoints or log: they move aside."""
-    old = [name for name in ("ckpt.pt", "best.pt", "log.jsonl") if os.path.exists(os.path.join(out_dir, name))]
+    old = [name for name in ("ckpt.pt", "best.pt", "log.jsonl", "curves.png")
+           if os.path.exists(os.path.join(out_dir, name))]
     if not old:
         return
     folder = os.path.join(out_dir, time.strftime("previous-%Y%m%d-%H%M%S"))

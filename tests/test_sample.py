@@ -13,7 +13,8 @@ from cli import CliError
 from conftest import ROOT
 from model import MusicTransformer, ModelConfig
 from remi import RemiGrammar, build_tokenizer, grammar_error_rate
-from sample import png_bytes, resolve_composer, resolve_mix
+from pictures import png_bytes
+from sample import resolve_composer, resolve_mix
 
 COMPOSERS = {"<unconditional>": 0, "Bach, Johann Sebastian": 1, "Chopin, Frédéric": 2, "Schubert": 3,
              "Schumann": 4}
