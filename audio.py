@@ -80,7 +80,10 @@ def render_builtin(score, sample_rate=SAMPLE_RATE):
 
 
 def find_soundfont(explicit=None):
-    """The SoundFont to use: --soundfont, $PIANO_GPT_SOUNDFONT, else the first .sf2/.sf3 in the usual folders."""
+    """The SoundFont to use: --soundfont, $PIANO_GPT_SOUNDFONT, else the first .sf2/.sf3 in the
+    usual folders; None (the built-in voice) when there is none or explicit is "builtin"."""
+    if explicit == "builtin":
+        return None
     if explicit:
         return explicit
     if os.environ.get(SOUNDFONT_ENV):

@@ -157,7 +157,7 @@ def parse_args(argv):
                         help="write <name>.wav beside every .mid (default on): through --soundfont, else a SoundFont "
                              f"named by ${SOUNDFONT_ENV} or found in {', '.join(SOUNDFONT_FOLDERS)}, else the built-in "
                              "numpy piano voice")
-    parser.add_argument("--soundfont", help="a .sf2/.sf3 file for the audio")
+    parser.add_argument("--soundfont", help="a .sf2/.sf3 file for the audio, or 'builtin' for the built-in voice")
     parser.add_argument("--render", metavar="FILE.mid", help="render a MIDI file (real music, to compare) through the "
                         "same voice into --out_dir, and exit; needs no checkpoint")
     return parser, parser.parse_args(argv)
@@ -263,7 +263,7 @@ def main(argv=None):
 
 
 def run(args):
-    if args.soundfont and not os.path.isfile(args.soundfont):
+    if args.soundfont and args.soundfont != "builtin" and not os.path.isfile(args.soundfont):
         raise CliError(f"--soundfont {args.soundfont} is not a file")
     if args.render:
         return render_file(args)

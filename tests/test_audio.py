@@ -74,7 +74,8 @@ def test_a_soundfont_is_used_when_given(tmp_path):
     if "failed" in voice:
         pytest.skip(f"symusic cannot render a SoundFont here: {voice}")
     assert voice.startswith("SoundFont") and np.abs(samples.astype(int)).max() > 1000
-    assert audio.find_soundfont("/x/given.sf2") == "/x/given.sf2"
+    assert len(samples) / audio.SAMPLE_RATE >= 1.0, "as long as its MIDI at least"
+    assert audio.find_soundfont("/x/given.sf2") == "/x/given.sf2" and audio.find_soundfont("builtin") is None
 
 
 def test_an_unusable_soundfont_falls_back_to_the_built_in_voice(tmp_path):
@@ -104,7 +105,7 @@ def test_samples_come_with_audio_and_a_gallery_of_two_runs(tiny_checkpoint, tmp_
     from urllib.parse import unquote
 
     out = tmp_path / "samples"
-    common = ["--ckpt", str(tiny_checkpoint), "--max_new_tokens", "60", "--out_dir", str(out)]
+    common = ["--ckpt", str(tiny_checkpoint), "--max_new_tokens", "60", "--out_dir", str(out), "--soundfont", "builtin"]
     sample.main([*common, "--composer_id", "1", "--guidance", "0,1,3"])
     sample.main([*common, "--composer_id", "2", "--seed", "3"])
     assert "built-in piano" in capsys.readouterr().out
