@@ -26,14 +26,16 @@ def note_arrays(score):
 
 
 def histogram(values, edges):
-    counts = np.histogram(values, bins=np.append(edges, np.inf))[0][1:] if len(values) else np.zeros(len(edges))
+    """Shares of the values in [edges[1], edges[2]), ..., [edges[-1], inf) among the values in
+    those bins (the shortest bin is left out): len(edges) - 1 numbers, for no values too."""
+    counts = np.histogram(values, bins=np.append(edges, np.inf))[0][1:] if len(values) else np.zeros(len(edges) - 1)
     return counts / max(counts.sum(), 1)
 
 
 def note_features(score):
     """A fixed-length vector of note statistics of one excerpt (symusic Score, tick time)."""
     onsets, durations, pitches, velocities = note_arrays(score)
-    n_features = 12 + 25 + 5 + 6 + len(IOI_EDGES) + len(DURATION_EDGES) + 2 + 2
+    n_features = 12 + 25 + 5 + 6 + (len(IOI_EDGES) - 1) + (len(DURATION_EDGES) - 1) + 2 + 2
     if len(pitches) < 2:
         return np.zeros(n_features)
     pitch_classes = np.bincount(pitches % 12, minlength=12) / len(pitches)

@@ -152,3 +152,12 @@ def test_the_judge_tells_two_styles_apart_on_held_out_pieces():
     held_out = [(note_features(synthetic_piece(s, rng)), s) for s in (0, 1) for _ in range(10)]
     judge = Judge().fit([f for f, _ in train], [s for _, s in train])
     assert judge.accuracy([f for f, _ in held_out], [s for _, s in held_out]) >= 0.95
+
+
+def test_note_features_have_one_length_for_any_excerpt():
+    from test_audio import score_of
+
+    excerpts = [[], [(0, 1, 60, 80)], [(0, 1, 60, 80), (0, 1, 64, 80), (0, 1, 67, 80)],  # one chord: no onset gaps
+                [(0, 1, 60, 80), (1, 2, 64, 90), (1.5, 0.25, 72, 100)]]
+    lengths = {len(note_features(score_of(notes))) for notes in excerpts}
+    assert lengths == {66}

@@ -162,3 +162,9 @@ def test_sample_runs_sharing_a_folder_never_overwrite_each_other(tiny_checkpoint
     first, second = (json.load(open(tmp_path / "runs" / f"{stem}.json")) for stem in ("same", "same-2"))
     assert first["seed"] == 1337 and second["seed"] == 7
     assert {"same.mid", "same-2.mid", "same.png", "same-2.png"} <= set(os.listdir(tmp_path / "runs"))
+
+
+def test_resuming_a_checkpoint_past_max_iters_is_a_one_line_error(tiny_dataset, tmp_path):
+    train(tiny(tiny_dataset, tmp_path, max_iters=6))
+    with pytest.raises(CliError, match="iteration 6, past max_iters 4"):
+        train(tiny(tiny_dataset, tmp_path, max_iters=4, init_from="resume"))
