@@ -1,5 +1,5 @@
 """Sound: a score rendered to a .wav, through a SoundFont when one is given or found, else
-through a small built-in piano voice written with numpy. Imports nothing of this project.
+through a small built-in piano voice written with numpy. Imports only remi (the notes of a score).
 
 The built-in voice: a few slightly inharmonic partials per note, a quick attack, louder
 and brighter with velocity, a longer decay in the bass, each note held as long as in the
@@ -11,6 +11,8 @@ import os
 import wave
 
 import numpy as np
+
+from remi import notes_of
 
 SAMPLE_RATE = 22050
 PARTIALS = 6
@@ -47,11 +49,7 @@ def tone_of_length(pitch, seconds, sample_rate):
 
 def note_arrays_seconds(score):
     """(start s, duration s, pitch, velocity) of every note of a symusic score."""
-    seconds = score.to("second")
-    parts = [track.notes.numpy() for track in seconds.tracks if len(track.notes)]
-    if not parts:
-        return (np.empty(0),) * 4
-    a = {key: np.concatenate([p[key] for p in parts]) for key in ("time", "duration", "pitch", "velocity")}
+    a = notes_of(score.to("second").tracks)
     return a["time"].astype(np.float64), a["duration"].astype(np.float64), a["pitch"], a["velocity"]
 
 

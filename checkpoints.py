@@ -11,6 +11,7 @@ import io
 import torch
 
 from cli import CliError, atomic_write_bytes
+from dataset import composer_table_problem
 from model import MusicTransformer, load_checkpoint
 from remi import check_tokenizer
 
@@ -25,14 +26,6 @@ def save_checkpoint(path, checkpoint):
         raise CliError(f"cannot write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
 
 
-def check_composers(path, composers, n_composers):
-    ids = sorted(composers.values()) if isinstance(composers, dict) else None
-    if ids is None or ids != list(range(len(ids))):
-        raise ValueError(f"{path}: its composers are not a {{name: id}} table with ids 0..N-1")
-    if len(ids) != n_composers:
-        raise ValueError(f"{path}: {len(ids)} composers, but its composer table has {n_composers} rows")
-
-
 def load_trained(path, device="cpu"):
     """(model in eval mode, checkpoint dict, tokenizer); any problem is a CliError."""
     try:
@@ -43,7 +36,9 @@ def load_trained(path, device="cpu"):
         model = MusicTransformer.from_checkpoint_dict(checkpoint, device)
         cfg = model.config
         tokenizer = check_tokenizer(f"{path} (its tokenizer)", checkpoint["tokenizer"], cfg.vocab_size, cfg.pad_id)
-        check_composers(path, checkpoint["composers"], cfg.n_composers)
+        problem = composer_table_problem(checkpoint["composers"], cfg.n_composers, "but its composer table holds")
+        if problem:
+            raise ValueError(f"{path}: its composers: {problem}")
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from None
     return model, checkpoint, tokenizer

@@ -41,6 +41,10 @@ def composer_key(name):
     return re.sub(r"(off|ow)$", "ov", folded)
 
 
+def not_prepared(data_dir, what):
+    return DatasetError(f"{data_dir} is not a prepared dataset ({what}); run prepare.py first")
+
+
 def damaged(data_dir, name, problem):
     return DatasetError(f"{os.path.join(str(data_dir), name)}: {problem}; run prepare.py again to rebuild the dataset")
 
@@ -147,7 +151,7 @@ def read_json(data_dir, name):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise DatasetError(f"{data_dir} is not a prepared dataset (missing {name}); run prepare.py first") from None
+        raise not_prepared(data_dir, f"missing {name}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise damaged(data_dir, name, f"does not parse ({type(e).__name__}: {str(e)[:120]})") from None
 
@@ -161,14 +165,23 @@ def check_meta(data_dir, meta):
             raise damaged(data_dir, "meta.json", f"has no {key!r}")
 
 
-def check_composers(data_dir, composers, meta):
+def composer_table_problem(composers, n_composers, expected_by):
+    """What is wrong with a {name: id} composer table that should have n_composers ids
+    (None when nothing is): ids must be the ints 0..N-1, id 0 the unconditional one."""
     ids = sorted(composers.values()) if isinstance(composers, dict) else None
     if ids is None or any(type(i) is not int for i in ids) or ids != list(range(len(ids))):
-        raise damaged(data_dir, "composers.json", "is not a {name: id} table with ids 0..N-1")
+        return "is not a {name: id} table with ids 0..N-1"
     if composers.get(UNCONDITIONAL) != 0:
-        raise damaged(data_dir, "composers.json", f"id 0 must be {UNCONDITIONAL!r}")
-    if len(ids) != meta["n_composers"]:
-        raise damaged(data_dir, "composers.json", f"{len(ids)} composer ids, meta.json says {meta['n_composers']}")
+        return f"id 0 must be {UNCONDITIONAL!r}"
+    if len(ids) != n_composers:
+        return f"{len(ids)} composer ids, {expected_by} {n_composers}"
+    return None
+
+
+def check_composers(data_dir, composers, meta):
+    problem = composer_table_problem(composers, meta["n_composers"], "meta.json says")
+    if problem:
+        raise damaged(data_dir, "composers.json", problem)
 
 
 def open_split(data_dir, split, meta, check_tokens=True):
@@ -177,7 +190,7 @@ def open_split(data_dir, split, meta, check_tokens=True):
     bin_path, idx_path = os.path.join(str(data_dir), bin_name), os.path.join(str(data_dir), idx_name)
     for name, path in ((bin_name, bin_path), (idx_name, idx_path)):
         if not os.path.isfile(path):
-            raise DatasetError(f"{data_dir} is not a prepared dataset (missing {name}); run prepare.py first")
+            raise not_prepared(data_dir, f"missing {name}")
     n_tokens, n_pieces = meta["n_tokens"].get(split, 0), meta["n_pieces"].get(split, 0)
     size = os.path.getsize(bin_path)
     if size != 2 * n_tokens:
@@ -210,7 +223,7 @@ def open_split(data_dir, split, meta, check_tokens=True):
 def open_dataset(data_dir, splits=SPLITS, check_tokens=True):
     """Open and check a prepared dataset; a DatasetError names the first problem found."""
     if not os.path.isdir(str(data_dir)):
-        raise DatasetError(f"{data_dir} is not a prepared dataset (no such folder); run prepare.py first")
+        raise not_prepared(data_dir, "no such folder")
     meta = read_json(data_dir, "meta.json")
     check_meta(data_dir, meta)
     composers = read_json(data_dir, "composers.json")

@@ -18,10 +18,12 @@
    grading its own samples: a sanity check only), notes/s, pitch range, pitch-class
    entropy, chord size and grammar errors, beside real val excerpts and their spread.
 """
+import contextlib
 import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -31,7 +33,7 @@ from cli import CliError, Parser, atomic_write_text, fail, positive_int
 from dataset import WindowSampler, composer_key, open_dataset
 from devices import autocast_context, device_type_of, resolve_dtype
 from judge import Judge, note_arrays, note_features
-from remi import RemiGrammar, decode_sample, encode_score
+from remi import RemiGrammar, decode_sample, encode_score, gram_keys
 
 
 # ----------------------------------------------------------------------------- n-gram baselines
@@ -148,8 +150,6 @@ def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_si
     Each sequence (tokens without BOS) is scored as training saw it: in windows of [BOS] +
     block_size - 1 tokens (at most max_windows of them, spread over the piece).
     """
-    import contextlib
-
     device = next(model.parameters()).device
     ks = torch.as_tensor(list(candidates), dtype=torch.long, device=device)
     span = model.config.block_size - 1
@@ -175,19 +175,35 @@ def bayes_classify(model, samples, n_composers, batch_size=8):
                        batch_size=batch_size).to(samples.device).float()
 
 
-def adherence(scores, requested):
-    """Accuracy of argmax_k scores == requested (ids 1..N); ties share the credit, so a model
-    that ignores the composer scores exactly chance, 1/N."""
+def tie_shared_credit(scores, wanted, atol):
+    """Per row, the credit for argmax == wanted column: 1 for a clear win, 1/k when k columns
+    tie for the top (within atol), so a model that ignores the composer scores chance exactly."""
     credit = []
-    for row, want in zip(scores, requested):
-        best = torch.isclose(row, row.max(), rtol=0, atol=1e-4)
-        credit.append(float(best[want - 1]) / float(best.sum()))
+    for row, want in zip(scores, wanted):
+        row = torch.as_tensor(row)
+        best = torch.isclose(row, row.max(), rtol=0, atol=atol)
+        credit.append(float(best[want]) / float(best.sum()))
+    return credit
+
+
+def adherence(scores, requested):
+    """Accuracy of argmax_k scores == requested (ids 1..N), ties sharing the credit."""
+    credit = tie_shared_credit(scores, [want - 1 for want in requested], atol=1e-4)
     return float(np.mean(credit)) if credit else float("nan")
 
 
-def music_stats(tokenizer, ids):
-    """Notes per second, pitch range (semitones), pitch-class entropy (bits), mean chord size, grammar error rate."""
-    _, score, errors = decode_sample(tokenizer, ids)
+def confusion_table(pairs, names):
+    """{true name: {guessed name: count}} from (true id, guessed id) pairs."""
+    table = {}
+    for true, guess in pairs:
+        row = table.setdefault(names[true], {})
+        row[names[guess]] = row.get(names[guess], 0) + 1
+    return table
+
+
+def music_stats(score, errors):
+    """Notes per second, pitch range (semitones), pitch-class entropy (bits), mean chord size, and
+    the grammar error rate `errors`, of a decoded score."""
     onsets, _, pitches, _ = note_arrays(score)
     if len(pitches) == 0:
         return {"notes_per_s": 0.0, "pitch_range": 0, "pitch_class_entropy": 0.0, "chord_size": 0.0,
@@ -231,14 +247,9 @@ def identification(scores, true_ids, candidates, names, train_counts):
     credit, so a composer-blind model scores chance exactly), chance, the always-the-
     commonest-composer baseline, and a confusion table {true: {predicted: pieces}}."""
     candidates = list(candidates)
-    credit, confusion = [], {}
-    for row, true in zip(scores, true_ids):
-        row = torch.as_tensor(row, dtype=torch.float64)
-        best = torch.isclose(row, row.max(), rtol=0, atol=1e-6)
-        credit.append(float(best[candidates.index(true)]) / float(best.sum()))
-        guess = names[candidates[int(row.argmax())]]
-        confusion.setdefault(names[true], {}).setdefault(guess, 0)
-        confusion[names[true]][guess] += 1
+    credit = tie_shared_credit(scores, [candidates.index(true) for true in true_ids], atol=1e-6)
+    guesses = [candidates[int(torch.as_tensor(row).argmax())] for row in scores]
+    confusion = confusion_table(zip(true_ids, guesses), names)
     commonest = max(candidates, key=lambda c: train_counts.get(c, 0))
     interval = bootstrap_mean(credit, np.ones(len(credit))) if credit else {"low": float("nan"), "high": float("nan")}
     return {"accuracy": float(np.mean(credit)) if credit else float("nan"), "pieces": len(credit),
@@ -277,8 +288,6 @@ def read_real_dir(real_dir, tokenizer, composers):
     of the checkpoint (matched by composer_key), and {folder: reason} for the rest."""
     from symusic import Score
 
-    if not os.path.isdir(real_dir):
-        raise CliError(f"--real_dir {real_dir} is not a folder")
     by_key = {composer_key(name): i for name, i in composers.items() if i != 0}
     pieces, ignored = [], {}
     for folder in sorted(os.listdir(real_dir)):
@@ -312,13 +321,6 @@ def note_events(score):
     steps = np.round(onsets * 8).astype(np.int64)
     ioi = np.clip(np.diff(steps, prepend=steps[:1]), 0, 255)
     return pitches * 256 + ioi
-
-
-def gram_keys(seq, k):
-    key = np.zeros(len(seq) - k + 1, dtype=np.int64)
-    for j in range(k):
-        key = key * 1_000_003 + seq[j:len(seq) - k + 1 + j]
-    return key
 
 
 class CopyFinder:
@@ -395,6 +397,8 @@ def excerpts(split, rows, length, per_piece, seed):
 def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1.0, 3.0), samples_per_composer=2,
              sample_tokens=512, seed=0, device="cpu", max_composers=None, real_dir=None, min_train_pieces=30,
              max_windows=4, judge_excerpts=3, dtype="auto"):
+    if real_dir and not os.path.isdir(real_dir):
+        raise CliError(f"--real_dir {real_dir} is not a folder")
     model, checkpoint, tokenizer = load_trained(ckpt, device)
     data_dir = data_dir or checkpoint["train_config"]["data_dir"]
     dataset = open_dataset(data_dir)
@@ -464,15 +468,20 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
         progress.say(f"{len(real)} pieces of {real_dir} scored")
 
     # 4. the outside judge, fitted on excerpts of training pieces of the comparison set
-    def features(token_lists):
-        return np.array([note_features(decode_sample(tokenizer, ids)[1]) for ids in token_lists])
+    def decoded(token_lists):
+        """(score, grammar error rate) of each token list, decoded once for every measure."""
+        return [decode_sample(tokenizer, ids)[1:] for ids in token_lists]
+
+    def features(scores):
+        return np.array([note_features(score) for score, _ in scores])
 
     train_rows = [r for r in range(len(train_split)) if int(train_split.index[r, 2]) in candidates]
     val_rows = [r for r in range(len(val)) if int(val.index[r, 2]) in candidates]
     train_ex = excerpts(train_split, train_rows, sample_tokens, judge_excerpts, seed)
     val_ex = excerpts(val, val_rows, sample_tokens, judge_excerpts, seed + 1)
-    judge = Judge().fit(features([t for t, _ in train_ex]), [c for _, c in train_ex])
-    val_features = features([t for t, _ in val_ex])
+    judge = Judge().fit(features(decoded([t for t, _ in train_ex])), [c for _, c in train_ex])
+    val_scores = decoded([t for t, _ in val_ex])
+    val_features = features(val_scores)
     results["judge"] = {"features": "note statistics (pitch classes, intervals, register, chords, onsets, durations, "
                                     "velocities, tempo)", "train_excerpts": len(train_ex),
                         "val_excerpts": len(val_ex),
@@ -481,7 +490,7 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
                         "real_val_composers": len({c for _, c in val_ex}), "chance": 1 / len(candidates)}
     progress.say("outside judge fitted")
     copies = CopyFinder([note_events(decode_sample(tokenizer, p)[1]) for p in pieces])
-    real_runs = [copies.longest(note_events(decode_sample(tokenizer, t)[1])) for t, _ in val_ex]
+    real_runs = [copies.longest(note_events(score)) for score, _ in val_scores]
     results["copying"] = {"rule": "longest run of consecutive notes (pitch and inter-onset interval) shared with "
                                   "any training piece; runs under 5 notes count as 0",
                           "real_val_excerpts": {"median": float(np.median(real_runs)) if real_runs else 0.0,
@@ -499,20 +508,18 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
                                  logits_processor=RemiGrammar(tokenizer))
         token_lists = [row[1:].tolist() for row in out]
         scores = score_under(model, [np.array(t) for t in token_lists], candidates, bos_id, ctx=ctx)
-        runs = [copies.longest(note_events(decode_sample(tokenizer, t)[1])) for t in token_lists]
-        stats = [music_stats(tokenizer, t) for t in token_lists]
-        verdicts = judge.predict(features(token_lists))
-        confusion = {}
-        for want, got in zip(requested.tolist(), verdicts.tolist()):
-            confusion.setdefault(names[want], {}).setdefault(names[got], 0)
-            confusion[names[want]][names[got]] += 1
+        sample_scores = decoded(token_lists)
+        runs = [copies.longest(note_events(score)) for score, _ in sample_scores]
+        stats = [music_stats(score, errors) for score, errors in sample_scores]
+        verdicts = judge.predict(features(sample_scores))
         results["samples"][str(g)] = {
-            "judge_accuracy": float(np.mean(verdicts == requested.cpu().numpy())), "judge_confusion": confusion,
+            "judge_accuracy": float(np.mean(verdicts == requested.cpu().numpy())),
+            "judge_confusion": confusion_table(zip(requested.tolist(), verdicts.tolist()), names),
             "self_judged_adherence": adherence(scores, [candidates.index(c) + 1 for c in requested.tolist()]),
             "chance": 1 / len(candidates), "longest_copied_run": int(max(runs, default=0)),
             "median_copied_run": float(np.median(runs)) if runs else 0.0, **mean_stats(stats)}
         progress.say(f"samples at guidance {g}")
-    real_stats = [music_stats(tokenizer, t.tolist()) for t, _ in val_ex]
+    real_stats = [music_stats(score, errors) for score, errors in val_scores]
     results["samples"]["real val excerpts"] = mean_stats(real_stats)
     results["real_val_spread"] = spread_stats(real_stats)
     return results
@@ -522,12 +529,10 @@ class Progress:
     """One line per finished stage, with the seconds since the start (to stderr)."""
 
     def __init__(self):
-        import time
-
-        self.clock, self.start = time.perf_counter, time.perf_counter()
+        self.start = time.perf_counter()
 
     def say(self, what):
-        print(f"[{self.clock() - self.start:6.1f} s] {what}", file=sys.stderr, flush=True)
+        print(f"[{time.perf_counter() - self.start:6.1f} s] {what}", file=sys.stderr, flush=True)
 
 
 def print_pieces(title, p):
@@ -612,8 +617,6 @@ def main(argv=None):
             raise ValueError
     except ValueError:
         fail(parser.prog, f"--guidance expects comma-separated numbers >= 0, got {args.guidance!r}")
-    if args.real_dir and not os.path.isdir(args.real_dir):
-        fail(parser.prog, f"--real_dir {args.real_dir} is not a folder")
     try:
         results = evaluate(args.ckpt, args.data_dir, args.num_windows, args.window, guidances, args.samples_per_composer,
                            args.sample_tokens, args.seed, args.device, args.max_composers, args.real_dir,

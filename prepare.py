@@ -21,7 +21,8 @@ import numpy as np
 
 from cli import CliError, FolderLock, Parser, fail, fraction_in, non_negative_int, positive_float, positive_int
 from dataset import UNCONDITIONAL, composer_key, verify_dataset, write_dataset
-from remi import PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, merge_piano_tracks, note_match, pitch_token_ids
+from remi import (PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks, note_match,
+                  pitch_sequence, pitch_token_ids)
 
 MIDI_SUFFIXES = (".mid", ".midi")
 LAYOUTS = ("auto", "folders", "giantmidi", "maestro")
@@ -279,11 +280,6 @@ def merge_composer_names(counts):
     return mapping, merged
 
 
-def pitch_sequence(ids, pitch_lo, pitch_hi):
-    ids = np.asarray(ids)
-    return ids[(ids >= pitch_lo) & (ids <= pitch_hi)].astype(np.int64)
-
-
 def near_duplicate_groups(pitch_seqs, k=12, threshold=0.5, max_sharing=8):
     """Group id per piece: pieces that share at least `threshold` of the k-note pitch runs
     of the shorter one are one work (another sequencing of it), so they share a split.
@@ -303,10 +299,7 @@ def near_duplicate_groups(pitch_seqs, k=12, threshold=0.5, max_sharing=8):
     for piece, seq in enumerate(pitch_seqs):
         if len(seq) < k:
             continue
-        key = np.zeros(len(seq) - k + 1, np.int64)
-        for j in range(k):
-            key = key * 1_000_003 + seq[j:len(seq) - k + 1 + j]
-        key = np.unique(key)
+        key = np.unique(gram_keys(seq, k))
         grams.append(key)
         owners.append(np.full(len(key), piece, np.int64))
         sizes[piece] = len(key)
@@ -381,7 +374,8 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
     folders = [read_folder(folder, layout, val_fraction) for folder in midi_dirs]
     workers = workers or os.cpu_count() or 1
     tokenizer = build_tokenizer()
-    pitch_lo, pitch_hi = int(pitch_token_ids(tokenizer)[0]), int(pitch_token_ids(tokenizer)[-1])
+    pitch_ids = pitch_token_ids(tokenizer)
+    pitch_lo, pitch_hi = int(pitch_ids[0]), int(pitch_ids[-1])
     kept, skipped, n_files = [], [], 0
     for folder, label, (folder_layout, assigned) in zip(midi_dirs, labels, folders):
         relpaths = [relpath for relpath, _, _ in assigned]

@@ -87,6 +87,21 @@ def pitch_token_ids(tokenizer):
     return np.array([tokenizer.vocab[f"Pitch_{p}"] for p in range(PIANO_LOW, PIANO_HIGH + 1)])
 
 
+def pitch_sequence(ids, pitch_lo, pitch_hi):
+    """The Pitch token ids of a token sequence, in order (the notes' pitches, nothing else)."""
+    ids = np.asarray(ids)
+    return ids[(ids >= pitch_lo) & (ids <= pitch_hi)].astype(np.int64)
+
+
+def gram_keys(seq, k):
+    """One int64 key per run of k consecutive values of an int sequence (equal runs, equal
+    keys): how near-duplicate pieces and copied passages are found."""
+    key = np.zeros(len(seq) - k + 1, dtype=np.int64)
+    for j in range(k):
+        key = key * 1_000_003 + seq[j:len(seq) - k + 1 + j]
+    return key
+
+
 def transpose_pitches(ids, semitones, pitch_lo, pitch_hi):
     """Shift Pitch token ids (pitch_lo..pitch_hi) by semitones; a note that would leave the
     piano's range stays where it is. Other tokens are untouched."""
@@ -98,6 +113,14 @@ def transpose_pitches(ids, semitones, pitch_lo, pitch_hi):
 
 # ----------------------------------------------------------------------------- one stream per piece
 
+def notes_of(tracks):
+    """Every note of some symusic tracks as arrays {"time", "duration", "pitch", "velocity"},
+    track after track (empty arrays when there is none)."""
+    parts = [track.notes.numpy() for track in tracks if len(track.notes)]
+    return {key: np.concatenate([p[key] for p in parts]) if parts else np.empty(0)
+            for key in ("time", "duration", "pitch", "velocity")}
+
+
 def merge_piano_tracks(score):
     """One piano track holding the notes of every non-drum track, inside 21..108.
 
@@ -105,11 +128,10 @@ def merge_piano_tracks(score):
     """
     from symusic import Note, Score, Track
 
-    arrays = [track.notes.numpy() for track in score.tracks if not track.is_drum and len(track.notes)]
-    if not arrays:
+    notes = notes_of(track for track in score.tracks if not track.is_drum)
+    if len(notes["pitch"]) == 0:
         has_drums = any(track.is_drum and len(track.notes) for track in score.tracks)
         return None, ("drums_only" if has_drums else "no_notes")
-    notes = {key: np.concatenate([a[key] for a in arrays]) for key in ("time", "duration", "pitch", "velocity")}
     keep = (notes["pitch"] >= PIANO_LOW) & (notes["pitch"] <= PIANO_HIGH)
     if not keep.any():
         return None, "no_notes_in_piano_range"
