@@ -6,9 +6,11 @@
 
 Cases:
   matmul   peak FLOP/s of a square matmul on this device (the MFU denominator)
-  train    training tokens/s, achieved FLOP/s and MFU: the seed's shape and the CPU config
-  sample   tokens/s with the KV cache vs recomputing the whole context every step (the
-           seed's method), at guidance 1 and 3, 128 prompt + 2048 new tokens
+  train    training tokens/s, achieved FLOP/s and MFU: the seed's shape, the CPU config before the
+           modern recipe, and config/remi_cpu.py as shipped (its levers and optimizer)
+  sample   128 prompt + 2048 new tokens at the seed's shape: eager and compiled decode steps side
+           by side (compile seconds, 1 and 4 samples, guidance 1 and 3), and the seed's method
+           (recompute the whole context every step) for scale
   prepare  pieces/s encoding real MIDI with 1 worker vs all cores
 """
 import json
@@ -20,13 +22,15 @@ import time
 
 import torch
 
-from cli import Parser, fail, positive_int
+from cli import Parser, fail, load_config, positive_int
 from model import ModelConfig, MusicTransformer, guided_logits, sample_next
 from devices import autocast_context, measure_matmul_peak, resolve_device, resolve_dtype
 
 CASES = ("matmul", "train", "sample", "prepare")
 SEED_SHAPE = dict(n_layer=8, n_head=8, n_embd=512)
-CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=128)  # config/remi_cpu.py
+CPU_SHAPE_BEFORE = dict(n_layer=4, n_head=4, n_embd=128)  # config/remi_cpu.py before the modern recipe
+LEVER_KEYS = ("positions", "norm", "mlp", "qk_norm", "tie_head", "zero_init", "logit_softcap")
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def emit(record):
@@ -38,15 +42,29 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def make_model(shape, block_size, device, dropout=0.0):
+def make_model(shape, block_size, device, dropout=0.0, **levers):
     torch.manual_seed(0)
-    cfg = ModelConfig(block_size=block_size, vocab_size=419, n_composers=27, dropout=dropout, **shape)
+    cfg = ModelConfig(block_size=block_size, vocab_size=419, n_composers=27, dropout=dropout, **shape, **levers)
     return MusicTransformer(cfg).to(device)
 
 
-def bench_train(name, shape, block_size, batch_size, device, dtype, peak, steps, compile_model=False):
-    model = make_model(shape, block_size, device, dropout=0.1)
-    optimizer = model.configure_optimizers(0.1, 1e-4, device_type="cuda" if device.startswith("cuda") else "cpu")
+def shipped_cpu_recipe():
+    """(shape, levers, block_size, batch_size, optimizer) of config/remi_cpu.py as shipped."""
+    from train import TrainConfig, model_config_of
+
+    cfg = load_config(TrainConfig, [os.path.join(ROOT, "config", "remi_cpu.py")])
+    model_cfg = model_config_of(cfg, {"vocab_size": 419, "n_composers": 27, "pad_id": 0})
+    shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+    levers = {key: getattr(model_cfg, key) for key in LEVER_KEYS}
+    return shape, levers, cfg.block_size, cfg.batch_size * cfg.grad_accum, cfg.optimizer
+
+
+def bench_train(name, shape, block_size, batch_size, device, dtype, peak, steps, compile_model=False, levers=None,
+                optimizer="adamw", dropout=0.1):
+    model = make_model(shape, block_size, device, dropout=dropout, **(levers or {}))
+    optimizer_name = optimizer
+    optimizer = model.configure_optimizers(0.1, 1e-4, device_type="cuda" if device.startswith("cuda") else "cpu",
+                                           optimizer=optimizer_name)
     step_model = torch.compile(model) if compile_model else model
     ctx = autocast_context("cuda" if device.startswith("cuda") else device, dtype)
     x = torch.randint(2, 419, (batch_size, block_size), device=device)
@@ -60,9 +78,11 @@ def bench_train(name, shape, block_size, batch_size, device, dtype, peak, steps,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    start = time.perf_counter()
     for _ in range(2):  # warm-up (and compilation)
         step()
     sync(device)
+    warmup = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -70,10 +90,11 @@ def bench_train(name, shape, block_size, batch_size, device, dtype, peak, steps,
     seconds = (time.perf_counter() - start) / steps
     tokens_per_s = batch_size * block_size / seconds
     flops = model.flops_per_token(block_size) * tokens_per_s
-    emit({"case": "train", "model": name, **shape, "block_size": block_size, "batch_size": batch_size, "dtype": dtype,
-          "compile": compile_model, "params_M": round(model.num_params() / 1e6, 2), "step_ms": round(seconds * 1e3, 1),
-          "tokens_per_s": round(tokens_per_s), "achieved_GFLOPs": round(flops / 1e9, 1),
-          "mfu_vs_measured_peak": round(flops / peak, 3)})
+    emit({"case": "train", "model": name, **shape, **{k: v for k, v in (levers or {}).items()},
+          "optimizer": optimizer_name, "block_size": block_size, "batch_size": batch_size, "dtype": dtype,
+          "compile": compile_model, "warmup_s": round(warmup, 1), "params_M": round(model.num_params() / 1e6, 2),
+          "step_ms": round(seconds * 1e3, 1), "tokens_per_s": round(tokens_per_s),
+          "achieved_GFLOPs": round(flops / 1e9, 1), "mfu_vs_measured_peak": round(flops / peak, 3)})
 
 
 @torch.no_grad()
@@ -112,27 +133,51 @@ def time_recompute_steps(model, prompt_len, new_tokens, guidance, device, points
     return total + per_step[0], lengths, per_step
 
 
-def bench_sample(shape, block_size, prompt_len, new_tokens, device, recompute_points):
-    model = make_model(shape, block_size, device).eval()
-    idx = torch.randint(2, 419, (1, prompt_len), device=device)
-    composer = torch.ones(1, dtype=torch.long, device=device)
+def time_generate(model, idx, composer, new_tokens, guidance, device, compile_step):
+    sync(device)
+    start = time.perf_counter()
+    model.generate(idx, composer, new_tokens, guidance=guidance, compile=compile_step,
+                   generator=torch.Generator(device=device).manual_seed(0))
+    sync(device)
+    return time.perf_counter() - start
+
+
+def bench_sample(shape, block_size, prompt_len, new_tokens, device, recompute_points, dtype="float32"):
+    """Eager and compiled decode steps side by side: tokens/s per sample and end-to-end
+    seconds for 1 and 4 samples at guidance 1 and 3; compile seconds; the recompute baseline."""
+    model = make_model(shape, block_size, device).eval().to(getattr(torch, dtype))
     results = {}
-    for guidance in (1.0, 3.0):
-        model.generate(idx, composer, 8, guidance=guidance)  # warm-up
-        sync(device)
-        start = time.perf_counter()
-        model.generate(idx, composer, new_tokens, guidance=guidance, generator=torch.Generator(device=device).manual_seed(0))
-        sync(device)
-        cached = time.perf_counter() - start
-        results[guidance] = cached
-        recompute, lengths, per_step = time_recompute_steps(model, prompt_len, new_tokens, guidance, device,
-                                                            recompute_points)
-        emit({"case": "sample", **shape, "block_size": block_size, "prompt": prompt_len, "new_tokens": new_tokens,
-              "guidance": guidance, "kv_cache_tokens_per_s": round(new_tokens / cached, 1),
-              "recompute_tokens_per_s": round(new_tokens / recompute, 2),
-              "recompute_method": f"timed at contexts {lengths}, trapezoid over {new_tokens} steps",
-              "kv_cache_speedup": round(recompute / cached, 1)})
-    emit({"case": "sample_cfg_cost", "guidance_3_over_1_time": round(results[3.0] / results[1.0], 2)})
+    for compile_step in (False, True):
+        composer = torch.ones(1, dtype=torch.long, device=device)
+        idx = torch.randint(2, 419, (1, prompt_len), device=device)
+        first = time_generate(model, idx, composer, 8, 3.0, device, compile_step)  # warm-up (and compilation)
+        first += time_generate(model, idx, composer, 8, 1.0, device, compile_step)
+        for num_samples in (1, 4):
+            for guidance in (1.0, 3.0):
+                rows = idx.expand(num_samples, -1)
+                seconds = time_generate(model, rows, composer.expand(num_samples), new_tokens, guidance, device,
+                                        compile_step)
+                results[compile_step, num_samples, guidance] = seconds
+                emit({"case": "sample", **shape, "dtype": dtype, "block_size": block_size, "prompt": prompt_len,
+                      "new_tokens": new_tokens, "decode_step": "compiled" if compile_step else "eager",
+                      "samples": num_samples, "guidance": guidance, "seconds": round(seconds, 2),
+                      "tokens_per_s_per_sample": round(new_tokens / seconds, 1),
+                      **({"first_calls_s": round(first, 1)} if num_samples == 1 and guidance == 1.0 else {})})
+    for compile_step in (False, True):
+        one = results[compile_step, 1, 1.0]
+        emit({"case": "sample_cost", "decode_step": "compiled" if compile_step else "eager",
+              "guidance_3_over_1": round(results[compile_step, 1, 3.0] / one, 2),
+              "four_samples_over_one": round(results[compile_step, 4, 1.0] / one, 2),
+              "compiled_speedup_g1": round(results[False, 1, 1.0] / results[True, 1, 1.0], 2)})
+    if recompute_points:
+        idx, composer = torch.randint(2, 419, (1, prompt_len), device=device), torch.ones(1, dtype=torch.long,
+                                                                                            device=device)
+        for guidance in (1.0, 3.0):
+            recompute, lengths, _ = time_recompute_steps(model, prompt_len, new_tokens, guidance, device,
+                                                         recompute_points)
+            emit({"case": "sample_recompute", "guidance": guidance, "recompute_tokens_per_s": round(new_tokens / recompute, 2),
+                  "recompute_method": f"timed at contexts {lengths}, trapezoid over {new_tokens} steps",
+                  "kv_cache_speedup": round(recompute / results[False, 1, guidance], 1)})
 
 
 def bench_prepare(midi_dir, workers_all):
@@ -162,6 +207,9 @@ def main(argv=None):
                                                            "midi", "piano-midi"))
     parser.add_argument("--compile", action="store_true", help="torch.compile the training cases")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and lengths (tests the script)")
+    parser.add_argument("--no_recompute", action="store_true", help="skip the seed's recompute-every-step baseline")
+    parser.add_argument("--sample_dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="weights and KV cache precision of the sample case")
     args = parser.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
@@ -173,12 +221,13 @@ def main(argv=None):
     name = torch.cuda.get_device_name() if device_type == "cuda" else platform.processor() or platform.machine()
     emit({"case": "machine", "device": device, "name": name, "threads": torch.get_num_threads(),
           "cpu_count": os.cpu_count(), "torch": torch.__version__, "dtype": dtype})
-    seed_shape, cpu_shape = SEED_SHAPE, CPU_SHAPE
+    seed_shape, cpu_before = SEED_SHAPE, CPU_SHAPE_BEFORE
+    cpu_shape, cpu_levers, cpu_block, cpu_batch, cpu_optimizer = shipped_cpu_recipe()
     seed_block = args.seed_block_size or (8192 if device_type == "cuda" else 1024)
     new_tokens, steps, points = args.new_tokens, 5, 6
     if args.quick:
-        seed_shape = cpu_shape = dict(n_layer=1, n_head=2, n_embd=32)
-        seed_block, new_tokens, steps, points = 64, 16, 1, 2
+        seed_shape = cpu_shape = cpu_before = dict(n_layer=1, n_head=2, n_embd=32)
+        seed_block, new_tokens, steps, points, cpu_block, cpu_batch = 64, 16, 1, 2, 64, 8
     peak = measure_matmul_peak(device, dtype)
     if "matmul" in cases:
         emit({"case": "matmul", "dtype": dtype, "peak_GFLOPs": round(peak / 1e9, 1),
@@ -186,9 +235,14 @@ def main(argv=None):
     if "train" in cases:
         bench_train("seed", seed_shape, seed_block, 1 if device_type == "cpu" else 2, device, dtype, peak, steps,
                     args.compile)
-        bench_train("remi_cpu", cpu_shape, 64 if args.quick else 512, 8, device, dtype, peak, steps, args.compile)
+        # today's CPU recipe before the modern levers (the same maths as the old code), then the shipped one
+        bench_train("remi_cpu_before", cpu_before, 64 if args.quick else 512, 8, device, dtype, peak, steps,
+                    args.compile, dropout=0.0)
+        bench_train("remi_cpu", cpu_shape, cpu_block, cpu_batch, device, dtype, peak, steps, args.compile,
+                    levers=cpu_levers, optimizer=cpu_optimizer, dropout=0.0)
     if "sample" in cases:
-        bench_sample(seed_shape, 64 if args.quick else 8192, 8 if args.quick else 128, new_tokens, device, points)
+        bench_sample(seed_shape, 64 if args.quick else 8192, 8 if args.quick else 128, new_tokens, device,
+                     0 if args.no_recompute else points, args.sample_dtype)
     if "prepare" in cases:
         if os.path.isdir(args.midi_dir):
             bench_prepare(args.midi_dir, os.cpu_count() or 1)

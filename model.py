@@ -3,6 +3,10 @@
 token embedding + composer embedding (every position) + position embedding -> dropout ->
 n_layer pre-LN blocks (SDPA attention, GELU MLP) -> LayerNorm -> head tied to the token
 embedding. `generate` decodes with a KV cache and classifier-free guidance in one batch.
+
+The modern recipe's levers are ModelConfig options, each off by default so that the seed's
+architecture is the default: rotary positions, RMSNorm, ReLU² or SwiGLU MLPs, QK-norm, an
+untied (zero-initialised) head, zero-initialised residual projections, logit soft-capping.
 """
 import math
 import os
@@ -17,6 +21,9 @@ from torch.utils.checkpoint import checkpoint
 
 
 COMPOSER_MODES = ("add", "block")
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
 
 
 @dataclass
@@ -34,10 +41,26 @@ class ModelConfig:
     pad_id: int = 0
     grad_checkpoint: bool = False  # recompute each block's activations in backward (long contexts)
     composer_mode: str = "add"  # add: the seed's composer embedding added at the input; block: also one per block
+    positions: str = "learned"  # learned: the seed's table of block_size vectors; rope: rotary q/k (no table)
+    rope_base: float = 10000.0
+    norm: str = "layernorm"  # layernorm (the seed's) | rmsnorm (no mean, no bias)
+    mlp: str = "gelu"  # gelu (the seed's, 4x) | relu2 (relu(x)^2, 4x) | swiglu (silu gate, 8/3x rounded to 64)
+    qk_norm: bool = False  # RMS-normalise queries and keys per head (learned gains) before attention
+    tie_head: bool = True  # the head shares the token embedding (the seed); False: its own matrix
+    zero_init: bool = False  # residual projections (and an untied head) start at zero: each block starts as identity
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap)
 
     def __post_init__(self):
-        if self.composer_mode not in COMPOSER_MODES:
-            raise ValueError(f"composer_mode must be one of {', '.join(COMPOSER_MODES)}, got {self.composer_mode!r}")
+        for key, choices in (("composer_mode", COMPOSER_MODES), ("positions", POSITIONS), ("norm", NORMS),
+                             ("mlp", MLPS)):
+            if getattr(self, key) not in choices:
+                raise ValueError(f"{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
+        if not (self.logit_softcap >= 0 and math.isfinite(self.logit_softcap)):
+            raise ValueError(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
+        if self.positions == "rope" and (self.n_embd // max(1, self.n_head)) % 2:
+            raise ValueError(f"rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
+        if not self.rope_base > 1:
+            raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
 
     @classmethod
     def from_dict(cls, d):
@@ -46,12 +69,19 @@ class ModelConfig:
 
 
 class KVCache:
-    """Keys and values of one attention layer for positions [0, length), preallocated."""
+    """Keys and values of one attention layer, preallocated for max_len positions.
+
+    Two ways in: append (a chunk after the `length` cached positions: the prefill) and write_at
+    (one token at a position given as a device tensor). With static=True a one-token step then
+    attends over all max_len slots under a mask (the static shapes a compiled step needs);
+    otherwise over the filled slots only, which reads less memory in eager mode.
+    """
 
     def __init__(self, batch, n_head, max_len, head_dim, dtype, device):
         self.k = torch.zeros(batch, n_head, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
-        self.length = 0
+        self.length = 0  # filled slots, as the eager paths count them
+        self.static = False  # True: one-token steps attend over every slot under a mask (compiled decoding)
 
     def append(self, k, v):
         start, end = self.length, self.length + k.size(2)
@@ -59,6 +89,29 @@ class KVCache:
         self.v[:, :, start:end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def write_at(self, pos, k, v):
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
+        return self.k, self.v
+
+
+def norm_layer(cfg, size=None):
+    size = size or cfg.n_embd
+    return nn.RMSNorm(size) if cfg.norm == "rmsnorm" else nn.LayerNorm(size, bias=cfg.bias)
+
+
+def rotary_tables(head_dim, length, base):
+    """cos and sin [length, head_dim / 2] of the rotary angles position * base^(-2i / head_dim)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate each (first half, second half) pair of x [B, H, T, D] by the angles of its position."""
+    a, b = x.float().chunk(2, dim=-1)
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1).to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -70,16 +123,33 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # fused q, k, v
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        if cfg.qk_norm:
+            self.q_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head)
+            self.k_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head)
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, rotary=None, step_pos=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         dropout_p = self.attn_dropout if self.training else 0.0
+        if step_pos is not None:  # one token at a device position
+            k, v = cache.write_at(step_pos, k, v)
+            if not cache.static:  # eager: read only the filled slots (a CPU decode is bound by memory traffic)
+                cache.length += 1
+                k, v, visible = k[:, :, :cache.length], v[:, :, :cache.length], None
+            else:  # compiled: every slot, masked beyond the position (static shapes)
+                visible = (torch.arange(k.size(2), device=x.device) <= step_pos)[None, :]  # [1 query, slots]
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=visible)
+            return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C).to(x.dtype)))
         past = 0
-        if cache is not None:
+        if cache is not None:  # attention runs in the cache's precision (see generate)
             past = cache.length
             k, v = cache.append(k, v)
+            q = q.to(k.dtype)
         if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         elif T == 1:  # one new token sees every cached position: no mask needed
@@ -87,31 +157,46 @@ class CausalSelfAttention(nn.Module):
         else:  # a chunk after `past` cached tokens: causal, offset by past
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, C).to(x.dtype)
         return self.resid_dropout(self.c_proj(y))
+
+
+def swiglu_hidden(n_embd):
+    """SwiGLU's hidden width: 8/3 n_embd (the parameter count of a 4x MLP), rounded up to 64."""
+    return -(-8 * n_embd // 3 // 64) * 64
 
 
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.kind = cfg.mlp
+        hidden = swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
+        self.c_fc = nn.Linear(cfg.n_embd, 2 * hidden if cfg.mlp == "swiglu" else hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.kind == "swiglu":
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = norm_layer(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = norm_layer(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache=None, rotary=None, step_pos=None):
+        x = x + self.attn(self.ln_1(x), cache, rotary, step_pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -123,16 +208,26 @@ class MusicTransformer(nn.Module):
         self.wce = nn.Embedding(cfg.n_composers, cfg.n_embd)
         if cfg.composer_mode == "block":  # a composer vector added to the residual stream before every block
             self.wce_blocks = nn.Embedding(cfg.n_composers, cfg.n_layer * cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        if cfg.positions == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        else:  # not in the state dict: a function of the config
+            cos, sin = rotary_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_f = norm_layer(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied: one Parameter
+        if cfg.tie_head:
+            self.lm_head.weight = self.wte.weight  # tied: one Parameter
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                if cfg.zero_init:
+                    nn.init.zeros_(p)
+        if cfg.zero_init and not cfg.tie_head:
+            nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(module):
@@ -157,8 +252,13 @@ class MusicTransformer(nn.Module):
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start_pos, start_pos + T, device=idx.device)
-        x = self.drop(self.wte(idx) + composer_vectors(self.wce, composer)[:, None, :] + self.wpe(pos))
+        x = self.wte(idx) + composer_vectors(self.wce, composer)[:, None, :]
+        rotary = None
+        if self.config.positions == "learned":
+            x = x + self.wpe(torch.arange(start_pos, start_pos + T, device=idx.device))
+        else:
+            rotary = (self.rope_cos[start_pos:start_pos + T], self.rope_sin[start_pos:start_pos + T])
+        x = self.drop(x)
         per_block = None
         if self.config.composer_mode == "block":
             per_block = composer_vectors(self.wce_blocks, composer).view(B, self.config.n_layer, 1, self.config.n_embd)
@@ -166,18 +266,23 @@ class MusicTransformer(nn.Module):
             if per_block is not None:
                 x = x + per_block[:, i]
             if caches is not None:
-                x = block(x, caches[i])
+                x = block(x, caches[i], rotary)
             elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, None, rotary, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, None, rotary)
         x = self.ln_f(x)
         if targets is None:
-            return self.lm_head(x if all_logits else x[:, -1:, :]), None
-        logits = self.lm_head(x)
+            return self.head(x if all_logits else x[:, -1:, :]), None
+        logits = self.head(x)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=self.config.pad_id, label_smoothing=self.config.label_smoothing)
         return logits, loss
+
+    def head(self, x):
+        logits = self.lm_head(x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
     def token_log_probs(self, idx, composer, targets):
         """log p(target_t | idx_<=t, composer) for every position [B, T], no smoothing."""
@@ -186,19 +291,45 @@ class MusicTransformer(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def new_caches(self, batch, device, dtype):
+    def new_caches(self, batch, device, dtype, max_len=None):
         cfg = self.config
-        return [KVCache(batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head, dtype, device) for _ in self.blocks]
+        return [KVCache(batch, cfg.n_head, max_len or cfg.block_size, cfg.n_embd // cfg.n_head, dtype, device)
+                for _ in self.blocks]
+
+    def decode_step(self, token, composer, caches, pos):
+        """Logits [B, vocab] of the next token after `token` [B, 1] placed at position `pos`
+        (a one-element long tensor on the device). Every shape is static and nothing is read
+        back to the host, so torch.compile can compile it once (CUDA graphs on a GPU)."""
+        x = self.wte(token) + composer_vectors(self.wce, composer)[:, None, :]
+        rotary = None
+        if self.config.positions == "learned":
+            x = x + self.wpe(pos)
+        else:
+            rotary = (self.rope_cos[pos], self.rope_sin[pos])
+        for block, cache in zip(self.blocks, caches):
+            x = block(x, cache, rotary, step_pos=pos)
+        return self.head(self.ln_f(x))[:, -1]
+
+    def compiled_decode_step(self, device_type):
+        """decode_step through torch.compile, built once per model (and per device type)."""
+        key = f"_compiled_step_{device_type}"
+        if not hasattr(self, key):
+            mode = "reduce-overhead" if device_type == "cuda" else None  # CUDA graphs on a GPU
+            object.__setattr__(self, key, torch.compile(self.decode_step, mode=mode, fullgraph=True, dynamic=False))
+        return getattr(self, key)
 
     @torch.no_grad()
     def generate(self, idx, composer, max_new_tokens, temperature=0.9, top_k=40, top_p=0.95, guidance=1.0,
-                 generator=None, logits_processor=None, on_step=None, slide=None):
+                 generator=None, logits_processor=None, on_step=None, slide=None, compile=False):
         """Continue idx [B, T] by max_new_tokens sampled tokens; returns [B, T + max_new_tokens].
 
         guidance g != 1 runs the conditional rows and unconditional (composer 0) rows in ONE
-        batched forward and samples from uncond + g * (cond - uncond). When the context
-        reaches block_size, the window slides: the cache is refilled from the last
-        block_size - slide tokens (slide defaults to block_size // 4).
+        batched forward and samples from uncond + g * (cond - uncond). The prompt is prefilled
+        in one forward; each new token then goes through decode_step (static shapes, the
+        position a device tensor; compile=True compiles it once). Guidance, the logits
+        processor and the draw stay on the device: the loop never waits for a token's value.
+        When the context reaches block_size, the window slides: the cache is refilled from
+        the last block_size - slide tokens (slide defaults to block_size // 4).
         logits_processor(seq, logits) -> logits may mask tokens (grammar constraints);
         on_step(step, logits, window_start) is called with the logits each token is drawn from.
         """
@@ -209,51 +340,73 @@ class MusicTransformer(nn.Module):
         slide = max(1, min(block - 1, slide or block // 4))
         use_cfg = guidance != 1.0
         conditions = torch.cat([composer, unconditional_like(composer)]) if use_cfg else composer
+        # the KV cache (and so attention) stays float32 on a CPU even under bf16 weights: one query
+        # against thousands of cached keys runs far slower in the CPU's bf16 attention than in float32
         dtype = next(self.parameters()).dtype
+        if idx.device.type == "cpu":
+            dtype = torch.float32
+        prompt_len = idx.size(1)
+        cache_len = min(block, prompt_len + max_new_tokens)  # static for this call: no slot is wasted
+        step = self.compiled_decode_step(idx.device.type) if compile else self.decode_step
 
         def prefill(seq, keep):
             """Fresh caches holding the last `keep` tokens; logits for the next token."""
             start = max(0, seq.size(1) - keep)
             context = seq[:, start:]
-            caches = self.new_caches(conditions.size(0), seq.device, dtype)
+            caches = self.new_caches(conditions.size(0), seq.device, dtype, cache_len)
             rows = torch.cat([context, context]) if use_cfg else context
             logits, _ = self(rows, conditions, caches=caches, start_pos=0)
+            for cache in caches:
+                cache.static = compile
             return logits[:, -1], caches, start
 
         was_training = self.training
         self.eval()
-        seq = idx
-        logits, caches, start = prefill(seq, block)
-        for step in range(max_new_tokens):
+        out = torch.empty(idx.size(0), prompt_len + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        out[:, :prompt_len] = idx
+        length = min(prompt_len, block)  # cached positions (host int: known without asking the device)
+        logits, caches, start = prefill(idx, block)
+        pos = torch.full((1,), length, dtype=torch.long, device=idx.device)
+        for i in range(max_new_tokens):
+            seq = out[:, :prompt_len + i]
             mixed = guided_logits(logits, guidance) if use_cfg else logits.float()
             if logits_processor is not None:
                 mixed = logits_processor(seq, mixed)
             if on_step is not None:
-                on_step(step, mixed, start)
+                on_step(i, mixed, start)
             next_token = sample_next(mixed, temperature, top_k, top_p, generator)
-            seq = torch.cat([seq, next_token], dim=1)
-            if step == max_new_tokens - 1:
+            out[:, prompt_len + i] = next_token[:, 0]
+            if i == max_new_tokens - 1:
                 break
-            if caches[0].length == block:  # window full: slide and re-prefill
-                logits, caches, start = prefill(seq, block - slide)
+            if length == block:  # window full: slide and re-prefill
+                logits, caches, start = prefill(out[:, :prompt_len + i + 1], block - slide)
+                length = caches[0].length
+                pos.fill_(length)
             else:
                 rows = torch.cat([next_token, next_token]) if use_cfg else next_token
-                logits, _ = self(rows, conditions, caches=caches, start_pos=caches[0].length)
-                logits = logits[:, -1]
+                logits = step(rows, conditions, caches, pos)
+                pos += 1
+                length += 1
         self.train(was_training)
-        return seq
+        return out
 
     # ------------------------------------------------------------------ training helpers
 
     def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu",
-                             composer_decay=True, composer_lr_scale=1.0):
-        """AdamW; weight decay on 2-D weights (matmuls, embeddings) only; fused on CUDA.
+                             composer_decay=True, composer_lr_scale=1.0, optimizer="adamw"):
+        """AdamW (fused: one kernel for all tensors); weight decay on 2-D weights (matmuls,
+        embeddings) only. optimizer="muon": Muon on the blocks' 2-D matrices, AdamW on the
+        rest (embeddings, composer table, head, gains, biases); see MuonWithAdamW.
 
         composer_decay=False / composer_lr_scale != 1 put the composer tables in a group of
         their own: no weight decay, and a learning rate scaled by composer_lr_scale (a
         group's "lr_scale"; the training loop multiplies its scheduled LR by it).
         """
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        hidden = [p for n, p in named if optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
+        named = [(n, p) for n, p in named if not any(p is h for h in hidden)]
         own_group = not composer_decay or composer_lr_scale != 1.0
         composer = [p for n, p in named if own_group and n.startswith("wce")]
         rest = [(n, p) for n, p in named if not (own_group and n.startswith("wce"))]
@@ -264,13 +417,20 @@ class MusicTransformer(nn.Module):
         if composer:
             groups.append({"params": composer, "weight_decay": weight_decay if composer_decay else 0.0,
                            "lr_scale": composer_lr_scale})
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
+        if optimizer == "adamw":
+            return adamw
+        # match_rms_adamw scales each update to AdamW's RMS, so the AdamW learning rate carries over
+        muon = torch.optim.Muon(hidden, lr=learning_rate, weight_decay=weight_decay, momentum=0.95,
+                                adjust_lr_fn="match_rms_adamw")
+        return MuonWithAdamW(muon, adamw)
 
     def flops_per_token(self, seq_len):
         """Training (forward + backward) FLOPs per token, PaLM appendix B."""
         cfg = self.config
-        non_embedding = self.num_params() - self.wpe.weight.numel() - sum(
-            p.numel() for name, p in self.named_parameters() if name.startswith("wce"))
+        lookups = [p for name, p in self.named_parameters() if name.startswith(("wpe", "wce"))
+                   or name == "wte.weight" and not cfg.tie_head]  # tables read, not multiplied
+        non_embedding = self.num_params() - sum(p.numel() for p in lookups)
         return 6 * non_embedding + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
     def estimate_mfu(self, tokens_per_second, seq_len, peak_flops):
@@ -286,6 +446,42 @@ class MusicTransformer(nn.Module):
         model = cls(ModelConfig.from_dict(checkpoint["model_config"]))
         load_state(model, checkpoint["model"])
         return model.to(device).eval()
+
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+class MuonWithAdamW:
+    """Two optimizers stepped as one: Muon for the hidden matrices, AdamW for everything else.
+
+    param_groups is both optimizers' groups (the same dicts), so a loop that sets each
+    group's "lr" schedules both; the state dict holds both under their names.
+    """
+
+    def __init__(self, muon, adamw):
+        self.muon, self.adamw = muon, adamw
+        self.state = {}  # GradScaler looks for it; each optimizer keeps its own
+
+    @property
+    def param_groups(self):  # read anew: load_state_dict replaces each optimizer's group dicts
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self):
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state):
+        if set(state) != {"muon", "adamw"}:
+            raise ValueError("the checkpoint's optimizer state is not Muon + AdamW")
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
 
 
 # ---------------------------------------------------------------------- composers

@@ -111,6 +111,38 @@ def transpose_pitches(ids, semitones, pitch_lo, pitch_hi):
     return np.where(movable, shifted, ids)
 
 
+def token_values(vocab, kind):
+    """(ids, numeric values) of one token type: Tempo in beats per minute, Duration in beats
+    ("1.2.8" is 1 + 2/8 beats)."""
+    ids, values = [], []
+    for token, i in vocab.items():
+        name, _, value = token.partition("_")
+        if name != kind:
+            continue
+        if kind == "Duration":
+            beats, sub, res = (int(v) for v in value.split("."))
+            values.append(beats + sub / res)
+        else:
+            values.append(float(value))
+        ids.append(i)
+    return np.array(ids, dtype=np.int64), np.array(values, dtype=np.float64)
+
+
+def stretch_table(vocab, tempo_factor, length_factor):
+    """Token-id map (an array over the vocabulary) that multiplies every Tempo by tempo_factor
+    and every Duration by length_factor, each to the nearest token of its type in log scale
+    (clipped to the type's range). Positions, bars and pitches are untouched, so the rhythm
+    on the grid stays; the piece plays faster or slower, and its notes are held longer or
+    shorter."""
+    table = np.arange(len(vocab), dtype=np.int64)
+    for kind, factor in (("Tempo", tempo_factor), ("Duration", length_factor)):
+        ids, values = token_values(vocab, kind)
+        if len(ids):
+            distance = np.abs(np.log(values[:, None] * factor) - np.log(values[None, :]))
+            table[ids] = ids[distance.argmin(axis=1)]
+    return table
+
+
 # ----------------------------------------------------------------------------- one stream per piece
 
 def notes_of(tracks):
@@ -226,75 +258,93 @@ def decode_sample(tokenizer, ids):
 
 
 class RemiGrammar:
-    """Which tokens may come next in a REMI piece, per row of a batch.
+    """Which tokens may come next in a REMI piece, for every row of a batch, as tensors.
 
     The token-type successions are miditok's own graph (tokens_types_graph); on top of it a
     Position never moves backwards or stays inside a bar, and never passes the bar's end
     under the current time signature. PAD, BOS, drum pitches and pitches off the piano are
     never generated. These are exactly the rules miditok's tokens_errors counts, so a
-    constrained sample has zero grammar errors. It keeps per-row state: use one instance
-    per generate call.
+    constrained sample has zero grammar errors.
+
+    The state of each row is four small integer tensors (last token's type, the type before
+    it, the current position, the bar's length in positions), advanced with table look-ups,
+    so masking costs a few tensor operations per token on the model's device and never a
+    round trip to the host. As a logits_processor it keeps that state between calls: use one
+    instance per generate call.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, device="cpu"):
         vocab = tokenizer.vocab
         size = len(vocab)
-        self.type_of = [""] * size
-        self.value_of = [""] * size
+        type_of, value_of = [""] * size, [""] * size
         for token, i in vocab.items():
-            self.type_of[i], self.value_of[i] = token.split("_", 1)
-        types = sorted(set(self.type_of))
+            type_of[i], value_of[i] = token.split("_", 1)
+        types = sorted(set(type_of))
+        self.type_index = {kind: k for k, kind in enumerate(types)}
         playable = np.ones(size, dtype=bool)
-        for i, (kind, value) in enumerate(zip(self.type_of, self.value_of)):
+        for i, (kind, value) in enumerate(zip(type_of, value_of)):
             if kind in ("PAD", "BOS", "PitchDrum") or (kind == "Pitch" and not PIANO_LOW <= int(value) <= PIANO_HIGH):
                 playable[i] = False
         graph = tokenizer.tokens_types_graph
-        self.allowed_after = {}
-        for kind in types:
-            successors = graph.get(kind, set(types))
-            mask = np.array([t in successors for t in self.type_of]) & playable
-            self.allowed_after[kind] = mask
-        self.allowed_after["BOS"] = np.array([t == "Bar" for t in self.type_of])  # a piece opens with a bar
-        self.position_ids = np.array([i for i, t in enumerate(self.type_of) if t == "Position"])
-        self.position_values = np.array([int(self.value_of[i]) for i in self.position_ids])
-        self.positions_per_beat = max(tokenizer.config.beat_res.values())
-        self.rows = []
+        allowed_after = np.stack([np.array([t in graph.get(kind, set(types)) for t in type_of]) & playable
+                                  for kind in types])
+        allowed_after[self.type_index["BOS"]] = np.array([t == "Bar" for t in type_of])  # a piece opens with a bar
+        positions_per_beat = max(tokenizer.config.beat_res.values())
+        position_value = np.array([int(v) if t == "Position" else -1 for t, v in zip(type_of, value_of)])
+        bar_length = np.array([int(v.split("/")[0]) * positions_per_beat if t == "TimeSig" else 0
+                               for t, v in zip(type_of, value_of)])
+        self.default_bar = 4 * positions_per_beat
+        self.pad_id = vocab["PAD_None"]
+        self.kind = torch.tensor([self.type_index[t] for t in type_of], device=device)
+        self.allowed_after = torch.from_numpy(allowed_after).to(device)
+        self.position_value = torch.from_numpy(position_value).to(device)
+        self.is_position = self.position_value >= 0
+        self.bar_length = torch.from_numpy(bar_length).to(device)
+        self.state = None
         self.consumed = 0
 
-    def new_state(self):
-        return {"type": "BOS", "before": "BOS", "pos": -1, "bar_positions": 4 * self.positions_per_beat}
+    def to(self, device):
+        for name in ("kind", "allowed_after", "position_value", "is_position", "bar_length"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
 
-    def advance(self, state, token):
-        kind, value = self.type_of[token], self.value_of[token]
-        if kind == "PAD":
-            return
-        if kind == "Bar":
-            state["pos"] = -1
-        elif kind == "TimeSig":
-            state["bar_positions"] = int(value.split("/")[0]) * self.positions_per_beat
-        elif kind == "Position":
-            state["pos"] = int(value)
-        state["before"], state["type"] = state["type"], kind
+    def start(self, batch):
+        """The state of `batch` rows before their first token (as after BOS)."""
+        device = self.kind.device
+        bos = torch.full((batch,), self.type_index["BOS"], dtype=torch.long, device=device)
+        return {"type": bos, "before": bos.clone(), "pos": torch.full_like(bos, -1),
+                "bar_positions": torch.full_like(bos, self.default_bar)}
 
-    def mask(self, state):
-        allowed = self.allowed_after.get(state["type"], self.allowed_after["BOS"]).copy()
+    def advance(self, state, tokens):
+        """Feed one token per row (tokens [B]); PAD leaves a row's state as it was."""
+        real = tokens != self.pad_id
+        kind = self.kind[tokens]
+        pos = torch.where(kind == self.type_index["Bar"], -1, state["pos"])
+        pos = torch.where(self.is_position[tokens], self.position_value[tokens], pos)
+        bar = torch.where(kind == self.type_index["TimeSig"], self.bar_length[tokens], state["bar_positions"])
+        for key, value in (("pos", pos), ("bar_positions", bar), ("before", state["type"]), ("type", kind)):
+            state[key] = torch.where(real, value, state[key])
+        return state
+
+    def allowed(self, state):
+        """[B, vocab] bool: the tokens each row may take next."""
+        allowed = self.allowed_after[state["type"]]
         # miditok lets time restart only right after a Rest (or a TimeSig that follows one)
-        after_rest = state["type"] == "Rest" or (state["type"] == "TimeSig" and state["before"] == "Rest")
-        lowest = -1 if after_rest else state["pos"]
-        bad = (self.position_values <= lowest) | (self.position_values >= state["bar_positions"])
-        allowed[self.position_ids[bad]] = False
-        if not allowed.any():  # cannot happen with miditok's graph; never leave nothing to sample
-            allowed = self.allowed_after["BOS"].copy()
-        return allowed
+        rest, timesig = self.type_index["Rest"], self.type_index["TimeSig"]
+        after_rest = (state["type"] == rest) | ((state["type"] == timesig) & (state["before"] == rest))
+        lowest = torch.where(after_rest, -1, state["pos"])
+        bad = self.is_position & ((self.position_value <= lowest[:, None])
+                                  | (self.position_value >= state["bar_positions"][:, None]))
+        allowed = allowed & ~bad
+        # cannot happen with miditok's graph; never leave a row nothing to sample
+        return torch.where(allowed.any(-1, keepdim=True), allowed, self.allowed_after[self.type_index["BOS"]])
 
     def __call__(self, seq, logits):
         """logits_processor for MusicTransformer.generate: -inf on forbidden tokens."""
-        if not self.rows:
-            self.rows = [self.new_state() for _ in range(seq.size(0))]
-        tokens = seq[:, self.consumed:].tolist()
-        for state, row in zip(self.rows, tokens):
-            for token in row:
-                self.advance(state, token)
+        if self.state is None:
+            self.to(logits.device)
+            self.state = self.start(seq.size(0))
+        for column in range(self.consumed, seq.size(1)):
+            self.advance(self.state, seq[:, column])
         self.consumed = seq.size(1)
-        masks = torch.from_numpy(np.stack([self.mask(state) for state in self.rows])).to(logits.device)
-        return logits.masked_fill(~masks, float("-inf"))
+        return logits.masked_fill(~self.allowed(self.state), float("-inf"))

@@ -27,7 +27,7 @@ from checkpoints import load_trained
 from cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, fraction_in, non_negative_int,
                  positive_float, positive_int)
 from dataset import UNCONDITIONAL
-from devices import resolve_device
+from devices import device_type_of, resolve_device, resolve_dtype
 from gallery import write_gallery
 from pictures import png_bytes
 from remi import PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score
@@ -153,6 +153,12 @@ def parse_args(argv):
     parser.add_argument("--name", default=None, help="file name stem (default: <composer>_<seed>); a name taken by "
                         "an earlier or concurrent run gets -2, -3, ... instead of overwriting it")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights and KV cache precision while sampling (auto: bf16 on a GPU or CPU that has it "
+                             "natively, else float32; decoding one token at a time is bound by memory traffic)")
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                        help="torch.compile the one-token decode step (CUDA graphs on a GPU); auto: where the compile "
+                             "time pays back within --max_new_tokens on this device (see README, Sampling speed)")
     parser.add_argument("--audio", default=True, action=argparse.BooleanOptionalAction,
                         help="write <name>.wav beside every .mid (default on): through --soundfont, else a SoundFont "
                              f"named by ${SOUNDFONT_ENV} or found in {', '.join(SOUNDFONT_FOLDERS)}, else the built-in "
@@ -174,7 +180,7 @@ def guidance_list(text):
 
 
 def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
-                     guidance, seed, constrained, device, progress=True):
+                     guidance, seed, constrained, device, progress=True, compile=False):
     """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces."""
     from tqdm import tqdm
 
@@ -185,9 +191,20 @@ def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_t
     out = model.generate(idx, composer, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
                          guidance=guidance, generator=generator,
                          logits_processor=RemiGrammar(tokenizer) if constrained else None,
-                         on_step=lambda *_: bar.update())
+                         on_step=lambda *_: bar.update(), compile=compile)
     bar.close()
     return [row[1:] for row in out.tolist()]
+
+
+def compile_pays(choice, model, device, new_tokens):
+    """Whether to compile the decode step: on / off as asked; auto where it pays back.
+    On a GPU a one-token step is bound by kernel launches, which CUDA graphs remove (the
+    gpt-fast result; not yet measured here): compile from 256 tokens. On a CPU it is bound
+    by memory traffic: compiling took 19 s and decoded no faster (0.98x, bench.py, README
+    "Sampling speed"), so auto leaves it eager."""
+    if choice != "auto":
+        return choice == "on"
+    return str(device).startswith("cuda") and new_tokens >= 256
 
 
 def claim_stem(base):
@@ -269,6 +286,8 @@ def run(args):
         return render_file(args)
     device = resolve_device(args.device)
     model, checkpoint, tokenizer = load_trained(args.ckpt, device)
+    dtype = resolve_dtype(args.dtype, device_type_of(device))
+    model.to(getattr(torch, dtype))
     composers = checkpoint["composers"]
     if args.list_composers:
         for name, i in sorted(composers.items(), key=lambda kv: kv[1]):
@@ -295,12 +314,14 @@ def run(args):
     os.makedirs(args.out_dir, exist_ok=True)
     safe = "".join(c if c.isalnum() else "_" for c in composer_name).strip("_") or "unconditional"
     stem_base = args.name or f"{safe}_{args.seed}"
+    compiled = compile_pays(args.compile, model, device, args.max_new_tokens * len(args.guidance))
+    print(f"decode step: {'compiled' if compiled else 'eager'} (--compile {args.compile}), {dtype} on {device}")
     tokens, elapsed, voices = 0, 0.0, set()
     for guidance in args.guidance:
         start = time.time()
         samples = generate_samples(model, tokenizer, condition, prompt, args.num_samples, args.max_new_tokens,
                                    args.temperature, args.top_k, args.top_p, guidance, args.seed, args.constrained,
-                                   device)
+                                   device, compile=compiled)
         elapsed += time.time() - start
         tokens += args.num_samples * args.max_new_tokens
         tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""

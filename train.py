@@ -20,12 +20,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from checkpoints import save_checkpoint
 from cli import CliError, FolderLock, atomic_write_bytes, fail, load_config
 from dataset import WindowSampler, open_dataset
 from devices import autocast_context, device_type_of, measure_matmul_peak, resolve_device, resolve_dtype
-from model import COMPOSER_MODES, ModelConfig, MusicTransformer, load_checkpoint, load_state
+from model import (COMPOSER_MODES, MLPS, NORMS, OPTIMIZERS, POSITIONS, ModelConfig, MusicTransformer,
+                   load_checkpoint, load_state)
 from pictures import chart, png_bytes, side_by_side
 
 
@@ -53,6 +55,15 @@ class TrainConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.0
     bias: bool = True
+    # the modern recipe's levers (model.py); the defaults are the seed's architecture
+    positions: str = "learned"  # learned | rope
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "gelu"  # gelu | relu2 | swiglu
+    qk_norm: bool = False
+    tie_head: bool = True
+    zero_init: bool = False  # zero-initialised residual projections (and untied head)
+    logit_softcap: float = 0.0  # 0 = off
+    optimizer: str = "adamw"  # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
     # optimisation
     learning_rate: float = 5e-4
     min_lr: float = 5e-5
@@ -69,6 +80,7 @@ class TrainConfig:
     composer_decay: bool = True  # weight decay on the composer table (the seed: yes)
     composer_lr_scale: float = 1.0  # the composer table's learning rate relative to the rest
     transpose: int = 0  # random pitch shift in [-transpose, transpose] semitones per window
+    time_stretch: float = 0.0  # > 0: per window, tempo and note lengths scaled by factors in [1/(1+s), 1+s]
     # system
     device: str = "auto"  # auto | cpu | cuda | mps (or cuda:N)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
@@ -109,6 +121,15 @@ class TrainConfig:
             raise CliError(f"composer_lr_scale must be > 0, got {self.composer_lr_scale}")
         if not 0 <= self.transpose <= 24:
             raise CliError(f"transpose must be in 0..24 semitones, got {self.transpose}")
+        if not 0 <= self.time_stretch <= 1:
+            raise CliError(f"time_stretch must be in [0, 1] (0.1 = up to 10% faster or slower), got {self.time_stretch}")
+        for key, choices in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, key) not in choices:
+                raise CliError(f"{key} must be one of {', '.join(choices)}; got {getattr(self, key)!r}")
+        if not 0 <= self.logit_softcap < float("inf"):
+            raise CliError(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
+        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
+            raise CliError(f"positions=rope needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -169,9 +190,17 @@ def lr_at(it, cfg, max_iters, time_progress=0.0):
 # ----------------------------------------------------------------------------- training
 
 
+def window_nll(model, x, y, composer):
+    """Mean negative log-likelihood of the non-PAD targets: no label smoothing, whatever the
+    model trains with, so runs with and without smoothing compare on one scale."""
+    logits, _ = model(x, composer, all_logits=True)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1),
+                           ignore_index=model.config.pad_id)
+
+
 @torch.no_grad()
 def estimate_val_loss(model, sampler, cfg, ctx, device):
-    """Mean val loss over eval_iters fixed windows, with the true composer and with composer 0."""
+    """Mean val NLL over eval_iters fixed windows, with the true composer and with composer 0."""
     if sampler is None or len(sampler) == 0:
         return None, None
     model.eval()
@@ -181,8 +210,8 @@ def estimate_val_loss(model, sampler, cfg, ctx, device):
         x, y, composer = sampler.batch(rng.integers(0, len(sampler), cfg.batch_size), rng)
         x, y, composer = x.to(device), y.to(device), composer.to(device)
         with ctx:
-            losses["true"].append(model(x, composer, targets=y)[1].item())
-            losses["uncond"].append(model(x, torch.zeros_like(composer), targets=y)[1].item())
+            losses["true"].append(window_nll(model, x, y, composer).item())
+            losses["uncond"].append(window_nll(model, x, y, torch.zeros_like(composer)).item())
     model.train()
     return float(np.mean(losses["true"])), float(np.mean(losses["uncond"]))
 
@@ -235,6 +264,13 @@ def resume_command():
     return " ".join(["python", os.path.basename(sys.argv[0] or "train.py"), *args, "--init_from=resume"])
 
 
+def model_config_of(cfg, meta):
+    """The ModelConfig a TrainConfig asks for, on a dataset with this meta.json."""
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig) if hasattr(cfg, f.name)}
+    return ModelConfig(**shared | dict(vocab_size=meta["vocab_size"], n_composers=meta["n_composers"],
+                                       pad_id=meta["pad_id"]))
+
+
 def train(cfg, stop_after=None):
     """Run training; returns the last logged record. stop_after: leave the loop (as if
     killed) once that many iterations have run, without changing the LR schedule.
@@ -282,10 +318,7 @@ def run_training(cfg, stop_after, stack):
     if master:  # one run per folder, held for the whole run (a resume into a live run's folder too)
         stack.enter_context(FolderLock(os.path.join(cfg.out_dir, ".lock"), f"out_dir {cfg.out_dir}"))
     stop_request = stack.enter_context(StopRequest())
-    model_cfg = ModelConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"], n_composers=meta["n_composers"],
-                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                            attn_dropout=cfg.attn_dropout, bias=cfg.bias, label_smoothing=cfg.label_smoothing,
-                            pad_id=meta["pad_id"], grad_checkpoint=cfg.grad_checkpoint, composer_mode=cfg.composer_mode)
+    model_cfg = model_config_of(cfg, meta)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     start_iter, best_val, seconds_before = 0, float("inf"), 0.0
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
@@ -299,6 +332,10 @@ def run_training(cfg, stop_after, stack):
                         for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(model_cfg, f.name)]
                 raise CliError(f"cannot resume {ckpt_path}: model config differs ({', '.join(diff)})")
             load_state(model, checkpoint["model"])
+            saved_optimizer = checkpoint.get("train_config", {}).get("optimizer", "adamw")
+            if saved_optimizer != cfg.optimizer:
+                raise CliError(f"cannot resume {ckpt_path}: it was trained with optimizer={saved_optimizer}, "
+                               f"not {cfg.optimizer}")
         except (FileNotFoundError, ValueError) as e:
             raise CliError(f"cannot resume: {e}") from None
         start_iter, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
@@ -308,7 +345,7 @@ def run_training(cfg, stop_after, stack):
         seconds_before = checkpoint.get("train_seconds", 0.0)
     model.to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type,
-                                           cfg.composer_decay, cfg.composer_lr_scale)
+                                           cfg.composer_decay, cfg.composer_lr_scale, cfg.optimizer)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     if cfg.init_from == "resume":
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -401,7 +438,7 @@ def run_training(cfg, stop_after, stack):
             rng = np.random.default_rng([cfg.seed, rank, it, micro])
             first_sample = (it * cfg.grad_accum + rank * accum + micro) * cfg.batch_size
             pieces = train_pieces(len(train_data), cfg.seed, first_sample, cfg.batch_size, piece_weights)
-            x, y, composer = train_data.batch(pieces, rng, cfg.cond_drop, cfg.transpose)
+            x, y, composer = train_data.batch(pieces, rng, cfg.cond_drop, cfg.transpose, cfg.time_stretch)
             x, y, composer = x.to(device), y.to(device), composer.to(device)
             sync = model.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
             with sync, ctx:

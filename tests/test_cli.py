@@ -16,7 +16,9 @@ BAD_FLAGS = {
               ["--warmup_frac=1"], ["--label_smoothing=-0.1"], ["--init_from=gpt2"], ["--epochs=0", "--max_iters=0"],
               ["--no_such_key=1"], ["--batch_size"], ["--composer_mode=film"], ["--composer_balance=2"],
               ["--composer_lr_scale=-1"], ["--composer_decay=sometimes"], ["--max_minutes=-5"], ["--max_minutes=x"],
-              ["--save_every_min=-1"]],
+              ["--save_every_min=-1"], ["--positions=alibi"], ["--norm=batch"], ["--mlp=tanh"], ["--qk_norm=maybe"],
+              ["--tie_head=x"], ["--logit_softcap=-1"], ["--logit_softcap=inf"], ["--optimizer=sgd"],
+              ["--time_stretch=-0.1"], ["--time_stretch=2"], ["--positions=rope", "--n_embd=36", "--n_head=4"]],
     "sample": [["--top_k", "-1"], ["--top_k", "x"], ["--top_p", "0"], ["--top_p", "1.5"], ["--top_p", "x"],
                ["--temperature", "0"], ["--temperature", "-1"], ["--temperature", "hot"], ["--temperature", "inf"],
                ["--guidance", "-1"], ["--guidance", "x"], ["--guidance", "nan"], ["--max_new_tokens", "0"],
@@ -29,6 +31,8 @@ BAD_FLAGS = {
                  ["--judge_excerpts", "0"], ["--dtype", "float8"], ["--real_dir", "no/such/folder"]],
     "bench": [["--device", "tpu"], ["--cases", "nope"], ["--new_tokens", "0"], ["--seed_block_size", "0"],
               ["--seed_block_size", "x"]],
+    "ablate": [["--recipes", "nope"], ["--minutes", "0"], ["--parallel", "0"], ["--custom", "nocolon"],
+               ["--config", "no/such.py"]],
     "democorpus": [["--pieces_per_style", "0"], ["--pieces_per_style", "x"], ["--seed", "x"]],
 }
 CASES = [(script, args) for script, table in BAD_FLAGS.items() for args in table]

@@ -7,6 +7,19 @@ import torch
 from model import MusicTransformer, ModelConfig, filter_logits, load_checkpoint, sample_next
 
 
+LEVERS = {  # the modern recipe's architecture options (tests/test_recipe.py tests what each promises)
+    "seed": {},
+    "rope": dict(positions="rope"),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "relu2": dict(mlp="relu2"),
+    "swiglu": dict(mlp="swiglu"),
+    "qk_norm": dict(qk_norm=True),
+    "untied": dict(tie_head=False),
+    "softcap": dict(logit_softcap=5.0),
+    "all": dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_head=False, logit_softcap=5.0),
+}
+
+
 def tiny(block_size=32, n_composers=4, dropout=0.0, **kw):
     torch.manual_seed(0)
     cfg = ModelConfig(block_size=block_size, vocab_size=64, n_composers=n_composers, n_layer=2, n_head=2,
@@ -14,8 +27,9 @@ def tiny(block_size=32, n_composers=4, dropout=0.0, **kw):
     return MusicTransformer(cfg).eval()
 
 
-def test_future_tokens_never_change_past_logits():
-    model = tiny()
+@pytest.mark.parametrize("lever", LEVERS)
+def test_future_tokens_never_change_past_logits(lever):
+    model = tiny(**LEVERS[lever])
     idx = torch.randint(2, 64, (2, 20))
     composer = torch.tensor([1, 2])
     base, _ = model(idx, composer, all_logits=True)
@@ -27,8 +41,9 @@ def test_future_tokens_never_change_past_logits():
         assert not torch.allclose(logits[:, t], base[:, t])
 
 
-def test_kv_cache_logits_equal_full_forward_at_every_step_and_across_slides():
-    model = tiny(block_size=16)
+@pytest.mark.parametrize("lever", ["seed", "rope", "all"])
+def test_kv_cache_logits_equal_full_forward_at_every_step_and_across_slides(lever):
+    model = tiny(block_size=16, **LEVERS[lever])
     prompt = torch.randint(2, 64, (2, 5))
     composer = torch.tensor([1, 3])
     seen = []
@@ -43,8 +58,9 @@ def test_kv_cache_logits_equal_full_forward_at_every_step_and_across_slides():
         torch.testing.assert_close(logits, full[:, -1], atol=1e-4, rtol=0)
 
 
-def test_cache_filled_in_chunks_equals_full_forward():
-    model = tiny()
+@pytest.mark.parametrize("lever", LEVERS)
+def test_cache_filled_in_chunks_equals_full_forward(lever):
+    model = tiny(**LEVERS[lever])
     idx = torch.randint(2, 64, (2, 20))
     composer = torch.tensor([1, 2])
     full, _ = model(idx, composer, all_logits=True)
@@ -201,3 +217,25 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
         MusicTransformer.from_checkpoint(other)
     with pytest.raises(FileNotFoundError):
         MusicTransformer.from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_compiled_decode_step_matches_eager_logits_and_greedy_tokens_with_the_grammar():
+    """The compiled one-token step (static shapes, device position) is the same function."""
+    from remi import RemiGrammar, build_tokenizer, grammar_error_rate
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    model = MusicTransformer(ModelConfig(block_size=48, vocab_size=419, n_composers=3, n_layer=2, n_head=2, n_embd=32,
+                                         dropout=0.0, positions="rope", qk_norm=True)).eval()
+    prompt, composer = torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 2])
+    runs = {}
+    for compiled in (False, True):
+        seen = []
+        out = model.generate(prompt, composer, 60, top_k=1, guidance=3.0, compile=compiled,
+                             logits_processor=RemiGrammar(tok), on_step=lambda s, logits, start: seen.append(logits))
+        runs[compiled] = out, torch.stack(seen)
+    assert torch.equal(runs[False][0], runs[True][0]), "greedy decoding gives the same tokens"
+    finite = torch.isfinite(runs[False][1])
+    assert torch.equal(finite, torch.isfinite(runs[True][1]))
+    torch.testing.assert_close(runs[True][1][finite], runs[False][1][finite], atol=1e-4, rtol=0)
+    assert all(grammar_error_rate(tok, row[1:]) == 0 for row in runs[True][0].tolist())

@@ -38,18 +38,39 @@ def test_ambiguous_unknown_and_out_of_range_composers_are_clear_errors():
 
 
 def test_grammar_mask_never_forbids_every_token_and_matches_real_pieces(tiny_dataset):
-    """Every real piece passes the mask token by token, and no state allows nothing."""
+    """Every real piece passes the mask token by token, all pieces at once as rows of a batch
+    (PAD after the shorter ones), and no state allows nothing."""
     tok = build_tokenizer()
     grammar = RemiGrammar(tok)
-    tokens = np.fromfile(tiny_dataset / "train.bin", dtype=np.uint16)
+    tokens = np.fromfile(tiny_dataset / "train.bin", dtype=np.uint16).astype(np.int64)
     index = np.load(tiny_dataset / "train.idx.npy")
-    for offset, length, _ in index:
-        state = grammar.new_state()
-        for token in tokens[offset:offset + length]:
-            allowed = grammar.mask(state)
-            assert allowed.any()
-            assert allowed[token], f"real token {tok[int(token)]} was forbidden after {state}"
-            grammar.advance(state, int(token))
+    rows = torch.zeros(len(index), int(index[:, 1].max()), dtype=torch.long)  # PAD = 0
+    for row, (offset, length, _) in enumerate(index):
+        rows[row, :length] = torch.from_numpy(tokens[offset:offset + length])
+    state = grammar.start(len(rows))
+    for column in rows.T:
+        allowed = grammar.allowed(state)
+        assert allowed.any(-1).all()
+        real = column != 0
+        ok = allowed[torch.arange(len(column)), column]
+        assert ok[real].all(), f"real token {tok[int(column[real][~ok[real]][0])]} was forbidden"
+        grammar.advance(state, column)
+
+
+def test_grammar_rows_are_independent_and_follow_the_bar():
+    tok = build_tokenizer()
+    grammar = RemiGrammar(tok)
+    rows = [["Bar_None", "PAD_None", "Position_8", "Pitch_60", "Velocity_63", "Duration_1.0.8"],
+            ["Bar_None", "TimeSig_3/4", "Position_20", "Pitch_60", "Velocity_63", "Duration_1.0.8"]]
+    state = grammar.start(2)
+    for a, b in zip(*rows):  # PAD leaves row 0 as it was
+        grammar.advance(state, torch.tensor([tok.vocab[a], tok.vocab[b]]))
+    allowed = grammar.allowed(state)
+    ok = lambda row, token: bool(allowed[row, tok.vocab[token]])  # noqa: E731
+    assert not ok(0, "Position_4") and not ok(0, "Position_8") and ok(0, "Position_9"), "time only moves forward"
+    assert ok(0, "Position_31"), "4/4 at 8 positions per beat: 32 positions"
+    assert ok(1, "Position_23") and not ok(1, "Position_24"), "3/4: 24 positions"
+    assert ok(0, "Bar_None") and not ok(0, "PAD_None") and not ok(0, "BOS_None")
 
 
 def test_constrained_sampling_from_an_untrained_model_has_zero_grammar_errors():

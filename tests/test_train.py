@@ -131,13 +131,19 @@ def test_a_few_iterations_lower_the_loss(tiny_dataset, tmp_path):
     assert os.path.isfile(tmp_path / "ckpt.pt") and os.path.isfile(tmp_path / "best.pt")
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path):
-    """Exact on CPU float32: data, dropout and LR are functions of the iteration."""
+MODERN = dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_head=False, zero_init=True,
+              logit_softcap=30.0, optimizer="muon", time_stretch=0.2)
+
+
+@pytest.mark.parametrize("recipe", [{}, MODERN], ids=["seed", "modern"])
+def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path, recipe):
+    """Exact on CPU float32: data, dropout and LR are functions of the iteration; Muon's
+    momentum and AdamW's moments travel in the checkpoint."""
     full = tmp_path / "full"
-    train(tiny_config(tiny_dataset, full, transpose=2))
+    train(tiny_config(tiny_dataset, full, transpose=2, **recipe))
     part = tmp_path / "part"
-    train(tiny_config(tiny_dataset, part, transpose=2), stop_after=4)
-    train(tiny_config(tiny_dataset, part, transpose=2, init_from="resume"))
+    train(tiny_config(tiny_dataset, part, transpose=2, **recipe), stop_after=4)
+    train(tiny_config(tiny_dataset, part, transpose=2, init_from="resume", **recipe))
     losses = lambda out: {r["iter"]: r["loss"] for r in read_log(out) if "loss" in r}  # noqa: E731
     a, b = losses(full), losses(part)
     assert set(a) == set(b) == set(range(8))
@@ -189,6 +195,14 @@ def test_non_finite_loss_skips_the_step_and_keeps_the_weights(tiny_dataset, tmp_
         assert torch.equal(first[key], last[key])
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def cli_args(data_dir, out_dir, **overrides):
     cfg = tiny_config(data_dir, out_dir, **overrides)
     return [f"--{k}={v}" for k, v in vars(cfg).items()]
@@ -214,9 +228,11 @@ def test_sigkill_mid_training_leaves_a_loadable_checkpoint_and_resume_finishes(t
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter"] == ckpt["iter"] + 2
 
 
-def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path):
-    args = cli_args(tiny_dataset, tmp_path, max_iters=3, grad_accum=2, eval_interval=3)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+@pytest.mark.parametrize("recipe", [{}, dict(optimizer="muon", positions="rope", time_stretch=0.1)],
+                         ids=["adamw", "muon"])
+def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path, recipe):
+    args = cli_args(tiny_dataset, tmp_path, max_iters=3, grad_accum=2, eval_interval=3, **recipe)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                              os.path.join(ROOT, "train.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
