@@ -96,9 +96,17 @@ class KVCache:
         return self.k, self.v
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm computed in float32, as autocast does for LayerNorm: under bf16 autocast the
+    plain module sees a bf16 input beside float32 gains and leaves its fused kernel."""
+
+    def forward(self, x):
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight, self.eps).to(x.dtype)
+
+
 def norm_layer(cfg, size=None):
     size = size or cfg.n_embd
-    return nn.RMSNorm(size) if cfg.norm == "rmsnorm" else nn.LayerNorm(size, bias=cfg.bias)
+    return RMSNorm(size) if cfg.norm == "rmsnorm" else nn.LayerNorm(size, bias=cfg.bias)
 
 
 def rotary_tables(head_dim, length, base):
@@ -124,8 +132,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         if cfg.qk_norm:
-            self.q_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head)
-            self.k_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head)
+            self.q_norm = RMSNorm(cfg.n_embd // cfg.n_head)
+            self.k_norm = RMSNorm(cfg.n_embd // cfg.n_head)
 
     def forward(self, x, cache=None, rotary=None, step_pos=None):
         B, T, C = x.shape
