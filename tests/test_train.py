@@ -232,9 +232,17 @@ def test_sigkill_mid_training_leaves_a_loadable_checkpoint_and_resume_finishes(t
                          ids=["adamw", "muon"])
 def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path, recipe):
     args = cli_args(tiny_dataset, tmp_path, max_iters=3, grad_accum=2, eval_interval=3, **recipe)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                             os.path.join(ROOT, "train.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def torchrun():
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                               f"--master_port={free_port()}", os.path.join(ROOT, "train.py"), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    result = torchrun()
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr:
+        # seen about once in ten loaded runs on a 2-core machine: a rank aborts in gloo's C++ teardown
+        # (std::terminate, no Python frame); run once more, a second failure fails the test
+        result = torchrun()
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ranks agree on weights: True" in result.stdout
     assert "2 process(es)" in result.stdout
