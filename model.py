@@ -91,9 +91,14 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def write_at(self, pos, k, v):
+        """Store one token's k, v at pos; (keys, values, mask) for its attention: the filled
+        slots and no mask (eager), or every slot masked beyond pos (static)."""
         self.k.index_copy_(2, pos, k.to(self.k.dtype))
         self.v.index_copy_(2, pos, v.to(self.v.dtype))
-        return self.k, self.v
+        if self.static:
+            return self.k, self.v, (torch.arange(self.k.size(2), device=pos.device) <= pos)[None, :]
+        self.length += 1
+        return self.k[:, :, :self.length], self.v[:, :, :self.length], None
 
 
 class RMSNorm(nn.RMSNorm):
@@ -145,12 +150,7 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         dropout_p = self.attn_dropout if self.training else 0.0
         if step_pos is not None:  # one token at a device position
-            k, v = cache.write_at(step_pos, k, v)
-            if not cache.static:  # eager: read only the filled slots (a CPU decode is bound by memory traffic)
-                cache.length += 1
-                k, v, visible = k[:, :, :cache.length], v[:, :, :cache.length], None
-            else:  # compiled: every slot, masked beyond the position (static shapes)
-                visible = (torch.arange(k.size(2), device=x.device) <= step_pos)[None, :]  # [1 query, slots]
+            k, v, visible = cache.write_at(step_pos, k, v)
             y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=visible)
             return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C).to(x.dtype)))
         past = 0
@@ -260,16 +260,7 @@ class MusicTransformer(nn.Module):
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size {self.config.block_size}")
-        x = self.wte(idx) + composer_vectors(self.wce, composer)[:, None, :]
-        rotary = None
-        if self.config.positions == "learned":
-            x = x + self.wpe(torch.arange(start_pos, start_pos + T, device=idx.device))
-        else:
-            rotary = (self.rope_cos[start_pos:start_pos + T], self.rope_sin[start_pos:start_pos + T])
-        x = self.drop(x)
-        per_block = None
-        if self.config.composer_mode == "block":
-            per_block = composer_vectors(self.wce_blocks, composer).view(B, self.config.n_layer, 1, self.config.n_embd)
+        x, rotary, per_block = self.embed(idx, composer, torch.arange(start_pos, start_pos + T, device=idx.device))
         for i, block in enumerate(self.blocks):
             if per_block is not None:
                 x = x + per_block[:, i]
@@ -286,6 +277,22 @@ class MusicTransformer(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=self.config.pad_id, label_smoothing=self.config.label_smoothing)
         return logits, loss
+
+    def embed(self, idx, composer, positions):
+        """The residual stream's input for tokens idx [B, T] at positions [T] (a device tensor),
+        the rotary angles of those positions (None with learned positions), and the per-block
+        composer vectors [B, n_layer, 1, C] (None unless composer_mode is block)."""
+        x = self.wte(idx) + composer_vectors(self.wce, composer)[:, None, :]
+        rotary = None
+        if self.config.positions == "learned":
+            x = x + self.wpe(positions)
+        else:
+            rotary = (self.rope_cos[positions], self.rope_sin[positions])
+        per_block = None
+        if self.config.composer_mode == "block":
+            per_block = composer_vectors(self.wce_blocks, composer).view(idx.size(0), self.config.n_layer, 1,
+                                                                         self.config.n_embd)
+        return self.drop(x), rotary, per_block
 
     def head(self, x):
         logits = self.lm_head(x)
@@ -308,13 +315,10 @@ class MusicTransformer(nn.Module):
         """Logits [B, vocab] of the next token after `token` [B, 1] placed at position `pos`
         (a one-element long tensor on the device). Every shape is static and nothing is read
         back to the host, so torch.compile can compile it once (CUDA graphs on a GPU)."""
-        x = self.wte(token) + composer_vectors(self.wce, composer)[:, None, :]
-        rotary = None
-        if self.config.positions == "learned":
-            x = x + self.wpe(pos)
-        else:
-            rotary = (self.rope_cos[pos], self.rope_sin[pos])
-        for block, cache in zip(self.blocks, caches):
+        x, rotary, per_block = self.embed(token, composer, pos)
+        for i, (block, cache) in enumerate(zip(self.blocks, caches)):
+            if per_block is not None:
+                x = x + per_block[:, i]
             x = block(x, cache, rotary, step_pos=pos)
         return self.head(self.ln_f(x))[:, -1]
 
