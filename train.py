@@ -26,8 +26,7 @@ from checkpoints import save_checkpoint
 from cli import CliError, FolderLock, atomic_write_bytes, fail, load_config
 from dataset import WindowSampler, open_dataset
 from devices import autocast_context, device_type_of, measure_matmul_peak, resolve_device, resolve_dtype
-from model import (COMPOSER_MODES, MLPS, NORMS, OPTIMIZERS, POSITIONS, ModelConfig, MusicTransformer,
-                   load_checkpoint, load_state)
+from model import OPTIMIZERS, ModelConfig, MusicTransformer, load_checkpoint, load_state
 from pictures import chart, png_bytes, side_by_side
 
 
@@ -113,8 +112,6 @@ class TrainConfig:
         for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             if getattr(self, key) < 0:
                 raise CliError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.composer_mode not in COMPOSER_MODES:
-            raise CliError(f"composer_mode must be one of {', '.join(COMPOSER_MODES)}; got {self.composer_mode!r}")
         if not 0 <= self.composer_balance <= 1:
             raise CliError(f"composer_balance must be in [0, 1], got {self.composer_balance}")
         if not self.composer_lr_scale > 0:
@@ -123,13 +120,12 @@ class TrainConfig:
             raise CliError(f"transpose must be in 0..24 semitones, got {self.transpose}")
         if not 0 <= self.time_stretch <= 1:
             raise CliError(f"time_stretch must be in [0, 1] (0.1 = up to 10% faster or slower), got {self.time_stretch}")
-        for key, choices in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS), ("optimizer", OPTIMIZERS)):
-            if getattr(self, key) not in choices:
-                raise CliError(f"{key} must be one of {', '.join(choices)}; got {getattr(self, key)!r}")
-        if not 0 <= self.logit_softcap < float("inf"):
-            raise CliError(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
-        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
-            raise CliError(f"positions=rope needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
+        if self.optimizer not in OPTIMIZERS:
+            raise CliError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        try:  # the model's own options (composer_mode, positions, norm, mlp, logit_softcap, ...) check themselves
+            model_config_of(self, {"vocab_size": 1, "n_composers": 1, "pad_id": 0})
+        except ValueError as e:
+            raise CliError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- data
