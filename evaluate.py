@@ -33,7 +33,7 @@ from cli import CliError, Parser, atomic_write_text, fail, positive_int
 from dataset import WindowSampler, composer_key, open_dataset
 from devices import autocast_context, device_type_of, resolve_dtype
 from judge import Judge, note_arrays, note_features
-from remi import RemiGrammar, decode_sample, encode_score, gram_keys
+from remi import CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, gram_keys, guidance_kinds
 
 
 # ----------------------------------------------------------------------------- n-gram baselines
@@ -396,7 +396,7 @@ def excerpts(split, rows, length, per_piece, seed):
 
 def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1.0, 3.0), samples_per_composer=2,
              sample_tokens=512, seed=0, device="cpu", max_composers=None, real_dir=None, min_train_pieces=30,
-             max_windows=4, judge_excerpts=3, dtype="auto"):
+             max_windows=4, judge_excerpts=3, dtype="auto", guidance_mode="within_types"):
     if real_dir and not os.path.isdir(real_dir):
         raise CliError(f"--real_dir {real_dir} is not a folder")
     model, checkpoint, tokenizer = load_trained(ckpt, device)
@@ -505,7 +505,8 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
         generator = torch.Generator(device=device).manual_seed(seed)
         with ctx:
             out = model.generate(bos, requested, sample_tokens, guidance=g, generator=generator,
-                                 logits_processor=RemiGrammar(tokenizer))
+                                 logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT),
+                                 guidance_kinds=guidance_kinds(tokenizer, guidance_mode))
         token_lists = [row[1:].tolist() for row in out]
         scores = score_under(model, [np.array(t) for t in token_lists], candidates, bos_id, ctx=ctx)
         sample_scores = decoded(token_lists)
@@ -596,6 +597,8 @@ def main(argv=None):
     parser.add_argument("--num_windows", type=positive_int, default=64)
     parser.add_argument("--window", type=positive_int, default=None, help="tokens per window (default: block_size)")
     parser.add_argument("--guidance", default="0,1,3", help="comma-separated guidance values for the samples")
+    parser.add_argument("--guidance_mode", default="within_types", choices=GUIDANCE_MODES,
+                        help="as sample.py's: guidance within token types (default) or on every logit (plain)")
     parser.add_argument("--samples_per_composer", type=positive_int, default=2)
     parser.add_argument("--sample_tokens", type=positive_int, default=512)
     parser.add_argument("--max_composers", type=positive_int, default=None, help="sample only the first N composers")
@@ -620,7 +623,8 @@ def main(argv=None):
     try:
         results = evaluate(args.ckpt, args.data_dir, args.num_windows, args.window, guidances, args.samples_per_composer,
                            args.sample_tokens, args.seed, args.device, args.max_composers, args.real_dir,
-                           args.min_train_pieces, args.max_windows, args.judge_excerpts, args.dtype)
+                           args.min_train_pieces, args.max_windows, args.judge_excerpts, args.dtype,
+                           args.guidance_mode)
     except CliError as e:
         fail(parser.prog, str(e))
     print_report(results)

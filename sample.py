@@ -30,7 +30,7 @@ from dataset import UNCONDITIONAL
 from devices import device_type_of, resolve_device, resolve_dtype
 from gallery import write_gallery
 from pictures import png_bytes
-from remi import PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score
+from remi import CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score, guidance_kinds
 
 
 # ----------------------------------------------------------------------------- composers
@@ -139,6 +139,10 @@ def parse_args(argv):
     parser.add_argument("--guidance", type=guidance_list, default=[3.0],
                         help="classifier-free guidance (1 = off); a list such as 0,1,3 makes one version per value "
                              "from the same seed, to hear what guidance does")
+    parser.add_argument("--guidance_mode", default="within_types", choices=GUIDANCE_MODES,
+                        help="within_types: guidance picks within each token type (which pitch, duration, position) "
+                             "while how often each type comes (another note in the chord, or move on) stays the "
+                             "conditional model's; plain: guidance on every logit (thickens textures past real music)")
     parser.add_argument("--temperature", type=positive_float, default=0.9)
     parser.add_argument("--top_k", type=non_negative_int, default=40, help="0 = off")
     parser.add_argument("--top_p", type=fraction_in(0, 1), default=0.95, help="nucleus mass in (0, 1]")
@@ -180,7 +184,7 @@ def guidance_list(text):
 
 
 def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
-                     guidance, seed, constrained, device, progress=True, compile=False):
+                     guidance, seed, constrained, device, progress=True, compile=False, guidance_mode="within_types"):
     """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces."""
     from tqdm import tqdm
 
@@ -190,8 +194,9 @@ def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_t
     bar = tqdm(total=max_new_tokens, desc="sampling", unit="tok", disable=not progress or None, file=sys.stdout)
     out = model.generate(idx, composer, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
                          guidance=guidance, generator=generator,
-                         logits_processor=RemiGrammar(tokenizer) if constrained else None,
-                         on_step=lambda *_: bar.update(), compile=compile)
+                         logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT) if constrained else None,
+                         on_step=lambda *_: bar.update(), compile=compile,
+                         guidance_kinds=guidance_kinds(tokenizer, guidance_mode))
     bar.close()
     return [row[1:] for row in out.tolist()]
 
@@ -321,7 +326,7 @@ def run(args):
         start = time.time()
         samples = generate_samples(model, tokenizer, condition, prompt, args.num_samples, args.max_new_tokens,
                                    args.temperature, args.top_k, args.top_p, guidance, args.seed, args.constrained,
-                                   device, compile=compiled)
+                                   device, compile=compiled, guidance_mode=args.guidance_mode)
         elapsed += time.time() - start
         tokens += args.num_samples * args.max_new_tokens
         tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
@@ -329,6 +334,7 @@ def run(args):
             name = f"{stem_base}{tag}_{i}" if args.num_samples > 1 else f"{stem_base}{tag}"
             stem = claim_stem(os.path.join(args.out_dir, name))
             settings = {"composer": composer_name, "composer_id": composer_id, "guidance": guidance,
+                        "guidance_mode": args.guidance_mode,
                         **({"mix": {str(k): w for k, w in condition.items()}} if isinstance(condition, dict) else {}),
                         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
                         "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt,

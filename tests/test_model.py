@@ -100,6 +100,26 @@ def test_guidance_mixes_conditional_and_unconditional_logits(guidance):
         torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
 
 
+
+@pytest.mark.parametrize("guidance", [0.0, 3.0])
+def test_guidance_within_kinds_keeps_the_conditional_kind_odds_and_guides_inside_each_kind(guidance):
+    from model import guided_logits
+    torch.manual_seed(0)
+    logits = torch.randn(4, 12) * 3  # rows 0-1 conditional, rows 2-3 unconditional
+    logits[0, 5] = -80.0  # a token the guided mix pushes far down must not break the sums
+    kinds = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 0, 1])
+    plain = torch.softmax(guided_logits(logits, guidance), -1)
+    within = torch.softmax(guided_logits(logits, guidance, kinds), -1)
+    cond = torch.softmax(logits[:2], -1)
+    assert torch.isfinite(within).all()
+    for kind in range(4):
+        members = kinds == kind
+        torch.testing.assert_close(within[:, members].sum(-1), cond[:, members].sum(-1))  # the kind's odds
+        torch.testing.assert_close(within[:, members] / within[:, members].sum(-1, keepdim=True),
+                                   plain[:, members] / plain[:, members].sum(-1, keepdim=True))  # guided inside
+    torch.testing.assert_close(guided_logits(logits, 1.0, kinds).log_softmax(-1), logits[:2].log_softmax(-1))
+    assert not torch.allclose(within, plain), "the mode must change something"
+
 def test_composer_changes_logits_and_row_zero_is_trained():
     model = tiny().train()
     idx = torch.randint(2, 64, (2, 10))
@@ -240,3 +260,27 @@ def test_compiled_decode_step_matches_eager_logits_and_greedy_tokens_with_the_gr
     assert torch.equal(finite, torch.isfinite(runs[True][1]))
     torch.testing.assert_close(runs[True][1][finite], runs[False][1][finite], atol=1e-4, rtol=0)
     assert all(grammar_error_rate(tok, row[1:]) == 0 for row in runs[True][0].tolist())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_weights_give_the_same_logits_and_are_dropped_on_exit(dtype):
+    from model import Linear, can_prepack, prepacked_weights
+    model = tiny(**LEVERS["all"]).to(dtype)
+    if not can_prepack(model.lm_head.weight):
+        pytest.skip(f"oneDNN cannot prepack {dtype} weights on this CPU")
+    idx = torch.randint(2, 64, (2, 12))
+    composer = torch.tensor([1, 2])
+    with torch.no_grad():
+        plain, _ = model(idx, composer, all_logits=True)
+        with prepacked_weights(model, rows=2):
+            assert all(m.packed is not None for m in model.modules() if isinstance(m, Linear))
+            packed, _ = model(idx, composer, all_logits=True)
+    assert all(m.packed is None for m in model.modules() if isinstance(m, Linear))
+    if dtype == torch.bfloat16:
+        assert torch.equal(packed, plain), "bf16 through the packed weights must be bit-identical"
+    else:
+        torch.testing.assert_close(packed, plain, atol=1e-5, rtol=0)
+    with prepacked_weights(model, rows=2):  # with gradients wanted the packs stand aside
+        _, loss = model(idx, composer, targets=idx)
+        loss.backward()
+    assert model.lm_head.weight.grad is not None

@@ -73,6 +73,25 @@ def test_grammar_rows_are_independent_and_follow_the_bar():
     assert ok(0, "Bar_None") and not ok(0, "PAD_None") and not ok(0, "BOS_None")
 
 
+
+def test_chord_limit_strikes_each_key_once_per_onset_and_caps_the_chord():
+    tok = build_tokenizer()
+    grammar = RemiGrammar(tok, chord_limit=2)
+    state = grammar.start(1)
+    ok = lambda token: bool(grammar.allowed(state)[0, tok.vocab[token]])  # noqa: E731
+    feed = lambda *tokens: [grammar.advance(state, torch.tensor([tok.vocab[t]])) for t in tokens]  # noqa: E731
+    feed("Bar_None", "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.8")
+    assert not ok("Pitch_60") and ok("Pitch_64"), "a key is struck once per onset"
+    feed("Pitch_64", "Velocity_63", "Duration_1.0.8")
+    assert not ok("Pitch_67") and ok("Position_8") and ok("Bar_None"), "two keys is the chord limit here"
+    feed("Position_8")
+    assert ok("Pitch_60") and ok("Pitch_67"), "a new onset starts a new chord"
+    unlimited = RemiGrammar(tok)
+    state = unlimited.start(1)
+    for t in ("Bar_None", "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.8"):
+        unlimited.advance(state, torch.tensor([tok.vocab[t]]))
+    assert unlimited.allowed(state)[0, tok.vocab["Pitch_60"]], "without a limit the grammar is miditok's alone"
+
 def test_constrained_sampling_from_an_untrained_model_has_zero_grammar_errors():
     tok = build_tokenizer()
     torch.manual_seed(0)
@@ -86,6 +105,18 @@ def test_constrained_sampling_from_an_untrained_model_has_zero_grammar_errors():
     free = model.generate(prompt, composer, 300, **kwargs)
     assert np.mean([grammar_error_rate(tok, row[1:]) for row in free.tolist()]) > 0.1, "the mask is doing the work"
 
+
+
+def test_token_kinds_group_the_vocabulary_by_token_type():
+    from remi import build_tokenizer, token_kinds
+
+    vocab = build_tokenizer().vocab
+    kinds = token_kinds(vocab)
+    pitches = kinds[3:91]  # the 88 piano pitches are ids 3..90
+    assert len(kinds) == len(vocab) and (pitches == pitches[0]).all()
+    names = {token.split("_", 1)[0] for token in vocab}
+    assert len(set(kinds.tolist())) == len(names)
+    assert kinds[vocab["Bar_None"]] != pitches[0] and kinds[vocab["Position_0"]] != kinds[vocab["Bar_None"]]
 
 def test_png_writer_makes_a_valid_image():
     rgb = np.zeros((5, 7, 3), dtype=np.uint8)
@@ -118,6 +149,7 @@ def test_samples_are_midi_files_symusic_opens_and_the_same_seed_repeats(tiny_che
         meta = json.load(open(tmp_path / "a" / f"Chopin_5_{i}.json"))
         assert sum(len(t.notes) for t in score.tracks) == meta["notes"] > 0
         assert meta["composer_id"] == 3 and meta["seed"] == 5 and meta["grammar_error_rate"] == 0.0
+        assert meta["guidance_mode"] == "within_types"  # the default
         assert (tmp_path / "a" / f"Chopin_5_{i}.png").read_bytes()[:4] == b"\x89PNG"
     second = run_sample(*args, "--out_dir", str(tmp_path / "b"))
     for i in range(2):
