@@ -1,7 +1,7 @@
 """Generate piano MIDI in a composer's style from a checkpoint, and hear it.
 
-    python sample.py --composer Chopin --guidance 3 --num_samples 2
-    python sample.py --composer chopin --guidance 0,1,3           # the same seed at three guidances
+    python sample.py --composer Chopin --guidance 5 --num_samples 2
+    python sample.py --composer chopin --guidance 0,1,5           # the same seed at three guidances
     python sample.py --composer "chopin:0.7,bach:0.3"             # a mix of styles
     python sample.py --composer_id 42 --prompt start.mid --prompt_tokens 256
     python sample.py --render real.mid                            # a real piece through the same voice
@@ -136,7 +136,7 @@ def parse_args(argv):
     who.add_argument("--composer", help="composer name (case-insensitive, unique prefix or substring), or a mix of "
                      "styles: \"chopin:0.7,bach:0.3\"")
     parser.add_argument("--list_composers", action="store_true", help="print the checkpoint's composers and exit")
-    parser.add_argument("--guidance", type=guidance_list, default=[3.0],
+    parser.add_argument("--guidance", type=guidance_list, default=[5.0],
                         help="classifier-free guidance (1 = off); a list such as 0,1,3 makes one version per value "
                              "from the same seed, to hear what guidance does")
     parser.add_argument("--guidance_mode", default="within_types", choices=GUIDANCE_MODES,
