@@ -133,42 +133,46 @@ def time_recompute_steps(model, prompt_len, new_tokens, guidance, device, points
     return total + per_step[0], lengths, per_step
 
 
-def time_generate(model, idx, composer, new_tokens, guidance, device, compile_step):
+def time_generate(model, idx, composer, new_tokens, guidance, device, compile_step, prepack=True):
     sync(device)
     start = time.perf_counter()
-    model.generate(idx, composer, new_tokens, guidance=guidance, compile=compile_step,
+    model.generate(idx, composer, new_tokens, guidance=guidance, compile=compile_step, prepack=prepack,
                    generator=torch.Generator(device=device).manual_seed(0))
     sync(device)
     return time.perf_counter() - start
 
 
 def bench_sample(shape, block_size, prompt_len, new_tokens, device, recompute_points, dtype="float32"):
-    """Eager and compiled decode steps side by side: tokens/s per sample and end-to-end
-    seconds for 1 and 4 samples at guidance 1 and 3; compile seconds; the recompute baseline."""
+    """Decode steps side by side (eager with prepacked weights, eager with plain weights on a CPU,
+    compiled): tokens/s per sample and end-to-end seconds for 1 and 4 samples at guidance 1 and 3;
+    compile seconds; the recompute baseline."""
     model = make_model(shape, block_size, device).eval().to(getattr(torch, dtype))
+    steps = {"eager": (False, True), "compiled": (True, False)}
+    if device == "cpu":
+        steps["eager_plain_weights"] = (False, False)
     results = {}
-    for compile_step in (False, True):
+    for step_name, (compile_step, prepack) in steps.items():
         composer = torch.ones(1, dtype=torch.long, device=device)
         idx = torch.randint(2, 419, (1, prompt_len), device=device)
-        first = time_generate(model, idx, composer, 8, 3.0, device, compile_step)  # warm-up (and compilation)
-        first += time_generate(model, idx, composer, 8, 1.0, device, compile_step)
+        first = time_generate(model, idx, composer, 8, 3.0, device, compile_step, prepack)  # warm-up, compilation
+        first += time_generate(model, idx, composer, 8, 1.0, device, compile_step, prepack)
         for num_samples in (1, 4):
             for guidance in (1.0, 3.0):
                 rows = idx.expand(num_samples, -1)
                 seconds = time_generate(model, rows, composer.expand(num_samples), new_tokens, guidance, device,
-                                        compile_step)
-                results[compile_step, num_samples, guidance] = seconds
+                                        compile_step, prepack)
+                results[step_name, num_samples, guidance] = seconds
                 emit({"case": "sample", **shape, "dtype": dtype, "block_size": block_size, "prompt": prompt_len,
-                      "new_tokens": new_tokens, "decode_step": "compiled" if compile_step else "eager",
+                      "new_tokens": new_tokens, "decode_step": step_name,
                       "samples": num_samples, "guidance": guidance, "seconds": round(seconds, 2),
                       "tokens_per_s_per_sample": round(new_tokens / seconds, 1),
                       **({"first_calls_s": round(first, 1)} if num_samples == 1 and guidance == 1.0 else {})})
-    for compile_step in (False, True):
-        one = results[compile_step, 1, 1.0]
-        emit({"case": "sample_cost", "decode_step": "compiled" if compile_step else "eager",
-              "guidance_3_over_1": round(results[compile_step, 1, 3.0] / one, 2),
-              "four_samples_over_one": round(results[compile_step, 4, 1.0] / one, 2),
-              "compiled_speedup_g1": round(results[False, 1, 1.0] / results[True, 1, 1.0], 2)})
+    for step_name in steps:
+        one = results[step_name, 1, 1.0]
+        emit({"case": "sample_cost", "decode_step": step_name,
+              "guidance_3_over_1": round(results[step_name, 1, 3.0] / one, 2),
+              "four_samples_over_one": round(results[step_name, 4, 1.0] / one, 2),
+              "speed_vs_eager_g1": round(results["eager", 1, 1.0] / one, 2)})
     if recompute_points:
         idx, composer = torch.randint(2, 419, (1, prompt_len), device=device), torch.ones(1, dtype=torch.long,
                                                                                             device=device)
@@ -177,7 +181,7 @@ def bench_sample(shape, block_size, prompt_len, new_tokens, device, recompute_po
                                                          recompute_points)
             emit({"case": "sample_recompute", "guidance": guidance, "recompute_tokens_per_s": round(new_tokens / recompute, 2),
                   "recompute_method": f"timed at contexts {lengths}, trapezoid over {new_tokens} steps",
-                  "kv_cache_speedup": round(recompute / results[False, 1, guidance], 1)})
+                  "kv_cache_speedup": round(recompute / results["eager", 1, guidance], 1)})
 
 
 def bench_prepare(midi_dir, workers_all):

@@ -130,13 +130,19 @@ class Linear(nn.Linear):
         return super().forward(x)
 
 
+PREPACK_MIN_FLOAT32 = 1 << 17  # elements: smaller float32 matrices run faster through MKL's plain call
+
+
 def can_prepack(weight):
-    """oneDNN can hold this weight pre-reordered: a CPU tensor in float32, or in bf16 where the
-    CPU has native bf16 (elsewhere oneDNN's bf16 path is an emulation, slower than plain)."""
+    """Packing this weight for oneDNN pays: a CPU tensor in bf16 where the CPU has native bf16
+    (a plain bf16 linear goes through oneDNN anyway, reordering every call), or a float32 one of
+    at least PREPACK_MIN_FLOAT32 elements (below that MKL's plain call has less overhead than
+    oneDNN's: 32 matrices of a 128-wide model take 0.28 ms plain vs 0.72 ms packed, Zen 4)."""
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
-    return weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16
-                                              and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if weight.dtype == torch.float32:
+        return weight.numel() >= PREPACK_MIN_FLOAT32
+    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @contextmanager
@@ -372,7 +378,8 @@ class MusicTransformer(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, composer, max_new_tokens, temperature=0.9, top_k=40, top_p=0.95, guidance=1.0,
-                 generator=None, logits_processor=None, on_step=None, slide=None, compile=False, guidance_kinds=None):
+                 generator=None, logits_processor=None, on_step=None, slide=None, compile=False, guidance_kinds=None,
+                 prepack=True):
         """Continue idx [B, T] by max_new_tokens sampled tokens; returns [B, T + max_new_tokens].
 
         guidance g != 1 runs the conditional rows and unconditional (composer 0) rows in ONE
@@ -381,7 +388,8 @@ class MusicTransformer(nn.Module):
         conditional model's. Each new token then goes through decode_step (static shapes, the
         position a device tensor; compile=True compiles it once). Guidance, the logits
         processor and the draw stay on the device: the loop never waits for a token's value.
-        When the context reaches block_size, the window slides: the cache is refilled from
+        prepack (eager steps): run the Linears from weights packed once for oneDNN (prepacked_weights;
+        same numbers, about half the matmul time on a CPU). When the context reaches block_size, the window slides: the cache is refilled from
         the last block_size - slide tokens (slide defaults to block_size // 4).
         logits_processor(seq, logits) -> logits may mask tokens (grammar constraints);
         on_step(step, logits, window_start) is called with the logits each token is drawn from.
@@ -417,7 +425,7 @@ class MusicTransformer(nn.Module):
 
         was_training = self.training
         self.eval()
-        packing = nullcontext() if compile else prepacked_weights(self, conditions.size(0))
+        packing = prepacked_weights(self, conditions.size(0)) if prepack and not compile else nullcontext()
         with packing:
             out = torch.empty(idx.size(0), prompt_len + max_new_tokens, dtype=idx.dtype, device=idx.device)
             out[:, :prompt_len] = idx

@@ -159,7 +159,7 @@ def parse_args(argv):
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="weights and KV cache precision while sampling (auto: bf16 on a GPU or CPU that has it "
-                             "natively, else float32; decoding one token at a time is bound by memory traffic)")
+                             "natively, else float32; float32 for a model of at most 2M parameters on a CPU)")
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                         help="torch.compile the one-token decode step (CUDA graphs on a GPU); auto: where the compile "
                              "time pays back within --max_new_tokens on this device (see README, Sampling speed)")
@@ -199,6 +199,18 @@ def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_t
                          guidance_kinds=guidance_kinds(tokenizer, guidance_mode))
     bar.close()
     return [row[1:] for row in out.tolist()]
+
+
+SMALL_MODEL_PARAMS = 2_000_000  # float32 weights of at most 8 MB: they stay in a CPU's caches
+
+
+def sampling_dtype(choice, model, device_type):
+    """The weights' precision while sampling. auto: as training's (bf16 where the device has it
+    natively), except a small model on a CPU, whose float32 weights stay in the caches: there
+    float32 matmuls beat bf16 (the shipped CPU config: 560 vs 362 tokens/s at guidance 1, Zen 4)."""
+    if choice == "auto" and device_type == "cpu" and model.num_params() <= SMALL_MODEL_PARAMS:
+        return "float32"
+    return resolve_dtype(choice, device_type)
 
 
 def compile_pays(choice, model, device, new_tokens):
@@ -291,7 +303,7 @@ def run(args):
         return render_file(args)
     device = resolve_device(args.device)
     model, checkpoint, tokenizer = load_trained(args.ckpt, device)
-    dtype = resolve_dtype(args.dtype, device_type_of(device))
+    dtype = sampling_dtype(args.dtype, model, device_type_of(device))
     model.to(getattr(torch, dtype))
     composers = checkpoint["composers"]
     if args.list_composers:

@@ -242,3 +242,16 @@ def test_the_cli_samples_a_mix_and_records_it(tiny_checkpoint, tmp_path):
                  str(tmp_path / "one"), "--name", "m"])
     mixed, single = (json.load(open(tmp_path / d / "m.json")) for d in ("mix", "one"))
     assert mixed["token_ids"] == single["token_ids"] and mixed["mix"] == {str(single["composer_id"]): 1.0}
+
+
+def test_auto_sampling_precision_keeps_a_small_model_in_float32_on_a_cpu():
+    from model import ModelConfig, MusicTransformer
+    from sample import SMALL_MODEL_PARAMS, sampling_dtype
+
+    small = MusicTransformer(ModelConfig(block_size=32, vocab_size=64, n_composers=4, n_layer=1, n_head=2, n_embd=32))
+    assert small.num_params() <= SMALL_MODEL_PARAMS
+    assert sampling_dtype("auto", small, "cpu") == "float32"
+    assert sampling_dtype("bfloat16", small, "cpu") == "bfloat16"  # an explicit choice is kept
+    big = MusicTransformer(ModelConfig(block_size=32, vocab_size=64, n_composers=4, n_layer=4, n_head=8, n_embd=512))
+    from devices import resolve_dtype
+    assert big.num_params() > SMALL_MODEL_PARAMS and sampling_dtype("auto", big, "cpu") == resolve_dtype("auto", "cpu")
