@@ -394,7 +394,7 @@ def excerpts(split, rows, length, per_piece, seed):
     return out
 
 
-def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1.0, 3.0), samples_per_composer=2,
+def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1.0, 5.0), samples_per_composer=2,
              sample_tokens=512, seed=0, device="cpu", max_composers=None, real_dir=None, min_train_pieces=30,
              max_windows=4, judge_excerpts=3, dtype="auto", guidance_mode="within_types"):
     if real_dir and not os.path.isdir(real_dir):
@@ -596,7 +596,7 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=None, help="prepared dataset (default: the checkpoint's data_dir)")
     parser.add_argument("--num_windows", type=positive_int, default=64)
     parser.add_argument("--window", type=positive_int, default=None, help="tokens per window (default: block_size)")
-    parser.add_argument("--guidance", default="0,1,3", help="comma-separated guidance values for the samples")
+    parser.add_argument("--guidance", default="0,1,5", help="comma-separated guidance values for the samples")
     parser.add_argument("--guidance_mode", default="within_types", choices=GUIDANCE_MODES,
                         help="as sample.py's: guidance within token types (default) or on every logit (plain)")
     parser.add_argument("--samples_per_composer", type=positive_int, default=2)

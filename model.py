@@ -107,7 +107,10 @@ class RMSNorm(nn.RMSNorm):
     plain module sees a bf16 input beside float32 gains and leaves its fused kernel."""
 
     def forward(self, x):
-        return F.rms_norm(x.float(), self.normalized_shape, self.weight, self.eps).to(x.dtype)
+        weight = self.weight
+        if weight is not None and weight.dtype != torch.float32:  # a model cast to bf16 for sampling
+            weight = weight.float()
+        return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps).to(x.dtype)
 
 
 def norm_layer(cfg, size=None):
@@ -610,18 +613,17 @@ def kind_logsumexp(logits, kinds):
 
 def filter_logits(logits, top_k=None, top_p=None):
     """-inf outside the top_k tokens and outside the smallest set whose probability >= top_p."""
-    logits = logits.clone()
     if top_k:
         k = min(int(top_k), logits.size(-1))
         kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-        logits[logits < kth] = float("-inf")
+        logits = logits.masked_fill(logits < kth, float("-inf"))  # not logits[mask] = ...: that syncs a GPU
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = torch.softmax(sorted_logits, dim=-1)
         # drop a token when the tokens ranked above it already reach top_p
         drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits[drop] = float("-inf")
+        logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
 
