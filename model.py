@@ -392,7 +392,8 @@ class MusicTransformer(nn.Module):
         position a device tensor; compile=True compiles it once). Guidance, the logits
         processor and the draw stay on the device: the loop never waits for a token's value.
         prepack (eager steps): run the Linears from weights packed once for oneDNN (prepacked_weights;
-        same numbers, about half the matmul time on a CPU). When the context reaches block_size, the window slides: the cache is refilled from
+        same numbers, about half the matmul time on a CPU). When the context reaches block_size,
+        the window slides: the cache is refilled from
         the last block_size - slide tokens (slide defaults to block_size // 4).
         logits_processor(seq, logits) -> logits may mask tokens (grammar constraints);
         on_step(step, logits, window_start) is called with the logits each token is drawn from.
@@ -590,10 +591,9 @@ def guided_logits(logits, guidance, kinds=None):
     unconditional: uncond + g * (cond - uncond).
 
     kinds (a type id per vocabulary entry, e.g. remi.token_kinds): guidance only chooses within
-    a token type; how likely each type is stays the conditional model's. Plain guidance also
-    sharpens the type decisions (another note in this chord, or move on in time), which made
-    samples of a strongly conditioned model three times too dense; the style lives mostly in
-    the choices within a type (which pitch, which duration, which position)."""
+    a token type (which pitch, duration, position); how likely each type is (another note in
+    this chord, or move on in time) stays the conditional model's, so guidance cannot thicken
+    or thin the texture by itself. The outside judge rates it level with plain guidance (README)."""
     cond, uncond = logits.float().chunk(2)
     mixed = uncond + guidance * (cond - uncond)
     if kinds is None:
