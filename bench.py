@@ -13,6 +13,7 @@ Cases:
            (recompute the whole context every step) for scale
   prepare  pieces/s encoding real MIDI with 1 worker vs all cores
 """
+import dataclasses
 import json
 import os
 import platform
@@ -29,7 +30,6 @@ from devices import autocast_context, measure_matmul_peak, resolve_device, resol
 CASES = ("matmul", "train", "sample", "prepare")
 SEED_SHAPE = dict(n_layer=8, n_head=8, n_embd=512)
 CPU_SHAPE_BEFORE = dict(n_layer=4, n_head=4, n_embd=128)  # config/remi_cpu.py before the modern recipe
-LEVER_KEYS = ("positions", "norm", "mlp", "qk_norm", "tie_head", "zero_init", "logit_softcap")
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -42,26 +42,35 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def make_model(shape, block_size, device, dropout=0.0, **levers):
+def model_config(shape, block_size, dropout=0.0):
+    return ModelConfig(block_size=block_size, vocab_size=419, n_composers=27, dropout=dropout, **shape)
+
+
+def make_model(cfg, device):
     torch.manual_seed(0)
-    cfg = ModelConfig(block_size=block_size, vocab_size=419, n_composers=27, dropout=dropout, **shape, **levers)
     return MusicTransformer(cfg).to(device)
 
 
 def shipped_cpu_recipe():
-    """(shape, levers, block_size, batch_size, optimizer) of config/remi_cpu.py as shipped."""
+    """(ModelConfig, batch_size, optimizer) of config/remi_cpu.py as shipped (the model exactly as
+    train.py builds it, dropout off for timing)."""
     from train import TrainConfig, model_config_of
 
     cfg = load_config(TrainConfig, [os.path.join(ROOT, "config", "remi_cpu.py")])
     model_cfg = model_config_of(cfg, {"vocab_size": 419, "n_composers": 27, "pad_id": 0})
-    shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
-    levers = {key: getattr(model_cfg, key) for key in LEVER_KEYS}
-    return shape, levers, cfg.block_size, cfg.batch_size * cfg.grad_accum, cfg.optimizer
+    return dataclasses.replace(model_cfg, dropout=0.0), cfg.batch_size * cfg.grad_accum, cfg.optimizer
 
 
-def bench_train(name, shape, block_size, batch_size, device, dtype, peak, steps, compile_model=False, levers=None,
-                optimizer="adamw", dropout=0.1):
-    model = make_model(shape, block_size, device, dropout=dropout, **(levers or {}))
+def not_default(cfg):
+    """The ModelConfig fields that differ from the defaults (the seed's architecture): shape and levers."""
+    default = ModelConfig()
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if getattr(cfg, f.name) != getattr(default, f.name)}
+
+
+def bench_train(name, cfg, batch_size, device, dtype, peak, steps, compile_model=False, optimizer="adamw"):
+    block_size = cfg.block_size
+    model = make_model(cfg, device)
     optimizer_name = optimizer
     optimizer = model.configure_optimizers(0.1, 1e-4, device_type="cuda" if device.startswith("cuda") else "cpu",
                                            optimizer=optimizer_name)
@@ -90,9 +99,8 @@ def bench_train(name, shape, block_size, batch_size, device, dtype, peak, steps,
     seconds = (time.perf_counter() - start) / steps
     tokens_per_s = batch_size * block_size / seconds
     flops = model.flops_per_token(block_size) * tokens_per_s
-    emit({"case": "train", "model": name, **shape, **{k: v for k, v in (levers or {}).items()},
-          "optimizer": optimizer_name, "block_size": block_size, "batch_size": batch_size, "dtype": dtype,
-          "compile": compile_model, "warmup_s": round(warmup, 1), "params_M": round(model.num_params() / 1e6, 2),
+    emit({"case": "train", "model": name, **not_default(cfg), "optimizer": optimizer_name, "block_size": block_size,
+          "batch_size": batch_size, "dtype": dtype, "compile": compile_model, "warmup_s": round(warmup, 1), "params_M": round(model.num_params() / 1e6, 2),
           "step_ms": round(seconds * 1e3, 1), "tokens_per_s": round(tokens_per_s),
           "achieved_GFLOPs": round(flops / 1e9, 1), "mfu_vs_measured_peak": round(flops / peak, 3)})
 
@@ -146,7 +154,7 @@ def bench_sample(shape, block_size, prompt_len, new_tokens, device, recompute_po
     """Decode steps side by side (eager with prepacked weights, eager with plain weights on a CPU,
     compiled): tokens/s per sample and end-to-end seconds for 1 and 4 samples at guidance 1 and 3;
     compile seconds; the recompute baseline."""
-    model = make_model(shape, block_size, device).eval().to(getattr(torch, dtype))
+    model = make_model(model_config(shape, block_size), device).eval().to(getattr(torch, dtype))
     steps = {"eager": (False, True), "compiled": (True, False)}
     if device == "cpu":
         steps["eager_plain_weights"] = (False, False)
@@ -226,24 +234,24 @@ def main(argv=None):
     emit({"case": "machine", "device": device, "name": name, "threads": torch.get_num_threads(),
           "cpu_count": os.cpu_count(), "torch": torch.__version__, "dtype": dtype})
     seed_shape, cpu_before = SEED_SHAPE, CPU_SHAPE_BEFORE
-    cpu_shape, cpu_levers, cpu_block, cpu_batch, cpu_optimizer = shipped_cpu_recipe()
+    cpu_cfg, cpu_batch, cpu_optimizer = shipped_cpu_recipe()
     seed_block = args.seed_block_size or (8192 if device_type == "cuda" else 1024)
     new_tokens, steps, points = args.new_tokens, 5, 6
     if args.quick:
-        seed_shape = cpu_shape = cpu_before = dict(n_layer=1, n_head=2, n_embd=32)
-        seed_block, new_tokens, steps, points, cpu_block, cpu_batch = 64, 16, 1, 2, 64, 8
+        seed_shape = cpu_before = dict(n_layer=1, n_head=2, n_embd=32)
+        cpu_cfg = dataclasses.replace(cpu_cfg, n_layer=1, n_head=2, n_embd=32, block_size=64)
+        seed_block, new_tokens, steps, points, cpu_batch = 64, 16, 1, 2, 8
     peak = measure_matmul_peak(device, dtype)
     if "matmul" in cases:
         emit({"case": "matmul", "dtype": dtype, "peak_GFLOPs": round(peak / 1e9, 1),
               **({"float32_GFLOPs": round(measure_matmul_peak(device, "float32") / 1e9, 1)} if dtype != "float32" else {})})
     if "train" in cases:
-        bench_train("seed", seed_shape, seed_block, 1 if device_type == "cpu" else 2, device, dtype, peak, steps,
-                    args.compile)
+        bench_train("seed", model_config(seed_shape, seed_block, dropout=0.1), 1 if device_type == "cpu" else 2,
+                    device, dtype, peak, steps, args.compile)
         # today's CPU recipe before the modern levers (the same maths as the old code), then the shipped one
-        bench_train("remi_cpu_before", cpu_before, 64 if args.quick else 512, 8, device, dtype, peak, steps,
-                    args.compile, dropout=0.0)
-        bench_train("remi_cpu", cpu_shape, cpu_block, cpu_batch, device, dtype, peak, steps, args.compile,
-                    levers=cpu_levers, optimizer=cpu_optimizer, dropout=0.0)
+        bench_train("remi_cpu_before", model_config(cpu_before, 64 if args.quick else 512), 8, device, dtype, peak,
+                    steps, args.compile)
+        bench_train("remi_cpu", cpu_cfg, cpu_batch, device, dtype, peak, steps, args.compile, optimizer=cpu_optimizer)
     if "sample" in cases:
         bench_sample(seed_shape, 64 if args.quick else 8192, 8 if args.quick else 128, new_tokens, device,
                      0 if args.no_recompute else points, args.sample_dtype)

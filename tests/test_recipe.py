@@ -261,3 +261,21 @@ def test_ablation_runs_each_recipe_for_the_same_budget_and_writes_table_and_plot
     table = (out / "ablation.md").read_text().splitlines()
     assert len(table) == 2 + 3 and "positions=rope mlp=relu2" in table[-1]
     assert (out / "ablation.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_times_the_shipped_cpu_model_exactly_as_train_builds_it(capsys):
+    import json
+    import os
+
+    import bench
+    from cli import load_config
+    from conftest import ROOT
+    from train import TrainConfig
+
+    bench.main(["--quick", "--cases", "train"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    shipped = next(r for r in records if r.get("model") == "remi_cpu")
+    cfg = load_config(TrainConfig, [os.path.join(ROOT, "config", "remi_cpu.py")])
+    for key in ("positions", "norm", "mlp", "qk_norm", "tie_head", "optimizer"):
+        assert shipped[key] == getattr(cfg, key), key
+    assert {r["model"] for r in records if r["case"] == "train"} == {"seed", "remi_cpu_before", "remi_cpu"}
