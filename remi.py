@@ -290,7 +290,8 @@ class RemiGrammar:
     constrained sample has zero grammar errors.
 
     The state of each row is four small integer tensors (last token's type, the type before
-    it, the current position, the bar's length in positions), advanced with table look-ups,
+    it, the current position, the bar's length in positions) and the keys struck at the current
+    onset (for chord_limit), advanced with table look-ups,
     so masking costs a few tensor operations per token on the model's device and never a
     round trip to the host. chord_limit (samplers pass CHORD_LIMIT) adds two rules of the
     instrument rather than of the grammar: a key is struck at most once per onset, and at
