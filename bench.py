@@ -99,8 +99,9 @@ def bench_train(name, cfg, batch_size, device, dtype, peak, steps, compile_model
     seconds = (time.perf_counter() - start) / steps
     tokens_per_s = batch_size * block_size / seconds
     flops = model.flops_per_token(block_size) * tokens_per_s
-    emit({"case": "train", "model": name, **not_default(cfg), "optimizer": optimizer_name, "block_size": block_size,
-          "batch_size": batch_size, "dtype": dtype, "compile": compile_model, "warmup_s": round(warmup, 1), "params_M": round(model.num_params() / 1e6, 2),
+    emit({"case": "train", "model": name, **not_default(cfg), "optimizer": optimizer_name,
+          "block_size": block_size, "batch_size": batch_size, "dtype": dtype, "compile": compile_model,
+          "warmup_s": round(warmup, 1), "params_M": round(model.num_params() / 1e6, 2),
           "step_ms": round(seconds * 1e3, 1), "tokens_per_s": round(tokens_per_s),
           "achieved_GFLOPs": round(flops / 1e9, 1), "mfu_vs_measured_peak": round(flops / peak, 3)})
 

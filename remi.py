@@ -296,8 +296,8 @@ class RemiGrammar:
     round trip to the host. chord_limit (samplers pass CHORD_LIMIT) adds two rules of the
     instrument rather than of the grammar: a key is struck at most once per onset, and at
     most chord_limit keys at once; they stop a rare runaway chord (one sample of 60 held a
-    169-note "chord") from dominating a sample's texture. As a logits_processor it keeps that state between calls: use one
-    instance per generate call.
+    169-note "chord") from dominating a sample's texture. As a logits_processor it keeps that
+    state between calls: use one instance per generate call.
     """
 
     def __init__(self, tokenizer, device="cpu", chord_limit=None):

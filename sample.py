@@ -30,7 +30,8 @@ from dataset import UNCONDITIONAL
 from devices import device_type_of, resolve_device, resolve_dtype
 from gallery import write_gallery
 from pictures import png_bytes
-from remi import CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score, guidance_kinds
+from remi import (CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score,
+                  guidance_kinds)
 
 
 # ----------------------------------------------------------------------------- composers
@@ -324,7 +325,8 @@ def run(args):
     if len(prompt) >= model.config.block_size:
         prompt = [bos] + prompt[-(model.config.block_size - 1):]
     guidances = ", ".join(f"{g:g}" for g in args.guidance)
-    print(f"{composer_name} ({'a mix' if composer_id is None else f'id {composer_id}'}), guidance {guidances}, "
+    print(f"{composer_name} ({'a mix' if composer_id is None else f'id {composer_id}'}), "
+          f"guidance {guidances} ({args.guidance_mode}), "
           f"temperature {args.temperature}, top_k {args.top_k}, top_p {args.top_p}, {args.num_samples} x "
           f"{args.max_new_tokens} tokens, {'constrained' if args.constrained else 'unconstrained'}, "
           f"prompt {len(prompt)} tokens")
