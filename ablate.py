@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from cli import Parser, atomic_write_bytes, atomic_write_text, fail, positive_float, positive_int
+from cli import Parser, atomic_write_bytes, atomic_write_text, fail, positive_float, positive_int, read_jsonl
 from pictures import chart, png_bytes
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -56,21 +56,9 @@ def run_recipe(name, overrides, args):
     return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def read_log(path):
-    records = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue
-    return records
-
-
 def summarise(name, out_dir, overrides):
     """Final val NLL, its curve against minutes, and mean training tokens/s of one run."""
-    records = read_log(os.path.join(out_dir, name, "log.jsonl"))
+    records = read_jsonl(os.path.join(out_dir, name, "log.jsonl"))
     evals = [r for r in records if r.get("val_loss") is not None]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][1:]  # the first includes warm-up
     if not evals:

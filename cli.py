@@ -3,6 +3,7 @@ parsers, dataclass configs filled from a Python file plus --key=value, atomic wr
 import argparse
 import dataclasses
 import difflib
+import json
 import os
 import sys
 import tempfile
@@ -162,6 +163,20 @@ def atomic_write_bytes(path, data):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines log, skipping lines that do not parse (a run killed mid-write);
+    [] when the file does not exist (yet)."""
+    records = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+    return records
 
 
 def atomic_write_text(path, text):

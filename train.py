@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from checkpoints import save_checkpoint
-from cli import CliError, FolderLock, atomic_write_bytes, fail, load_config
+from cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
 from dataset import WindowSampler, open_dataset
 from devices import autocast_context, device_type_of, measure_matmul_peak, resolve_device, resolve_dtype
 from model import OPTIMIZERS, ModelConfig, MusicTransformer, load_checkpoint, load_state
@@ -492,13 +492,7 @@ def time_share(seconds, cfg, ddp):
 def write_curves(out_dir):
     """out_dir/curves.png from log.jsonl: train and val loss against iterations and against
     minutes, and the learning rate; written atomically, so an image viewer can watch a run."""
-    records = []
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
+    records = read_jsonl(os.path.join(out_dir, "log.jsonl"))
     steps = [r for r in records if "loss" in r and "lr" in r]
     evals = [r for r in records if r.get("val_loss") is not None]
 
