@@ -112,13 +112,14 @@ def transpose_pitches(ids, semitones, pitch_lo, pitch_hi):
 
 
 def token_kinds(vocab):
-    """LongTensor [vocab size]: a number per token type (Bar, Position, Pitch, Velocity, ...)
-    for every id, as classifier-free guidance within token types needs (model.guided_logits)."""
-    types = sorted({token.split("_", 1)[0] for token in vocab})
+    """(kinds, type_index): LongTensor [vocab size] with the number of every id's token type, and
+    {type name: number} (Bar, Duration, Pitch, ... numbered in sorted order). Guidance within
+    token types (model.guided_logits) and RemiGrammar's tables share this numbering."""
+    type_index = {name: k for k, name in enumerate(sorted({token.split("_", 1)[0] for token in vocab}))}
     kinds = torch.zeros(len(vocab), dtype=torch.long)
     for token, i in vocab.items():
-        kinds[i] = types.index(token.split("_", 1)[0])
-    return kinds
+        kinds[i] = type_index[token.split("_", 1)[0]]
+    return kinds, type_index
 
 
 GUIDANCE_MODES = ("within_types", "plain")
@@ -131,7 +132,7 @@ def guidance_kinds(tokenizer, mode):
     """generate's guidance_kinds for a --guidance_mode: token kinds (within_types) or None (plain)."""
     if mode not in GUIDANCE_MODES:
         raise ValueError(f"guidance mode must be one of {', '.join(GUIDANCE_MODES)}, got {mode!r}")
-    return token_kinds(tokenizer.vocab) if mode == "within_types" else None
+    return token_kinds(tokenizer.vocab)[0] if mode == "within_types" else None
 
 
 def token_values(vocab, kind):
@@ -306,8 +307,8 @@ class RemiGrammar:
         type_of, value_of = [""] * size, [""] * size
         for token, i in vocab.items():
             type_of[i], value_of[i] = token.split("_", 1)
-        types = sorted(set(type_of))
-        self.type_index = {kind: k for k, kind in enumerate(types)}
+        kinds, self.type_index = token_kinds(vocab)
+        types = list(self.type_index)  # in number order
         playable = np.ones(size, dtype=bool)
         for i, (kind, value) in enumerate(zip(type_of, value_of)):
             if kind in ("PAD", "BOS", "PitchDrum") or (kind == "Pitch" and not PIANO_LOW <= int(value) <= PIANO_HIGH):
@@ -322,7 +323,7 @@ class RemiGrammar:
                                for t, v in zip(type_of, value_of)])
         self.default_bar = 4 * positions_per_beat
         self.pad_id = vocab["PAD_None"]
-        self.kind = torch.tensor([self.type_index[t] for t in type_of], device=device)
+        self.kind = kinds.to(device)
         self.allowed_after = torch.from_numpy(allowed_after).to(device)
         self.position_value = torch.from_numpy(position_value).to(device)
         self.is_position = self.position_value >= 0

@@ -111,11 +111,11 @@ def test_token_kinds_group_the_vocabulary_by_token_type():
     from remi import build_tokenizer, token_kinds
 
     vocab = build_tokenizer().vocab
-    kinds = token_kinds(vocab)
+    kinds, type_index = token_kinds(vocab)
     pitches = kinds[3:91]  # the 88 piano pitches are ids 3..90
     assert len(kinds) == len(vocab) and (pitches == pitches[0]).all()
     names = {token.split("_", 1)[0] for token in vocab}
-    assert len(set(kinds.tolist())) == len(names)
+    assert len(set(kinds.tolist())) == len(names) and set(type_index) == names
     assert kinds[vocab["Bar_None"]] != pitches[0] and kinds[vocab["Position_0"]] != kinds[vocab["Bar_None"]]
 
 def test_png_writer_makes_a_valid_image():
