@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from checkpoints import save_checkpoint
 from cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
@@ -189,9 +188,8 @@ def lr_at(it, cfg, max_iters, time_progress=0.0):
 def window_nll(model, x, y, composer):
     """Mean negative log-likelihood of the non-PAD targets: no label smoothing, whatever the
     model trains with, so runs with and without smoothing compare on one scale."""
-    logits, _ = model(x, composer, all_logits=True)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1),
-                           ignore_index=model.config.pad_id)
+    real = (y != model.config.pad_id).float()
+    return -(model.token_log_probs(x, composer, y) * real).sum() / real.sum()
 
 
 @torch.no_grad()
