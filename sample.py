@@ -218,7 +218,8 @@ def compile_pays(choice, model, device, new_tokens):
     """Whether to compile the decode step: on / off as asked; auto where it pays back.
     On a GPU a one-token step is bound by kernel launches, which CUDA graphs remove (the
     gpt-fast result; not yet measured here): compile from 256 tokens. On a CPU it is bound
-    by memory traffic: compiling took 19 s and decoded no faster (0.98x, bench.py, README
+    by memory traffic, and the compiled step (static shapes: attention over every cache slot)
+    decoded slower than the eager one with prepacked weights (0.69x, bench.py, README
     "Sampling speed"), so auto leaves it eager."""
     if choice != "auto":
         return choice == "on"
