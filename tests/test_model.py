@@ -100,7 +100,6 @@ def test_guidance_mixes_conditional_and_unconditional_logits(guidance):
         torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
 
 
-
 @pytest.mark.parametrize("guidance", [0.0, 3.0])
 def test_guidance_within_kinds_keeps_the_conditional_kind_odds_and_guides_inside_each_kind(guidance):
     from model import guided_logits
@@ -119,6 +118,7 @@ def test_guidance_within_kinds_keeps_the_conditional_kind_odds_and_guides_inside
                                    plain[:, members] / plain[:, members].sum(-1, keepdim=True))  # guided inside
     torch.testing.assert_close(guided_logits(logits, 1.0, kinds).log_softmax(-1), logits[:2].log_softmax(-1))
     assert not torch.allclose(within, plain), "the mode must change something"
+
 
 def test_composer_changes_logits_and_row_zero_is_trained():
     model = tiny().train()
