@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import warnings
+import zipfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 
@@ -128,7 +129,7 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         if (self.packed is not None and x.dtype == self.packed.dtype and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled(x.device.type)):
+                and not torch.is_autocast_enabled(x.device.type) and torch._C._get_mkldnn_enabled()):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return super().forward(x)
 
@@ -161,6 +162,26 @@ def prepacked_weights(model, rows):
     finally:
         for m in linears:
             m.packed = None
+
+
+def gemv_pays(rows, weight):
+    """One row of bf16 on a CPU: aten's own bf16 matrix-vector kernel (float32 accumulation,
+    rounded once, like oneDNN's) reads the weights faster than oneDNN's packed kernel (the seed
+    shape's 32 matrices at M = 1: 2.1 vs 2.7 ms on a Zen 4), so such decoding steps run with
+    oneDNN off (see onednn_off). With more rows aten's bf16 path is far slower than oneDNN's."""
+    return rows == 1 and weight.device.type == "cpu" and weight.dtype == torch.bfloat16
+
+
+@contextmanager
+def onednn_off():
+    """Inside: CPU matmuls run in aten's own kernels instead of oneDNN's (the global flag is
+    restored on exit, exception or not)."""
+    was_enabled = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(was_enabled)
 
 
 def rotary_tables(head_dim, length, base):
@@ -392,7 +413,8 @@ class MusicTransformer(nn.Module):
         position a device tensor; compile=True compiles it once). Guidance, the logits
         processor and the draw stay on the device: the loop never waits for a token's value.
         prepack (eager steps): run the Linears from weights packed once for oneDNN (prepacked_weights;
-        same numbers, about half the matmul time on a CPU). When the context reaches block_size,
+        same numbers, about half the matmul time on a CPU), or, for one row of bf16, through aten's
+        matrix-vector kernel (gemv_pays). When the context reaches block_size,
         the window slides: the cache is refilled from
         the last block_size - slide tokens (slide defaults to block_size // 4).
         logits_processor(seq, logits) -> logits may mask tokens (grammar constraints);
@@ -430,6 +452,7 @@ class MusicTransformer(nn.Module):
         was_training = self.training
         self.eval()
         packing = prepacked_weights(self, conditions.size(0)) if prepack and not compile else nullcontext()
+        gemv = prepack and not compile and gemv_pays(conditions.size(0), next(self.parameters()))
         with packing:
             out = torch.empty(idx.size(0), prompt_len + max_new_tokens, dtype=idx.dtype, device=idx.device)
             out[:, :prompt_len] = idx
@@ -453,7 +476,8 @@ class MusicTransformer(nn.Module):
                     pos.fill_(length)
                 else:
                     rows = torch.cat([next_token, next_token]) if use_cfg else next_token
-                    logits = step(rows, conditions, caches, pos)
+                    with onednn_off() if gemv else nullcontext():
+                        logits = step(rows, conditions, caches, pos)
                     pos += 1
                     length += 1
         self.train(was_training)
@@ -635,14 +659,18 @@ def sample_next(logits, temperature, top_k, top_p, generator=None):
 # ---------------------------------------------------------------------- checkpoints
 
 
-def load_checkpoint(path, device="cpu"):
-    """torch.load with weights_only=True: a checkpoint carrying code is refused."""
+def load_checkpoint(path, device="cpu", mmap=False):
+    """torch.load with weights_only=True: a checkpoint carrying code is refused. mmap=True maps
+    the file instead of reading it (a zip-format file only): a sampler then never reads the
+    optimizer state, most of a training checkpoint. Not for resuming: on some systems a mapped
+    file cannot be replaced, and train.py replaces its checkpoint."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols; our error says more
             warnings.simplefilter("ignore", UserWarning)
-            checkpoint = torch.load(path, map_location=device, weights_only=True)
+            checkpoint = torch.load(path, map_location=device, weights_only=True,
+                                    mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         culprit = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line or "GLOBAL" in line),
                        "objects other than tensors")

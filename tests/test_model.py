@@ -290,3 +290,28 @@ def test_prepacked_weights_give_the_same_logits_and_are_dropped_on_exit(dtype):
         _, loss = model(idx, composer, targets=idx)
         loss.backward()
     assert model.lm_head.weight.grad is not None
+
+
+def test_one_bf16_row_decodes_through_aten_gemv_with_the_packed_paths_numbers():
+    from model import gemv_pays, onednn_off
+    torch.manual_seed(0)
+    cfg = ModelConfig(block_size=64, vocab_size=64, n_composers=4, n_layer=2, n_head=4, n_embd=256, dropout=0.0)
+    model = MusicTransformer(cfg).eval().to(torch.bfloat16)
+    weight = model.lm_head.weight
+    assert gemv_pays(1, weight) and not gemv_pays(2, weight) and not gemv_pays(1, weight.float())
+    prompt = torch.randint(2, 64, (1, 10))
+    prompt[:, 0] = 1
+    composer = torch.tensor([2])
+    runs = {}
+    for prepack in (True, False):  # True: one-row steps run with oneDNN off (aten's gemv)
+        seen = []
+        out = model.generate(prompt, composer, 30, top_k=1, prepack=prepack,
+                             on_step=lambda step, logits, start: seen.append(logits))
+        runs[prepack] = out, torch.stack(seen)
+    assert torch.equal(runs[True][0], runs[False][0]), "greedy decoding gives the same tokens"
+    torch.testing.assert_close(runs[True][1], runs[False][1], atol=2e-2, rtol=0)  # one bf16 rounding apart
+    assert torch._C._get_mkldnn_enabled(), "generate restores oneDNN"
+    with pytest.raises(RuntimeError), onednn_off():
+        assert not torch._C._get_mkldnn_enabled()
+        raise RuntimeError("a failing step")
+    assert torch._C._get_mkldnn_enabled(), "restored after an exception too"
