@@ -447,6 +447,11 @@ class MusicTransformer(nn.Module):
             logits, _ = self(rows, conditions, caches=caches, start_pos=0)
             for cache in caches:
                 cache.static = compile
+                if compile and seq.device.type == "cuda":
+                    # CUDA graphs skip a graph that writes into an ordinary input; a static address may be
+                    # written (a new cache after a slide only re-records the graph)
+                    torch._dynamo.mark_static_address(cache.k)
+                    torch._dynamo.mark_static_address(cache.v)
             return logits[:, -1], caches, start
 
         was_training = self.training
@@ -478,6 +483,8 @@ class MusicTransformer(nn.Module):
                     rows = torch.cat([next_token, next_token]) if use_cfg else next_token
                     with onednn_off() if gemv else nullcontext():
                         logits = step(rows, conditions, caches, pos)
+                    if compile and idx.device.type == "cuda":
+                        logits = logits.clone()  # a CUDA graph overwrites its outputs at its next replay
                     pos += 1
                     length += 1
         self.train(was_training)
