@@ -29,7 +29,7 @@ def save_checkpoint(path, checkpoint):
 def load_trained(path, device="cpu"):
     """(model in eval mode, checkpoint dict, tokenizer); any problem is a CliError."""
     try:
-        checkpoint = load_checkpoint(path, device, mmap=True)
+        checkpoint = load_checkpoint(path, "cpu", mmap=True)  # mapped: only the model's tensors are read
         for key in ("tokenizer", "composers"):
             if key not in checkpoint:
                 raise ValueError(f"{path} is not a checkpoint of this project (missing {key})")
