@@ -47,14 +47,19 @@ def autocast_context(device_type, dtype):
     return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
 
 
-def measure_matmul_peak(device, dtype, max_size=2048, seconds=0.5):
+def measure_matmul_peak(device, dtype, max_size=None, seconds=0.5):
     """FLOP/s of a square matmul in the training dtype on this device (the MFU denominator).
 
     The matrix grows from 256 only while one product stays cheap: on a CPU without native
-    bf16, a 2048^2 bf16 matmul takes about a minute.
+    bf16, a 2048^2 bf16 matmul takes about a minute. A GPU gets up to 8192^2 and ten products
+    per synchronisation: a 2048^2 product takes tens of microseconds there, about what a
+    launch and a sync cost, so timing one at a time would understate the peak (and overstate MFU).
     """
     torch_dtype = getattr(torch, dtype)
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    on_gpu = str(device).startswith("cuda")
+    max_size = max_size or (8192 if on_gpu else 2048)
+    per_sync = 10 if on_gpu else 1
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     size = 256
     while True:
         a = torch.randn(size, size, device=device, dtype=torch_dtype)
@@ -69,7 +74,8 @@ def measure_matmul_peak(device, dtype, max_size=2048, seconds=0.5):
         size *= 2
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        n += 1
+        for _ in range(per_sync):
+            torch.mm(a, b)
+        n += per_sync
         sync()
     return 2 * size**3 * n / (time.perf_counter() - start)
