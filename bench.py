@@ -153,8 +153,8 @@ def time_generate(model, idx, composer, new_tokens, guidance, device, compile_st
 
 def bench_sample(shape, block_size, prompt_len, new_tokens, device, recompute_points, dtype="float32"):
     """Decode steps side by side (eager as generate runs it: prepacked weights, one bf16 row through
-    aten's GEMV; eager with plain weights on a CPU; compiled): tokens/s per sample and end-to-end seconds for 1 and 4 samples at guidance 1 and 3;
-    compile seconds; the recompute baseline."""
+    aten's GEMV; eager with plain weights on a CPU; compiled): tokens/s per sample and end-to-end
+    seconds for 1 and 4 samples at guidance 1 and 3; compile seconds; the recompute baseline."""
     model = make_model(model_config(shape, block_size), device).eval().to(getattr(torch, dtype))
     steps = {"eager": (False, True), "compiled": (True, False)}
     if device == "cpu":

@@ -292,7 +292,7 @@ def test_prepacked_weights_give_the_same_logits_and_are_dropped_on_exit(dtype):
     assert model.lm_head.weight.grad is not None
 
 
-def test_one_bf16_row_decodes_through_aten_gemv_with_the_packed_paths_numbers():
+def test_one_bf16_row_decodes_through_aten_gemv_with_onednns_numbers():
     from model import gemv_pays, onednn_off
     torch.manual_seed(0)
     cfg = ModelConfig(block_size=64, vocab_size=64, n_composers=4, n_layer=2, n_head=4, n_embd=256, dropout=0.0)
@@ -303,7 +303,7 @@ def test_one_bf16_row_decodes_through_aten_gemv_with_the_packed_paths_numbers():
     prompt[:, 0] = 1
     composer = torch.tensor([2])
     runs = {}
-    for prepack in (True, False):  # True: one-row steps run with oneDNN off (aten's gemv)
+    for prepack in (True, False):  # True: one-row steps run with oneDNN off (aten's gemv); False: oneDNN
         seen = []
         out = model.generate(prompt, composer, 30, top_k=1, prepack=prepack,
                              on_step=lambda step, logits, start: seen.append(logits))
