@@ -41,13 +41,17 @@ def test_cuda_training_uses_bf16_or_fp16_fused_adamw_and_compile(tiny_dataset, t
     assert ckpt["optimizer"]["param_groups"][0]["fused"] is True
 
 
-@needs_cuda
-def test_cuda_kv_cache_matches_full_forward_and_half_precision_generates():
+def small_cuda_model_and_prompt():
+    """A 2-layer model on the GPU, two 8-token prompts and their composers."""
     torch.manual_seed(0)
     model = MusicTransformer(ModelConfig(block_size=64, vocab_size=419, n_composers=4, n_layer=2, n_head=4,
                                          n_embd=64, dropout=0.0)).cuda().eval()
-    prompt = torch.randint(2, 419, (2, 8), device="cuda")
-    composer = torch.tensor([1, 2], device="cuda")
+    return model, torch.randint(2, 419, (2, 8), device="cuda"), torch.tensor([1, 2], device="cuda")
+
+
+@needs_cuda
+def test_cuda_kv_cache_matches_full_forward_and_half_precision_generates():
+    model, prompt, composer = small_cuda_model_and_prompt()
     seen = []
     out = model.generate(prompt, composer, 100, guidance=1.0, generator=torch.Generator(device="cuda").manual_seed(0),
                          on_step=lambda step, logits, start: seen.append((step, logits.clone(), start)))
@@ -62,11 +66,7 @@ def test_cuda_kv_cache_matches_full_forward_and_half_precision_generates():
 @needs_cuda
 def test_cuda_compiled_decoding_runs_in_cuda_graphs_and_matches_eager():
     from torch._dynamo.utils import counters
-    torch.manual_seed(0)
-    model = MusicTransformer(ModelConfig(block_size=64, vocab_size=419, n_composers=4, n_layer=2, n_head=4,
-                                         n_embd=64, dropout=0.0)).cuda().eval()
-    prompt = torch.randint(2, 419, (2, 8), device="cuda")
-    composer = torch.tensor([1, 2], device="cuda")
+    model, prompt, composer = small_cuda_model_and_prompt()
     counters.clear()
     runs = {}
     for compiled in (False, True):
