@@ -437,6 +437,7 @@ class MusicTransformer(nn.Module):
         prompt_len = idx.size(1)
         cache_len = min(block, prompt_len + max_new_tokens)  # static for this call: no slot is wasted
         step = self.compiled_decode_step(idx.device.type) if compile else self.decode_step
+        cuda_graphs = compile and idx.device.type == "cuda"  # compiled_decode_step's mode there
 
         def prefill(seq, keep):
             """Fresh caches holding the last `keep` tokens; logits for the next token."""
@@ -447,7 +448,7 @@ class MusicTransformer(nn.Module):
             logits, _ = self(rows, conditions, caches=caches, start_pos=0)
             for cache in caches:
                 cache.static = compile
-                if compile and seq.device.type == "cuda":
+                if cuda_graphs:
                     # CUDA graphs skip a graph that writes into an ordinary input; a static address may be
                     # written (a new cache after a slide only re-records the graph)
                     torch._dynamo.mark_static_address(cache.k)
@@ -456,8 +457,9 @@ class MusicTransformer(nn.Module):
 
         was_training = self.training
         self.eval()
-        packing = prepacked_weights(self, conditions.size(0)) if prepack and not compile else nullcontext()
-        gemv = prepack and not compile and gemv_pays(conditions.size(0), next(self.parameters()))
+        tuned_matmuls = prepack and not compile  # eager CPU steps: packed weights, or one bf16 row through GEMV
+        packing = prepacked_weights(self, conditions.size(0)) if tuned_matmuls else nullcontext()
+        gemv = tuned_matmuls and gemv_pays(conditions.size(0), next(self.parameters()))
         with packing:
             out = torch.empty(idx.size(0), prompt_len + max_new_tokens, dtype=idx.dtype, device=idx.device)
             out[:, :prompt_len] = idx
@@ -483,7 +485,7 @@ class MusicTransformer(nn.Module):
                     rows = torch.cat([next_token, next_token]) if use_cfg else next_token
                     with onednn_off() if gemv else nullcontext():
                         logits = step(rows, conditions, caches, pos)
-                    if compile and idx.device.type == "cuda":
+                    if cuda_graphs:
                         logits = logits.clone()  # a CUDA graph overwrites its outputs at its next replay
                     pos += 1
                     length += 1
