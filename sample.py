@@ -208,7 +208,8 @@ SMALL_MODEL_PARAMS = 2_000_000  # float32 weights of at most 8 MB: they stay in 
 def sampling_dtype(choice, model, device_type):
     """The weights' precision while sampling. auto: as training's (bf16 where the device has it
     natively), except a small model on a CPU, whose float32 weights stay in the caches: there
-    float32 matmuls beat bf16 (the shipped CPU config: 560 vs 362 tokens/s at guidance 1, Zen 4)."""
+    float32 matmuls beat bf16 at the default guidance (two rows; the shipped CPU config: 276 / 235 vs
+    244 / 227 tokens/s, Zen 4); at guidance 1 the one-row bf16 GEMV ties (439 / 455 vs 475 / 470)."""
     if choice == "auto" and device_type == "cpu" and model.num_params() <= SMALL_MODEL_PARAMS:
         return "float32"
     return resolve_dtype(choice, device_type)
