@@ -76,21 +76,25 @@ def test_grammar_rows_are_independent_and_follow_the_bar():
 
 def test_chord_limit_strikes_each_key_once_per_onset_and_caps_the_chord():
     tok = build_tokenizer()
+
+    def feed(grammar, state, *tokens):
+        for token in tokens:
+            grammar.advance(state, torch.tensor([tok.vocab[token]]))
+
     grammar = RemiGrammar(tok, chord_limit=2)
     state = grammar.start(1)
     ok = lambda token: bool(grammar.allowed(state)[0, tok.vocab[token]])  # noqa: E731
-    feed = lambda *tokens: [grammar.advance(state, torch.tensor([tok.vocab[t]])) for t in tokens]  # noqa: E731
-    feed("Bar_None", "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.8")
+    feed(grammar, state, "Bar_None", "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.8")
     assert not ok("Pitch_60") and ok("Pitch_64"), "a key is struck once per onset"
-    feed("Pitch_64", "Velocity_63", "Duration_1.0.8")
+    feed(grammar, state, "Pitch_64", "Velocity_63", "Duration_1.0.8")
     assert not ok("Pitch_67") and ok("Position_8") and ok("Bar_None"), "two keys is the chord limit here"
-    feed("Position_8")
+    feed(grammar, state, "Position_8")
     assert ok("Pitch_60") and ok("Pitch_67"), "a new onset starts a new chord"
     unlimited = RemiGrammar(tok)
     state = unlimited.start(1)
-    for t in ("Bar_None", "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.8"):
-        unlimited.advance(state, torch.tensor([tok.vocab[t]]))
+    feed(unlimited, state, "Bar_None", "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.8")
     assert unlimited.allowed(state)[0, tok.vocab["Pitch_60"]], "without a limit the grammar is miditok's alone"
+
 
 def test_constrained_sampling_from_an_untrained_model_has_zero_grammar_errors():
     tok = build_tokenizer()
