@@ -4,7 +4,7 @@
     python evaluate.py --ckpt out/ckpt.pt --real_dir path/to/<Composer>/*.mid --json results.json
 
 1. NLL (nats/token) on fixed, seeded val windows with the TRUE composer, composer 0
-   (unconditional) and a WRONG one (a derangement); unigram and trigram baselines on the
+   (unconditional) and a WRONG one (a derangement); unigram and n-gram (orders 3-6) baselines on the
    same targets. A model that uses the composer orders them true < uncond < wrong.
 2. Whole held-out pieces (val, and --real_dir): NLL true / uncond / wrong with bootstrap
    intervals over pieces, and identification: each piece scored under every composer of
@@ -37,6 +37,8 @@ from remi import CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode
 
 
 # ----------------------------------------------------------------------------- n-gram baselines
+
+NGRAM_ORDERS = (3, 4, 5, 6)  # the best smoothed n-gram is the baseline a model must beat (order 5 wins on the shared sets)
 
 
 class NGram:
@@ -143,22 +145,37 @@ def window_starts(n_tokens, span, max_windows=None):
     return starts
 
 
+MIN_SPAN = 510  # tokens: a whole piece is scored in spans of at least this many, whatever the model's context
+
+
+def scored_span(block_size):
+    """Tokens per scored span of a whole piece: whole windows of block_size - 1 tokens, at least
+    MIN_SPAN of them, so that a short-context model is scored on as many tokens of each piece as
+    a 512-token one (and so with the same evidence for identification), in more windows."""
+    window = block_size - 1
+    return window * -(-MIN_SPAN // window)
+
+
 @torch.no_grad()
 def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_size=32, ctx=None):
     """log p(sequence | k) for every candidate composer k -> [S, K], summed over tokens.
 
     Each sequence (tokens without BOS) is scored as training saw it: in windows of [BOS] +
-    block_size - 1 tokens (at most max_windows of them, spread over the piece).
+    block_size - 1 tokens, consecutive within spans of scored_span(block_size) tokens (at most
+    max_windows spans, spread over the piece).
     """
     device = next(model.parameters()).device
     ks = torch.as_tensor(list(candidates), dtype=torch.long, device=device)
-    span = model.config.block_size - 1
+    window_len = model.config.block_size - 1
+    span = scored_span(model.config.block_size)
     bos = torch.tensor([bos_id], dtype=torch.long, device=device)
     scores = torch.zeros(len(sequences), len(ks), dtype=torch.float64)
     for row, seq in enumerate(sequences):
         tokens = torch.as_tensor(np.asarray(seq, dtype=np.int64), device=device)
-        for start in window_starts(len(tokens), span, max_windows):
-            window = torch.cat([bos, tokens[start:start + span]]).unsqueeze(0)
+        starts = [w for start in window_starts(len(tokens), span, max_windows)
+                  for w in range(start, min(start + span, len(tokens)), window_len)]
+        for start in starts:
+            window = torch.cat([bos, tokens[start:start + window_len]]).unsqueeze(0)
             for i in range(0, len(ks), batch_size):
                 k = ks[i:i + batch_size]
                 with ctx or contextlib.nullcontext():
@@ -262,7 +279,7 @@ def identification(scores, true_ids, candidates, names, train_counts):
 def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bos_id, max_windows, seed, ctx=None):
     """NLL with the true composer, composer 0 and a wrong one (bootstrap intervals over
     pieces) and identification among `candidates`, for pieces [(tokens, composer id)]."""
-    span = model.config.block_size - 1
+    span = scored_span(model.config.block_size)
     rows = []
     for tokens, true in pieces:
         wrong = int(derangement(torch.tensor([true]), n_composers)[0])
@@ -441,15 +458,19 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     # 2. baselines on the same targets
     train_tokens = train_split.tokens
     pieces = [train_tokens[o:o + n] for o, n, _ in train_split.index]
-    ngram = NGram(pieces, meta["vocab_size"], order=3)
     unigram = NGram(pieces, meta["vocab_size"], order=1)
     targets_mask = (y != meta["pad_id"]).cpu().numpy()
     xs, ys = x.cpu().numpy(), y.cpu().numpy()
     full = [np.concatenate([xs[i, :1], ys[i]]) for i in range(len(xs))]
     def baseline(m):  # noqa: E306
         return float(np.mean(np.concatenate([-m.log_probs(f)[targets_mask[i]] for i, f in enumerate(full)])))
+    by_order = {order: baseline(NGram(pieces, meta["vocab_size"], order=order)) for order in NGRAM_ORDERS}
+    best_order = min(by_order, key=by_order.get)
     results["baselines"] = {"unigram_entropy_train": unigram_entropy(np.asarray(train_tokens), meta["vocab_size"]),
-                            "unigram_nll": baseline(unigram), "trigram_witten_bell_nll": baseline(ngram)}
+                            "unigram_nll": baseline(unigram), "trigram_witten_bell_nll": by_order[3],
+                            "witten_bell_nll_by_order": {str(k): v for k, v in by_order.items()},
+                            "best_ngram_order": best_order, "best_ngram_nll": by_order[best_order],
+                            "model_over_best_ngram": results["nll"]["true"] / by_order[best_order]}
     progress.say("baselines")
 
     # 3. whole held-out pieces: NLL by condition with bootstrap intervals, identification
@@ -559,6 +580,9 @@ def print_report(r):
     b = r["baselines"]
     print(f"\nbaselines: unigram entropy of train tokens {b['unigram_entropy_train']:.4f}; on these targets unigram "
           f"{b['unigram_nll']:.4f}, Witten-Bell trigram {b['trigram_witten_bell_nll']:.4f}")
+    orders = " / ".join(f"{v:.3f}" for v in b["witten_bell_nll_by_order"].values())
+    print(f"  Witten-Bell orders {', '.join(b['witten_bell_nll_by_order'])}: {orders}; the model's window NLL is "
+          f"{b['model_over_best_ngram']:.3f}x the best (order {b['best_ngram_order']}, {b['best_ngram_nll']:.4f})")
     c = r["comparison_set"]
     print(f"\ncomparison set ({c['rule']}): " + ", ".join(f"{k} {v}" for k, v in c["composers"].items()))
     print_pieces("val pieces", r["val_pieces"])
@@ -610,7 +634,8 @@ def main(argv=None):
     parser.add_argument("--min_train_pieces", type=positive_int, default=30,
                         help="identification compares composers with at least this many training pieces")
     parser.add_argument("--max_windows", type=positive_int, default=4,
-                        help="windows of block_size tokens scored per whole piece (spread over it)")
+                        help="spans scored per whole piece (spread over it); a span is block_size - 1 tokens, "
+                             "or whole windows of it adding up to at least 510")
     parser.add_argument("--judge_excerpts", type=positive_int, default=3, help="excerpts per piece for the judge")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)

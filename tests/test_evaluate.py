@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evaluate import (CopyFinder, NGram, adherence, bayes_classify, bootstrap_mean, derangement, evaluate, judge_pieces,
-                      print_report, unigram_entropy)
+                      print_report, score_under, scored_span, tokens_scored, unigram_entropy, window_starts)
 from judge import Judge, note_features
 from model import ModelConfig, MusicTransformer
 
@@ -71,11 +71,34 @@ def test_samples_longer_than_the_context_are_scored_window_by_window():
     torch.testing.assert_close(scores[0], expected)
 
 
+def test_a_short_context_model_is_scored_on_as_many_tokens_of_each_piece():
+    """Whole pieces are scored in spans of at least 510 tokens whatever the context, so a 256-token
+    model is judged on the same evidence as a 512-token one: two consecutive windows per span."""
+    assert scored_span(512) == 511 and scored_span(256) == 510 and scored_span(8192) == 8191
+    assert abs(tokens_scored(3000, scored_span(256), 4) - tokens_scored(3000, scored_span(512), 4)) <= 4
+    torch.manual_seed(0)
+    model = MusicTransformer(ModelConfig(block_size=256, vocab_size=30, n_composers=3, n_layer=1, n_head=2,
+                                         n_embd=16, dropout=0.0)).eval()
+    piece = torch.randint(2, 30, (3000,))
+    expected = torch.zeros(2, dtype=torch.float64)
+    for span_start in window_starts(3000, 510, 4):
+        for start in (span_start, span_start + 255):
+            window = torch.cat([torch.ones(1, dtype=torch.long), piece[start:start + 255]]).unsqueeze(0)
+            for k in (1, 2):
+                expected[k - 1] += model.token_log_probs(window[:, :-1], torch.tensor([k]), window[:, 1:]).sum()
+    scores = score_under(model, [piece.numpy()], [1, 2], bos_id=1, max_windows=4)
+    torch.testing.assert_close(scores[0], expected, atol=1e-3, rtol=1e-6)
+
+
 def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, tiny_dataset, capsys):
     r = evaluate(tiny_checkpoint, str(tiny_dataset), num_windows=6, guidances=(1.0, 3.0), samples_per_composer=1,
                  sample_tokens=100)  # longer than the model's 64-token context
     assert set(r["nll"]) == {"true", "uncond", "wrong"} and all(math.isfinite(v) for v in r["nll"].values())
     assert r["baselines"]["trigram_witten_bell_nll"] < r["baselines"]["unigram_nll"]
+    b = r["baselines"]
+    assert set(b["witten_bell_nll_by_order"]) == {"3", "4", "5", "6"}
+    assert b["best_ngram_nll"] == min(b["witten_bell_nll_by_order"].values()) <= b["trigram_witten_bell_nll"]
+    assert b["model_over_best_ngram"] == pytest.approx(r["nll"]["true"] / b["best_ngram_nll"])
     assert set(r["samples"]) == {"1.0", "3.0", "real val excerpts"}
     assert r["samples"]["3.0"]["grammar_error_rate"] == 0.0
     assert 0 <= r["samples"]["3.0"]["self_judged_adherence"] <= 1 and 0 <= r["samples"]["3.0"]["judge_accuracy"] <= 1
