@@ -111,6 +111,16 @@ def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, tiny_dataset,
     assert "identification" in capsys.readouterr().out
 
 
+def test_a_large_training_set_gets_only_the_trigram_baseline(tiny_checkpoint, tiny_dataset, monkeypatch):
+    """Orders above 3 need memory in proportion to the training tokens: past the limit they are skipped."""
+    import evaluate as evaluate_module
+    monkeypatch.setattr(evaluate_module, "HIGH_ORDER_MAX_TOKENS", 0)
+    r = evaluate(tiny_checkpoint, str(tiny_dataset), num_windows=2, guidances=(1.0,), samples_per_composer=1,
+                 sample_tokens=16)
+    b = r["baselines"]
+    assert b["witten_bell_nll_by_order"] == {"3": b["trigram_witten_bell_nll"]} and b["best_ngram_order"] == 3
+
+
 def test_identification_by_a_composer_blind_model_is_chance_exactly():
     model = MusicTransformer(ModelConfig(block_size=16, vocab_size=30, n_composers=5, n_layer=1, n_head=2, n_embd=16,
                                          dropout=0.0)).eval()

@@ -194,15 +194,15 @@ def kill_while_encoding(args):
     for line in proc.stdout:
         if line.startswith("encoding"):
             break
-    time.sleep(1.0)
+    time.sleep(0.5)
     proc.kill()
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "prepare.py finished before it was killed: the test needs more files"
 
 
 def test_sigkill_during_prepare_never_leaves_a_complete_looking_dataset(tmp_path):
     root = tmp_path / "midi"
-    for i in range(60):
-        write_midi(str(root / "Bach" / f"p{i}.mid"), make_score(seed=i, n_bars=16))
+    for i in range(120):  # a few seconds of encoding even on a fast CPU (60 short pieces took under a second)
+        write_midi(str(root / "Bach" / f"p{i}.mid"), make_score(seed=i, n_bars=32))
     out = tmp_path / "data"
     args = [sys.executable, os.path.join(ROOT, "prepare.py"), "--midi_dir", str(root), "--out_dir", str(out),
             "--workers", "1"]
