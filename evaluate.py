@@ -580,11 +580,11 @@ def print_report(r):
     print(f"  all windows          {r['nll']['true']:.4f}   {r['nll']['uncond']:.4f}   {r['nll']['wrong']:.4f}"
           f"   (perplexity {r['perplexity']['true']:.2f} / {r['perplexity']['uncond']:.2f} / {r['perplexity']['wrong']:.2f})")
     b = r["baselines"]
+    orders = " / ".join(f"{v:.4f}" for v in b["witten_bell_nll_by_order"].values())
     print(f"\nbaselines: unigram entropy of train tokens {b['unigram_entropy_train']:.4f}; on these targets unigram "
-          f"{b['unigram_nll']:.4f}, Witten-Bell trigram {b['trigram_witten_bell_nll']:.4f}")
-    orders = " / ".join(f"{v:.3f}" for v in b["witten_bell_nll_by_order"].values())
-    print(f"  Witten-Bell orders {', '.join(b['witten_bell_nll_by_order'])}: {orders}; the model's window NLL is "
-          f"{b['model_over_best_ngram']:.3f}x the best (order {b['best_ngram_order']}, {b['best_ngram_nll']:.4f})")
+          f"{b['unigram_nll']:.4f}, Witten-Bell orders {', '.join(b['witten_bell_nll_by_order'])} {orders}")
+    print(f"  the model's window NLL is {b['model_over_best_ngram']:.3f}x the best n-gram "
+          f"(order {b['best_ngram_order']}, {b['best_ngram_nll']:.4f})")
     c = r["comparison_set"]
     print(f"\ncomparison set ({c['rule']}): " + ", ".join(f"{k} {v}" for k, v in c["composers"].items()))
     print_pieces("val pieces", r["val_pieces"])
