@@ -47,35 +47,32 @@ def autocast_context(device_type, dtype):
     return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
 
 
-def measure_matmul_peak(device, dtype, max_size=None, seconds=0.5):
+def measure_matmul_peak(device, dtype, seconds=1.0, rounds=10):
     """FLOP/s of a square matmul in the training dtype on this device (the MFU denominator).
 
-    The matrix grows from 256 only while one product stays cheap: on a CPU without native
-    bf16, a 2048^2 bf16 matmul takes about a minute. A GPU gets up to 8192^2 and ten products
-    per synchronisation: a 2048^2 product takes tens of microseconds there, about what a
-    launch and a sync cost, so timing one at a time would understate the peak (and overstate MFU).
+    One fixed size per device and dtype, and the best of `rounds` timings: a size chosen by how
+    fast the first product ran, or a single timing, moves with a moment of contention (a noisy
+    neighbour on a shared VM) and so would every MFU of the run. 1024^2 on a CPU (512^2 in bf16
+    without native bf16, where products are emulated and crawl); 8192^2 on a GPU, ten products
+    per synchronisation (one small product there costs about what a launch and a sync cost).
     """
     torch_dtype = getattr(torch, dtype)
     on_gpu = str(device).startswith("cuda")
-    max_size = max_size or (8192 if on_gpu else 2048)
+    emulated = not on_gpu and dtype == "bfloat16" and not cpu_has_native_bf16()
+    size = 8192 if on_gpu else 512 if emulated else 1024
     per_sync = 10 if on_gpu else 1
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-    size = 256
-    while True:
-        a = torch.randn(size, size, device=device, dtype=torch_dtype)
-        b = torch.randn(size, size, device=device, dtype=torch_dtype)
-        torch.mm(a, b)  # warm up threads and caches
-        sync()
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        if size >= max_size or time.perf_counter() - start > 0.02:
-            break
-        size *= 2
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(per_sync):
-            torch.mm(a, b)
-        n += per_sync
-        sync()
-    return 2 * size**3 * n / (time.perf_counter() - start)
+    a = torch.randn(size, size, device=device, dtype=torch_dtype)
+    b = torch.randn(size, size, device=device, dtype=torch_dtype)
+    torch.mm(a, b)  # warm up threads and caches
+    sync()
+    best = 0.0
+    for _ in range(rounds):
+        n, start = 0, time.perf_counter()
+        while n < 3 * per_sync or time.perf_counter() - start < seconds / rounds:
+            for _ in range(per_sync):
+                torch.mm(a, b)
+            n += per_sync
+            sync()
+        best = max(best, 2 * size**3 * n / (time.perf_counter() - start))
+    return best

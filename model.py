@@ -21,6 +21,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from optim import OPTIMIZERS, Muon, MuonWithAdamW, orthogonalization_dtype
+
 
 COMPOSER_MODES = ("add", "block")
 POSITIONS = ("learned", "rope")
@@ -523,8 +525,8 @@ class MusicTransformer(nn.Module):
         if optimizer == "adamw":
             return adamw
         # match_rms_adamw scales each update to AdamW's RMS, so the AdamW learning rate carries over
-        muon = torch.optim.Muon(hidden, lr=learning_rate, weight_decay=weight_decay, momentum=0.95,
-                                adjust_lr_fn="match_rms_adamw")
+        muon = Muon(hidden, lr=learning_rate, weight_decay=weight_decay, momentum=0.95,
+                    ns_dtype=orthogonalization_dtype(hidden[0].device if hidden else "cpu"))
         return MuonWithAdamW(muon, adamw)
 
     def flops_per_token(self, seq_len):
@@ -548,42 +550,6 @@ class MusicTransformer(nn.Module):
         model = cls(ModelConfig.from_dict(checkpoint["model_config"]))
         load_state(model, checkpoint["model"])
         return model.to(device).eval()
-
-
-OPTIMIZERS = ("adamw", "muon")
-
-
-class MuonWithAdamW:
-    """Two optimizers stepped as one: Muon for the hidden matrices, AdamW for everything else.
-
-    param_groups is both optimizers' groups (the same dicts), so a loop that sets each
-    group's "lr" schedules both; the state dict holds both under their names.
-    """
-
-    def __init__(self, muon, adamw):
-        self.muon, self.adamw = muon, adamw
-        self.state = {}  # GradScaler looks for it; each optimizer keeps its own
-
-    @property
-    def param_groups(self):  # read anew: load_state_dict replaces each optimizer's group dicts
-        return self.muon.param_groups + self.adamw.param_groups
-
-    def step(self):
-        self.muon.step()
-        self.adamw.step()
-
-    def zero_grad(self, set_to_none=True):
-        self.muon.zero_grad(set_to_none=set_to_none)
-        self.adamw.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
-
-    def load_state_dict(self, state):
-        if set(state) != {"muon", "adamw"}:
-            raise ValueError("the checkpoint's optimizer state is not Muon + AdamW")
-        self.muon.load_state_dict(state["muon"])
-        self.adamw.load_state_dict(state["adamw"])
 
 
 # ---------------------------------------------------------------------- composers

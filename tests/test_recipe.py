@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import ModelConfig, MuonWithAdamW, MusicTransformer, swiglu_hidden
+from model import ModelConfig, MusicTransformer, swiglu_hidden
+from optim import MuonWithAdamW
 from remi import build_tokenizer, stretch_table, token_values
 
 
