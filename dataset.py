@@ -24,6 +24,8 @@ from remi import check_tokenizer, stretch_table, transpose_pitches
 FORMAT_VERSION = 2
 UNCONDITIONAL = "<unconditional>"  # composers.json name of id 0; real composers are 1..N by name
 SPLITS = ("train", "val")
+KIND_IDS = {"sequenced": 1, "performed": 2}  # 0: unknown (or dropped in training, like composer 0)
+RENDER_AS = {"score": KIND_IDS["sequenced"], "performance": KIND_IDS["performed"]}  # a new piece's kind, by its use
 STRETCH_STEPS = 4  # time_stretch draws from 9 factors per type: enough variety, tables built once
 CHECKSUMMED = ("train.bin", "val.bin", "train.idx.npy", "val.idx.npy", "composers.json", "tokenizer.json",
                "pieces.jsonl")
@@ -140,10 +142,16 @@ class Dataset:
         self.tokenizer_json, self.tokenizer, self.splits = tokenizer_json, tokenizer, splits
 
     def pieces(self):
-        """The rows of pieces.jsonl (path, composer, composer_id, split, n_tokens), in index order."""
+        """The rows of pieces.jsonl (path, composer, composer_id, split, n_tokens, kind), in index order."""
         path = os.path.join(self.data_dir, "pieces.jsonl")
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f]
+
+    def kind_ids(self, split):
+        """Kind id per row of a split's index: 1 sequenced, 2 performed, 0 unknown (a dataset
+        prepared before kinds were detected)."""
+        rows = [p for p in self.pieces() if p["split"] == split]
+        return np.array([KIND_IDS.get(p.get("kind"), 0) for p in rows], dtype=np.int64)
 
 
 def read_json(data_dir, name):
@@ -269,6 +277,7 @@ class WindowSampler:
         self.pad_id, self.bos_id = meta["pad_id"], meta["bos_id"]
         self.pitch_lo, self.pitch_hi = meta["pitch_ids"]
         self.vocab = dataset.tokenizer.vocab
+        self.kinds = dataset.kind_ids(split) if len(self.index) else np.zeros(0, np.int64)
         self._stretch = None
 
     def __len__(self):
@@ -295,10 +304,11 @@ class WindowSampler:
             self._stretch = (time_stretch, tables)
         return self._stretch[1]
 
-    def batch(self, pieces, rng, cond_drop=0.0, transpose=0, time_stretch=0.0):
-        """(input [B, T], target [B, T], composer [B]) for the given piece rows. Augmentation per
-        window: a pitch shift in [-transpose, transpose] semitones; tempo and note lengths
-        scaled by independent factors in [1/(1+time_stretch), 1+time_stretch]."""
+    def batch(self, pieces, rng, cond_drop=0.0, transpose=0, time_stretch=0.0, kind_drop=0.0):
+        """(input [B, T], target [B, T], composer [B], kind [B]) for the given piece rows.
+        Augmentation per window: a pitch shift in [-transpose, transpose] semitones; tempo and
+        note lengths scaled by independent factors in [1/(1+time_stretch), 1+time_stretch].
+        cond_drop / kind_drop: the share of windows whose composer / kind becomes 0 (unknown)."""
         import torch
 
         rows = []
@@ -314,4 +324,7 @@ class WindowSampler:
         composer = torch.from_numpy(self.index[pieces, 2].astype(np.int64))
         dropped = torch.from_numpy(rng.random(len(pieces)) < cond_drop)
         composer = torch.where(dropped, torch.zeros_like(composer), composer)
-        return x[:, :-1], x[:, 1:], composer
+        kind = torch.from_numpy(self.kinds[pieces])
+        if kind_drop:  # drawn only when asked: runs without kinds keep their random stream
+            kind = torch.where(torch.from_numpy(rng.random(len(pieces)) < kind_drop), torch.zeros_like(kind), kind)
+        return x[:, :-1], x[:, 1:], composer, kind

@@ -30,10 +30,11 @@ import torch
 
 from checkpoints import load_trained
 from cli import CliError, Parser, atomic_write_text, fail, positive_int
-from dataset import WindowSampler, composer_key, open_dataset
+from dataset import KIND_IDS, RENDER_AS, WindowSampler, composer_key, open_dataset
 from devices import autocast_context, device_type_of, resolve_dtype
 from judge import Judge, note_arrays, note_features
-from remi import CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, gram_keys, guidance_kinds
+from remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, gram_keys, guidance_kinds,
+                  piece_kind)
 
 
 # ----------------------------------------------------------------------------- n-gram baselines
@@ -111,7 +112,7 @@ def unigram_entropy(tokens, vocab_size):
 
 
 def val_windows(sampler, num_windows, seed=0):
-    """Fixed windows: piece i % n_pieces, a seeded crop; (x, y, composer) tensors."""
+    """Fixed windows: piece i % n_pieces, a seeded crop; (x, y, composer, kind) tensors."""
     rng = np.random.default_rng([seed, 2024])
     pieces = np.arange(num_windows) % len(sampler)
     return sampler.batch(pieces, rng)
@@ -124,11 +125,12 @@ def derangement(composer, n_composers):
 
 
 @torch.no_grad()
-def window_nll(model, x, y, composer, pad_id, batch_size=8):
+def window_nll(model, x, y, composer, kind, pad_id, batch_size=8):
     """Per-window mean NLL (nats/token) over non-PAD targets, no label smoothing."""
     out = []
     for i in range(0, len(x), batch_size):
-        lp = model.token_log_probs(x[i:i + batch_size], composer[i:i + batch_size], y[i:i + batch_size])
+        lp = model.token_log_probs(x[i:i + batch_size], composer[i:i + batch_size], y[i:i + batch_size],
+                                   kind[i:i + batch_size])
         mask = (y[i:i + batch_size] != pad_id).float()
         out.append((-(lp * mask).sum(1) / mask.sum(1).clamp(min=1)))
     return torch.cat(out)
@@ -158,12 +160,13 @@ def scored_span(block_size):
 
 
 @torch.no_grad()
-def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_size=32, ctx=None):
+def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_size=32, ctx=None, kinds=None):
     """log p(sequence | k) for every candidate composer k -> [S, K], summed over tokens.
 
     Each sequence (tokens without BOS) is scored as training saw it: in windows of [BOS] +
     block_size - 1 tokens, consecutive within spans of scored_span(block_size) tokens (at most
-    max_windows spans, spread over the piece).
+    max_windows spans, spread over the piece). kinds: one kind id per sequence (the piece's own
+    kind, as a model with a kind condition was trained on it); None scores with kind unknown.
     """
     device = next(model.parameters()).device
     ks = torch.as_tensor(list(candidates), dtype=torch.long, device=device)
@@ -172,6 +175,7 @@ def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_si
     bos = torch.tensor([bos_id], dtype=torch.long, device=device)
     scores = torch.zeros(len(sequences), len(ks), dtype=torch.float64)
     for row, seq in enumerate(sequences):
+        kind = None if kinds is None else torch.full((1,), int(kinds[row]), dtype=torch.long, device=device)
         tokens = torch.as_tensor(np.asarray(seq, dtype=np.int64), device=device)
         starts = [w for start in window_starts(len(tokens), span, max_windows)
                   for w in range(start, min(start + span, len(tokens)), window_len)]
@@ -181,7 +185,8 @@ def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_si
                 k = ks[i:i + batch_size]
                 with ctx or contextlib.nullcontext():
                     lp = model.token_log_probs(window[:, :-1].expand(len(k), -1), k,
-                                               window[:, 1:].expand(len(k), -1))
+                                               window[:, 1:].expand(len(k), -1),
+                                               None if kind is None else kind.expand(len(k)))
                 scores[row, i:i + len(k)] += lp.double().sum(1).cpu()
     return scores
 
@@ -277,19 +282,26 @@ def identification(scores, true_ids, candidates, names, train_counts):
             "confusion": confusion}
 
 
-def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bos_id, max_windows, seed, ctx=None):
-    """NLL with the true composer, composer 0 and a wrong one (bootstrap intervals over
-    pieces) and identification among `candidates`, for pieces [(tokens, composer id)]."""
+def score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ctx=None):
+    """One row per piece [(tokens, composer id, kind id)]: tokens scored, NLL with the true
+    composer, composer 0 and a wrong one, and the scores of the candidate composers; each piece
+    scored with its own kind."""
     span = scored_span(model.config.block_size)
     rows = []
-    for tokens, true in pieces:
+    for tokens, true, kind in pieces:
         wrong = int(derangement(torch.tensor([true]), n_composers)[0])
         ids = sorted({0, true, wrong, *candidates})
-        scores = score_under(model, [tokens], ids, bos_id, max_windows, ctx=ctx)[0]
+        scores = score_under(model, [tokens], ids, bos_id, max_windows, ctx=ctx, kinds=[kind])[0]
         n = tokens_scored(len(tokens), span, max_windows)
-        rows.append({"n": n, "true": true, "nll": {key: float(-scores[ids.index(k)] / n) for key, k in
-                                                 (("true", true), ("uncond", 0), ("wrong", wrong))},
+        rows.append({"n": n, "true": true, "kind": kind,
+                     "nll": {key: float(-scores[ids.index(k)] / n) for key, k in
+                             (("true", true), ("uncond", 0), ("wrong", wrong))},
                      "candidate_scores": scores[[ids.index(c) for c in candidates]]})
+    return rows
+
+
+def summarise_pieces(rows, candidates, names, train_counts, seed):
+    """NLL by condition (bootstrap intervals over pieces) and identification among candidates."""
     weights = [r["n"] for r in rows]
     nll = {key: bootstrap_mean([r["nll"][key] for r in rows], weights, seed) for key in ("true", "uncond", "wrong")}
     gaps = {"uncond_minus_true": bootstrap_mean([r["nll"]["uncond"] - r["nll"]["true"] for r in rows], weights, seed),
@@ -301,9 +313,21 @@ def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bo
             "identification": ident}
 
 
+def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bos_id, max_windows, seed, ctx=None):
+    """summarise_pieces over all pieces [(tokens, composer id, kind id)], and over each kind
+    (sequenced, performed) that has pieces, under "by_kind"."""
+    rows = score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ctx)
+    out = summarise_pieces(rows, candidates, names, train_counts, seed)
+    out["by_kind"] = {kind: summarise_pieces([r for r in rows if r["kind"] == kind_id], candidates, names,
+                                             train_counts, seed)
+                      for kind, kind_id in KIND_IDS.items() if any(r["kind"] == kind_id for r in rows)}
+    return out
+
+
 def read_real_dir(real_dir, tokenizer, composers):
-    """[(path, tokens, composer id)] of <Composer>/*.mid files whose folder names a composer
-    of the checkpoint (matched by composer_key), and {folder: reason} for the rest."""
+    """[(path, tokens, composer id, kind id)] of <Composer>/*.mid files whose folder names a
+    composer of the checkpoint (matched by composer_key; the kind detected from the file, as
+    prepare.py does), and {folder: reason} for the rest."""
     from symusic import Score
 
     by_key = {composer_key(name): i for name, i in composers.items() if i != 0}
@@ -320,13 +344,14 @@ def read_real_dir(real_dir, tokenizer, composers):
             if not name.lower().endswith((".mid", ".midi")):
                 continue
             try:
-                ids, reason = encode_score(tokenizer, Score(os.path.join(path, name)))
+                score = Score(os.path.join(path, name))
+                ids, reason = encode_score(tokenizer, score)
             except Exception as e:  # a real folder may hold a broken file: report it, go on
                 ids, reason = None, f"unreadable ({type(e).__name__})"
             if ids is None:
                 ignored[f"{folder}/{name}"] = reason
             else:
-                pieces.append((f"{folder}/{name}", ids.astype(np.int64), composer))
+                pieces.append((f"{folder}/{name}", ids.astype(np.int64), composer, KIND_IDS[piece_kind(score)[0]]))
     return pieces, ignored
 
 
@@ -401,14 +426,16 @@ def comparison_set(train_counts, min_train_pieces):
 
 
 def excerpts(split, rows, length, per_piece, seed):
-    """[(tokens, composer id)]: per_piece seeded excerpts of `length` tokens from each piece row."""
+    """[(tokens, composer id, kind id)]: per_piece seeded excerpts of `length` tokens from each
+    piece row of a WindowSampler."""
     rng = np.random.default_rng([seed, 77])
     out = []
     for row in rows:
         offset, n, composer = (int(v) for v in split.index[row])
         for _ in range(per_piece):
             start = int(rng.integers(0, max(1, n - length + 1)))
-            out.append((np.asarray(split.tokens[offset + start:offset + min(n, start + length)], np.int64), composer))
+            out.append((np.asarray(split.tokens[offset + start:offset + min(n, start + length)], np.int64), composer,
+                        int(split.kinds[row])))
     return out
 
 
@@ -440,11 +467,10 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     progress = Progress()
 
     # 1. NLL with true / unconditional / wrong composer on seeded val windows
-    x, y, composer = val_windows(val, num_windows, seed)
-    x, y, composer = x.to(device), y.to(device), composer.to(device)
-    nll = {"true": window_nll(model, x, y, composer, meta["pad_id"]),
-           "uncond": window_nll(model, x, y, torch.zeros_like(composer), meta["pad_id"]),
-           "wrong": window_nll(model, x, y, derangement(composer, n_composers), meta["pad_id"])}
+    x, y, composer, kind = (t.to(device) for t in val_windows(val, num_windows, seed))
+    nll = {"true": window_nll(model, x, y, composer, kind, meta["pad_id"]),
+           "uncond": window_nll(model, x, y, torch.zeros_like(composer), kind, meta["pad_id"]),
+           "wrong": window_nll(model, x, y, derangement(composer, n_composers), kind, meta["pad_id"])}
     weights = (y != meta["pad_id"]).sum(1).float()
     results["nll"] = {k: float((v * weights).sum() / weights.sum()) for k, v in nll.items()}
     results["perplexity"] = {k: math.exp(v) for k, v in results["nll"].items()}
@@ -476,7 +502,8 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     progress.say("baselines")
 
     # 3. whole held-out pieces: NLL by condition with bootstrap intervals, identification
-    val_pieces = [(np.asarray(val.tokens[o:o + n], np.int64), int(c)) for o, n, c in val.index]
+    val_pieces = [(np.asarray(val.tokens[o:o + n], np.int64), int(c), int(k)) for (o, n, c), k in
+                  zip(val.index, val.kinds)]
     results["val_pieces"] = judge_pieces(model, val_pieces, candidates, names, train_counts, n_composers, bos_id,
                                          max_windows, seed, ctx)
     progress.say(f"{len(val_pieces)} val pieces scored under {len(candidates) + 3} conditions")
@@ -486,8 +513,8 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
             raise CliError(f"--real_dir {real_dir}: no piece by a composer of this checkpoint "
                            f"({len(ignored)} folders/files ignored)")
         results["real_dir"] = {"dir": real_dir, "ignored": ignored,
-                               **judge_pieces(model, [(t, c) for _, t, c in real], candidates, names, train_counts,
-                                              n_composers, bos_id, max_windows, seed, ctx)}
+                               **judge_pieces(model, [(t, c, k) for _, t, c, k in real], candidates, names,
+                                              train_counts, n_composers, bos_id, max_windows, seed, ctx)}
         progress.say(f"{len(real)} pieces of {real_dir} scored")
 
     # 4. the outside judge, fitted on excerpts of training pieces of the comparison set
@@ -502,15 +529,20 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     val_rows = [r for r in range(len(val)) if int(val.index[r, 2]) in candidates]
     train_ex = excerpts(train_split, train_rows, sample_tokens, judge_excerpts, seed)
     val_ex = excerpts(val, val_rows, sample_tokens, judge_excerpts, seed + 1)
-    judge = Judge().fit(features(decoded([t for t, _ in train_ex])), [c for _, c in train_ex])
-    val_scores = decoded([t for t, _ in val_ex])
+    judge = Judge().fit(features(decoded([t for t, _, _ in train_ex])), [c for _, c, _ in train_ex])
+    val_scores = decoded([t for t, _, _ in val_ex])
     val_features = features(val_scores)
+    val_composers, val_kinds = np.array([c for _, c, _ in val_ex]), np.array([k for _, _, k in val_ex])
     results["judge"] = {"features": "note statistics (pitch classes, intervals, register, chords, onsets, durations, "
                                     "velocities, tempo)", "train_excerpts": len(train_ex),
                         "val_excerpts": len(val_ex),
-                        "accuracy_on_real_val": judge.accuracy(val_features, [c for _, c in val_ex]),
-                        "balanced_accuracy_on_real_val": judge.balanced_accuracy(val_features, [c for _, c in val_ex]),
-                        "real_val_composers": len({c for _, c in val_ex}), "chance": 1 / len(candidates)}
+                        "accuracy_on_real_val": judge.accuracy(val_features, val_composers),
+                        "balanced_accuracy_on_real_val": judge.balanced_accuracy(val_features, val_composers),
+                        "real_val_composers": len(set(val_composers.tolist())), "chance": 1 / len(candidates),
+                        "by_kind": {kind: {"val_excerpts": int((val_kinds == k).sum()),
+                                           "accuracy_on_real_val": judge.accuracy(val_features[val_kinds == k],
+                                                                                  val_composers[val_kinds == k])}
+                                    for kind, k in KIND_IDS.items() if (val_kinds == k).any()}}
     progress.say("outside judge fitted")
     copies = CopyFinder([note_events(decode_sample(tokenizer, p)[1]) for p in pieces])
     real_runs = [copies.longest(note_events(score)) for score, _ in val_scores]
@@ -524,25 +556,30 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     requested = torch.tensor([c for c in candidates for _ in range(samples_per_composer)], device=device)
     bos = torch.full((len(requested), 1), bos_id, dtype=torch.long, device=device)
     results["samples"] = {}
-    for g in guidances:
+    # a model with a kind condition renders every guidance both ways (score, performance)
+    renderings = [(f"{g}", g, None) for g in guidances] if not model.config.n_kinds else \
+        [(f"{g} {kind}", g, kind) for g in guidances for kind in RENDER_AS]
+    for label, g, kind in renderings:
         generator = torch.Generator(device=device).manual_seed(seed)
         with ctx:
             out = model.generate(bos, requested, sample_tokens, guidance=g, generator=generator,
                                  logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT),
-                                 guidance_kinds=guidance_kinds(tokenizer, guidance_mode))
+                                 guidance_kinds=guidance_kinds(tokenizer, guidance_mode),
+                                 kind=None if kind is None else RENDER_AS[kind])
         token_lists = [row[1:].tolist() for row in out]
-        scores = score_under(model, [np.array(t) for t in token_lists], candidates, bos_id, ctx=ctx)
+        scores = score_under(model, [np.array(t) for t in token_lists], candidates, bos_id, ctx=ctx,
+                             kinds=None if kind is None else [RENDER_AS[kind]] * len(token_lists))
         sample_scores = decoded(token_lists)
         runs = [copies.longest(note_events(score)) for score, _ in sample_scores]
         stats = [music_stats(score, errors) for score, errors in sample_scores]
         verdicts = judge.predict(features(sample_scores))
-        results["samples"][str(g)] = {
+        results["samples"][label] = {
             "judge_accuracy": float(np.mean(verdicts == requested.cpu().numpy())),
             "judge_confusion": confusion_table(zip(requested.tolist(), verdicts.tolist()), names),
             "self_judged_adherence": adherence(scores, [candidates.index(c) + 1 for c in requested.tolist()]),
             "chance": 1 / len(candidates), "longest_copied_run": int(max(runs, default=0)),
             "median_copied_run": float(np.median(runs)) if runs else 0.0, **mean_stats(stats)}
-        progress.say(f"samples at guidance {g}")
+        progress.say(f"samples at guidance {label}")
     real_stats = [music_stats(score, errors) for score, errors in val_scores]
     results["samples"]["real val excerpts"] = mean_stats(real_stats)
     results["real_val_spread"] = spread_stats(real_stats)
@@ -572,6 +609,9 @@ def print_pieces(title, p):
     for true, row in sorted(ident["confusion"].items()):
         guesses = ", ".join(f"{name} {count}" for name, count in sorted(row.items(), key=lambda kv: -kv[1])[:4])
         print(f"    {true[:18]:18s} -> {guesses}")
+    for kind, part in p.get("by_kind", {}).items():
+        if len(p["by_kind"]) > 1:
+            print_pieces(f"{title}, {kind} only", part)
 
 
 def print_report(r):
@@ -596,12 +636,14 @@ def print_report(r):
     print(f"\noutside judge (note statistics, never sees the model): {j['accuracy_on_real_val']:.3f} on "
           f"{j['val_excerpts']} real val excerpts, {j['balanced_accuracy_on_real_val']:.3f} balanced over their "
           f"{j['real_val_composers']} composers (chance {j['chance']:.3f}); samples are balanced by design")
+    for kind, part in j.get("by_kind", {}).items():
+        print(f"  on {kind} val excerpts: {part['accuracy_on_real_val']:.3f} ({part['val_excerpts']} excerpts)")
     print(f"copying: {cp['rule']}; real val excerpts median {cp['real_val_excerpts']['median']:.0f}, "
           f"max {cp['real_val_excerpts']['max']}")
     print("\nsamples              judge   self-judged*  longest copy  notes/s  pitch range  pc H (bits)  chord  grammar")
     for g, s in r["samples"].items():
         is_real = "judge_accuracy" not in s
-        label = g if is_real else f"guidance {g}"
+        label = g if is_real else f"g {g}"
         judged = "   -   " if is_real else f"{s['judge_accuracy']:.3f}  "
         self_judged = "     -      " if is_real else f"{s['self_judged_adherence']:.3f}       "
         copy = "     -      " if is_real else f"{s['longest_copied_run']:5d}       "

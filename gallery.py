@@ -45,7 +45,8 @@ def entry_html(folder, stem, info):
         facts = [f"{info.get('seconds', 0):.1f} s", f"{info.get('notes', 0)} notes", f"voice: {info.get('voice')}"]
     else:
         title = info.get("composer", "?")
-        facts = [f"guidance {info.get('guidance')}", f"temperature {info.get('temperature')}", f"seed {info.get('seed')}",
+        facts = [f"guidance {info.get('guidance')}", f"rendered as {info.get('render_as', 'any')}",
+                 f"temperature {info.get('temperature')}", f"seed {info.get('seed')}",
                  f"{info.get('seconds', 0):.1f} s", f"{info.get('notes', 0)} notes",
                  f"{len(info.get('token_ids', []))} tokens"]
     parts = [f'<div class="entry" id="{html.escape(stem)}"><h2>{html.escape(title)}</h2>',

@@ -53,6 +53,7 @@ class ModelConfig:
     tie_head: bool = True  # the head shares the token embedding (the seed); False: its own matrix
     zero_init: bool = False  # residual projections (and an untied head) start at zero: each block starts as identity
     logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap)
+    n_kinds: int = 0  # > 0: a learned kind embedding beside the composer's (row 0 unknown, 1 score, 2 performance)
 
     def __post_init__(self):
         for key, choices in (("composer_mode", COMPOSER_MODES), ("positions", POSITIONS), ("norm", NORMS),
@@ -286,6 +287,8 @@ class MusicTransformer(nn.Module):
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wce = nn.Embedding(cfg.n_composers, cfg.n_embd)
+        if cfg.n_kinds:  # which kind of MIDI a piece is (score or performance), so the composer need not say it
+            self.wke = nn.Embedding(cfg.n_kinds, cfg.n_embd)
         if cfg.composer_mode == "block":  # a composer vector added to the residual stream before every block
             self.wce_blocks = nn.Embedding(cfg.n_composers, cfg.n_layer * cfg.n_embd)
         if cfg.positions == "learned":
@@ -322,8 +325,9 @@ class MusicTransformer(nn.Module):
         """Unique parameters (the tied head counts once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, composer, targets=None, caches=None, start_pos=0, all_logits=False):
-        """idx [B, T] token ids, composer [B] ids -> (logits, loss).
+    def forward(self, idx, composer, targets=None, caches=None, start_pos=0, all_logits=False, kind=None):
+        """idx [B, T] token ids, composer [B] ids -> (logits, loss). kind [B] (0 unknown, 1 score,
+        2 performance; None = unknown) is read only by a model with n_kinds > 0.
 
         With targets: logits at every position and the label-smoothed cross-entropy that
         ignores PAD targets. Without: logits of the last position only (unless all_logits),
@@ -332,7 +336,7 @@ class MusicTransformer(nn.Module):
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size {self.config.block_size}")
-        x, rotary, per_block = self.embed(idx, composer, torch.arange(start_pos, start_pos + T, device=idx.device))
+        x, rotary, per_block = self.embed(idx, composer, torch.arange(start_pos, start_pos + T, device=idx.device), kind)
         for i, block in enumerate(self.blocks):
             if per_block is not None:
                 x = x + per_block[:, i]
@@ -350,11 +354,14 @@ class MusicTransformer(nn.Module):
                                ignore_index=self.config.pad_id, label_smoothing=self.config.label_smoothing)
         return logits, loss
 
-    def embed(self, idx, composer, positions):
+    def embed(self, idx, composer, positions, kind=None):
         """The residual stream's input for tokens idx [B, T] at positions [T] (a device tensor),
         the rotary angles of those positions (None with learned positions), and the per-block
         composer vectors [B, n_layer, 1, C] (None unless composer_mode is block)."""
         x = self.wte(idx) + composer_vectors(self.wce, composer)[:, None, :]
+        if self.config.n_kinds:
+            kind = torch.zeros(idx.size(0), dtype=torch.long, device=idx.device) if kind is None else kind
+            x = x + self.wke(kind)[:, None, :]
         rotary = None
         if self.config.positions == "learned":
             x = x + self.wpe(positions)
@@ -371,9 +378,9 @@ class MusicTransformer(nn.Module):
         cap = self.config.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
-    def token_log_probs(self, idx, composer, targets):
-        """log p(target_t | idx_<=t, composer) for every position [B, T], no smoothing."""
-        logits, _ = self(idx, composer, all_logits=True)
+    def token_log_probs(self, idx, composer, targets, kind=None):
+        """log p(target_t | idx_<=t, composer, kind) for every position [B, T], no smoothing."""
+        logits, _ = self(idx, composer, all_logits=True, kind=kind)
         return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
     # ------------------------------------------------------------------ generation
@@ -383,11 +390,11 @@ class MusicTransformer(nn.Module):
         return [KVCache(batch, cfg.n_head, max_len or cfg.block_size, cfg.n_embd // cfg.n_head, dtype, device)
                 for _ in self.blocks]
 
-    def decode_step(self, token, composer, caches, pos):
+    def decode_step(self, token, composer, caches, pos, kind=None):
         """Logits [B, vocab] of the next token after `token` [B, 1] placed at position `pos`
         (a one-element long tensor on the device). Every shape is static and nothing is read
         back to the host, so torch.compile can compile it once (CUDA graphs on a GPU)."""
-        x, rotary, per_block = self.embed(token, composer, pos)
+        x, rotary, per_block = self.embed(token, composer, pos, kind)
         for i, (block, cache) in enumerate(zip(self.blocks, caches)):
             if per_block is not None:
                 x = x + per_block[:, i]
@@ -405,8 +412,11 @@ class MusicTransformer(nn.Module):
     @torch.no_grad()
     def generate(self, idx, composer, max_new_tokens, temperature=0.9, top_k=40, top_p=0.95, guidance=1.0,
                  generator=None, logits_processor=None, on_step=None, slide=None, compile=False, guidance_kinds=None,
-                 prepack=True):
+                 prepack=True, kind=None):
         """Continue idx [B, T] by max_new_tokens sampled tokens; returns [B, T + max_new_tokens].
+
+        kind (an int or [B]: 1 score, 2 performance; a model with n_kinds > 0) chooses the texture;
+        both guidance branches keep it, so guidance moves the composer only.
 
         guidance g != 1 runs the conditional rows and unconditional (composer 0) rows in ONE
         batched forward and samples from uncond + g * (cond - uncond). The prompt is prefilled
@@ -431,6 +441,9 @@ class MusicTransformer(nn.Module):
         if guidance_kinds is not None:
             guidance_kinds = guidance_kinds.to(idx.device)
         conditions = torch.cat([composer, unconditional_like(composer)]) if use_cfg else composer
+        if kind is not None:
+            kind = torch.as_tensor(kind, dtype=torch.long, device=idx.device).expand(idx.size(0))
+            kind = torch.cat([kind, kind]) if use_cfg else kind
         # the KV cache (and so attention) stays float32 on a CPU even under bf16 weights: one query
         # against thousands of cached keys runs far slower in the CPU's bf16 attention than in float32
         dtype = next(self.parameters()).dtype
@@ -447,7 +460,7 @@ class MusicTransformer(nn.Module):
             context = seq[:, start:]
             caches = self.new_caches(conditions.size(0), seq.device, dtype, cache_len)
             rows = torch.cat([context, context]) if use_cfg else context
-            logits, _ = self(rows, conditions, caches=caches, start_pos=0)
+            logits, _ = self(rows, conditions, caches=caches, start_pos=0, kind=kind)
             for cache in caches:
                 cache.static = compile
                 if cuda_graphs:
@@ -486,7 +499,7 @@ class MusicTransformer(nn.Module):
                 else:
                     rows = torch.cat([next_token, next_token]) if use_cfg else next_token
                     with onednn_off() if gemv else nullcontext():
-                        logits = step(rows, conditions, caches, pos)
+                        logits = step(rows, conditions, caches, pos, kind)
                     if cuda_graphs:
                         logits = logits.clone()  # a CUDA graph overwrites its outputs at its next replay
                     pos += 1

@@ -21,8 +21,8 @@ import numpy as np
 
 from cli import CliError, FolderLock, Parser, fail, fraction_in, non_negative_int, positive_float, positive_int
 from dataset import UNCONDITIONAL, composer_key, verify_dataset, write_dataset
-from remi import (PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks, note_match,
-                  pitch_sequence, pitch_token_ids)
+from remi import (KINDS, PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks,
+                  note_match, onset_token_ids, piece_kind, pitch_sequence, pitch_token_ids, top_voice)
 
 MIDI_SUFFIXES = (".mid", ".midi")
 LAYOUTS = ("auto", "folders", "giantmidi", "maestro")
@@ -84,9 +84,17 @@ def read_maestro(midi_dir):
     return rows
 
 
+def work_of(relpath):
+    """The work a file belongs to: `<Work>__<performer>.mid` (ASAP's and MAESTRO-style naming
+    of several performances of one work) is `<folder>/<Work>`; any other file is its own work."""
+    path = Path(relpath)
+    return (path.parent / path.stem.split("__")[0]).as_posix() if "__" in path.stem else relpath
+
+
 def hash_split(relpath, val_fraction):
-    """Deterministic per-piece split: adding files never moves an existing piece."""
-    digest = hashlib.sha1(relpath.encode("utf-8")).hexdigest()
+    """Deterministic per-work split: adding files never moves an existing piece, and every
+    performance of a work (see work_of) lands in the same split."""
+    digest = hashlib.sha1(work_of(relpath).encode("utf-8")).hexdigest()
     return "val" if int(digest[:8], 16) / 2**32 < val_fraction else "train"
 
 
@@ -144,7 +152,8 @@ def encode_file(path):
         ids = encode_merged(tokenizer, merged)
         if len(ids) < _worker["min_tokens"]:
             return {"reason": "too_short", "detail": f"{len(ids)} tokens < min_tokens {_worker['min_tokens']}"}
-        result = {"ids": ids}
+        kind, share = piece_kind(merged)
+        result = {"ids": ids, "kind": kind, "grid_share": round(share, 3)}
         if _worker["check_notes"]:
             result["notes"] = note_match(merged, tokenizer.decode([ids.tolist()]))
         return result
@@ -280,23 +289,13 @@ def merge_composer_names(counts):
     return mapping, merged
 
 
-def near_duplicate_groups(pitch_seqs, k=12, threshold=0.5, max_sharing=8):
-    """Group id per piece: pieces that share at least `threshold` of the k-note pitch runs
-    of the shorter one are one work (another sequencing of it), so they share a split.
-
-    Runs found in more than max_sharing pieces (scales, repeated figures) are ignored.
-    """
-    n = len(pitch_seqs)
-    parent = list(range(n))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+def shared_runs(seqs, k, max_sharing=8):
+    """(pairs [P, 2], shared [P], sizes [N]): for every two sequences that share a k-value run,
+    how many distinct runs they share, and each sequence's count of distinct runs. Runs found
+    in more than max_sharing sequences (scales, repeated figures) are ignored."""
+    n = len(seqs)
     grams, owners, sizes = [], [], np.zeros(n, np.int64)
-    for piece, seq in enumerate(pitch_seqs):
+    for piece, seq in enumerate(seqs):
         if len(seq) < k:
             continue
         key = np.unique(gram_keys(seq, k))
@@ -304,7 +303,7 @@ def near_duplicate_groups(pitch_seqs, k=12, threshold=0.5, max_sharing=8):
         owners.append(np.full(len(key), piece, np.int64))
         sizes[piece] = len(key)
     if not grams:
-        return list(range(n))
+        return np.empty((0, 2), np.int64), np.empty(0, np.int64), sizes
     grams, owners = np.concatenate(grams), np.concatenate(owners)
     order = np.argsort(grams, kind="stable")
     grams, owners = grams[order], owners[order]
@@ -316,13 +315,59 @@ def near_duplicate_groups(pitch_seqs, k=12, threshold=0.5, max_sharing=8):
         for a in range(count):
             for b in range(a + 1, count):
                 pairs.append(members[a] * n + members[b])
-    if pairs:
-        keys, shared = np.unique(np.array(pairs, np.int64), return_counts=True)
-        for key, count in zip(keys, shared):
-            a, b = divmod(int(key), n)
-            if count >= threshold * min(sizes[a], sizes[b]):
-                parent[root(a)] = root(b)
+    if not pairs:
+        return np.empty((0, 2), np.int64), np.empty(0, np.int64), sizes
+    keys, shared = np.unique(np.array(pairs, np.int64), return_counts=True)
+    return np.stack(np.divmod(keys, n), axis=1), shared, sizes
+
+
+def union_groups(n, links):
+    """Group id per item 0..n-1, items joined by the (a, b) links (union-find)."""
+    parent = list(range(n))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in links:
+        parent[root(int(a))] = root(int(b))
     return [root(i) for i in range(n)]
+
+
+def near_duplicate_links(pitch_seqs, k=12, threshold=0.5):
+    """Pairs of pieces that share at least `threshold` of the k-note pitch runs of the shorter
+    one: another sequencing of one work."""
+    pairs, shared, sizes = shared_runs(pitch_seqs, k)
+    keep = shared >= threshold * np.minimum(sizes[pairs[:, 0]], sizes[pairs[:, 1]]) if len(pairs) else []
+    return [tuple(p) for p in pairs[keep]]
+
+
+def near_duplicate_groups(pitch_seqs, k=12, threshold=0.5):
+    """Group id per piece: pieces linked by near_duplicate_links are one work, so they share a split."""
+    return union_groups(len(pitch_seqs), near_duplicate_links(pitch_seqs, k, threshold))
+
+
+PERFORMANCE_LINK_K = 8  # top-voice notes per run
+PERFORMANCE_LINK_SHARE = 0.05  # above the 99.9th percentile of two sequenced pieces by different composers (0.046)
+
+
+def performance_links(top_voices, performed, k=PERFORMANCE_LINK_K, min_share=PERFORMANCE_LINK_SHARE):
+    """Each performed piece with its best-matching written (sequenced) piece, when they share at
+    least min_share of the shorter one's k-note runs of the top voice. A performance keeps few
+    exact pitch runs of its score (chords rolled and hands apart reorder the notes, ornaments and
+    slips add some); its top voice, one note per onset, keeps many."""
+    pairs, shared, sizes = shared_runs(top_voices, k)
+    best = {}
+    for (a, b), count in zip(pairs.tolist(), shared.tolist()):
+        if performed[a] == performed[b]:
+            continue
+        played, written = (a, b) if performed[a] else (b, a)
+        share = count / max(1, min(sizes[a], sizes[b]))
+        if share >= min_share and share > best.get(played, (0.0, None))[0]:
+            best[played] = (share, written)
+    return [(played, written) for played, (_, written) in best.items()]
 
 
 def folder_labels(midi_dirs):
@@ -397,7 +442,7 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
     if not kept:
         raise CliError(f"no piece could be encoded from {n_files} files ("
                        + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + "); nothing was written")
-    n_moved = keep_works_in_one_split(kept, pitch_lo, pitch_hi)
+    n_moved, n_played_linked = keep_works_in_one_split(kept, pitch_lo, pitch_hi, onset_token_ids(tokenizer))
     counts = {}
     for piece in kept:
         if piece["composer"]:
@@ -412,9 +457,11 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
         name = canonical.get(piece["composer"], "")
         ids = piece["result"]["ids"]
         pieces.append({"path": piece["path"], "composer": name, "composer_id": composers.get(name, 0),
-                       "split": piece["split"], "n_tokens": int(len(ids)), "ids": ids})
+                       "split": piece["split"], "n_tokens": int(len(ids)), "kind": piece["result"]["kind"],
+                       "grid_share": piece["result"]["grid_share"], "ids": ids})
     lengths = [p["n_tokens"] for p in pieces]
-    split_rule = f"val if int(sha1(path inside its folder)[:8], 16) / 2**32 < {val_fraction}"
+    split_rule = (f"val if int(sha1(work inside its folder)[:8], 16) / 2**32 < {val_fraction} "
+                  "(a work: <Work> of <Work>__<performer>.mid, else the file)")
     meta = {
         "vocab_size": len(tokenizer),
         "pad_id": tokenizer.vocab["PAD_None"],
@@ -425,14 +472,19 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
         "n_files": n_files,
         "n_pieces": {split: sum(p["split"] == split for p in pieces) for split in ("train", "val")},
         "n_tokens": {split: sum(p["n_tokens"] for p in pieces if p["split"] == split) for split in ("train", "val")},
+        "n_pieces_by_kind": {split: {kind: sum(p["split"] == split and p["kind"] == kind for p in pieces)
+                                     for kind in KINDS} for split in ("train", "val")},
+        "kind_rule": "performed if under half of the onsets sit on one 1/24-quarter grid (remi.piece_kind)",
         "token_length": length_stats(lengths),
         "skipped": reasons,
         "source": str(midi_dirs[0].resolve()) if len(midi_dirs) == 1 else [str(d.resolve()) for d in midi_dirs],
         "layout": folders[0][0] if len(midi_dirs) == 1 else [f[0] for f in folders],
         "split_rule": ("maestro csv split (validation+test -> val)" if folders[0][0] == "maestro" and len(folders) == 1
                        else split_rule + "; maestro folders keep their csv split; another sequencing of a piece "
-                                         "(near-duplicate notes) joins the split of its first copy"),
+                                         "(near-duplicate notes) or a performance of it (shared top-voice runs) "
+                                         "joins the split of its first copy"),
         "works_moved_to_one_split": n_moved,
+        "performances_linked_to_a_score": n_played_linked,
         "composer_names_merged": {name: others for name, others in merged},
         "miditok_version": importlib.metadata.version("miditok"),
         "seconds": None,
@@ -471,10 +523,14 @@ def drop_duplicates(kept, skipped, pitch_lo, pitch_hi, n_notes=300):
     return out
 
 
-def keep_works_in_one_split(kept, pitch_lo, pitch_hi):
-    """Another sequencing of a piece joins the split of its first copy, so val never holds
-    a near-copy of a training piece. Returns how many pieces moved."""
-    groups = near_duplicate_groups([pitch_sequence(p["result"]["ids"], pitch_lo, pitch_hi) for p in kept])
+def keep_works_in_one_split(kept, pitch_lo, pitch_hi, onset_ids):
+    """Another sequencing of a piece, and a performance of it, join the split of the work's first
+    copy, so val never holds a near-copy of a training piece. Returns (pieces moved,
+    performances linked to a written piece)."""
+    links = near_duplicate_links([pitch_sequence(p["result"]["ids"], pitch_lo, pitch_hi) for p in kept])
+    played = performance_links([top_voice(p["result"]["ids"], pitch_lo, pitch_hi, onset_ids) for p in kept],
+                               [p["result"]["kind"] == "performed" for p in kept])
+    groups = union_groups(len(kept), links + played)
     first_split, moved = {}, 0
     for piece, group in zip(kept, groups):
         if piece["fixed_split"]:
@@ -482,13 +538,18 @@ def keep_works_in_one_split(kept, pitch_lo, pitch_hi):
         split = first_split.setdefault(group, piece["split"])
         if split != piece["split"]:
             piece["split"], moved = split, moved + 1
-    return moved
+    return moved, len(played)
 
 
 def print_summary(out_dir, meta, n_composers):
     s = meta["token_length"]
     print(f"\nwrote {out_dir}/ in {meta['seconds']} s")
     print(f"  pieces   train {meta['n_pieces']['train']}, val {meta['n_pieces']['val']}; composers {n_composers} (+ id 0 unconditional)")
+    kinds = meta["n_pieces_by_kind"]
+    print("  kinds    " + "; ".join(f"{kind} {kinds['train'][kind]} train / {kinds['val'][kind]} val" for kind in kinds["train"])
+          + " (from each file's onsets)")
+    print(f"  works    {meta['works_moved_to_one_split']} pieces moved to their work's split; "
+          f"{meta['performances_linked_to_a_score']} performances linked to a written copy")
     print(f"  tokens   train {meta['n_tokens']['train']:,}, val {meta['n_tokens']['val']:,}; "
           f"length min {s['min']} / median {s['median']:.0f} / mean {s['mean']:.0f} / max {s['max']}")
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(meta["skipped"].items())) or "none"

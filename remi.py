@@ -93,6 +93,24 @@ def pitch_sequence(ids, pitch_lo, pitch_hi):
     return ids[(ids >= pitch_lo) & (ids <= pitch_hi)].astype(np.int64)
 
 
+def onset_token_ids(tokenizer):
+    """Ids of the tokens that move time (Bar, Position, Rest): the notes between two of them
+    sound together."""
+    return np.array(sorted(i for name, i in tokenizer.vocab.items() if name.startswith(("Bar_", "Position_", "Rest_"))))
+
+
+def top_voice(ids, pitch_lo, pitch_hi, onset_ids):
+    """The highest Pitch token id of each onset of a token sequence: the melody line, as near
+    the same in a performance as in its score (chord order and hand spread do not change it)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    onset = np.cumsum(np.isin(ids, onset_ids))
+    is_pitch = (ids >= pitch_lo) & (ids <= pitch_hi)
+    if not is_pitch.any():
+        return np.empty(0, np.int64)
+    groups, pitches = onset[is_pitch], ids[is_pitch]
+    return np.maximum.reduceat(pitches, np.r_[0, np.flatnonzero(np.diff(groups)) + 1])
+
+
 def gram_keys(seq, k):
     """One int64 key per run of k consecutive values of an int sequence (equal runs, equal
     keys): how near-duplicate pieces and copied passages are found."""
@@ -200,6 +218,36 @@ def merge_piano_tracks(score):
     track.notes = Note.from_numpy(**{key: value[keep][order] for key, value in notes.items()})
     merged.tracks.append(track)
     return merged, None
+
+
+KINDS = ("sequenced", "performed")  # kind ids 1 and 2 of a piece (0: unknown, or dropped in training)
+GRID_STEPS_PER_QUARTER = 24  # sixteenth triplets and thirty-seconds fall on it
+PERFORMED_BELOW = 0.5  # grid share under which a file's onsets are as played, not as written
+
+
+def grid_share(onsets, tpq):
+    """Share of onsets (ticks) on one 1/24-quarter grid, allowing any constant offset (a
+    sequencer that starts every note a tick late is still on a grid). Written music sits on
+    it (~1.0); played onsets scatter over the grid step (~0.07-0.2, by resolution)."""
+    onsets = np.asarray(onsets, dtype=np.float64)
+    if len(onsets) == 0:
+        return 1.0
+    step = tpq / GRID_STEPS_PER_QUARTER
+    tolerance = tpq // 480 + 1e-6  # one tick of a 480-per-quarter file; exact below that resolution
+    residues = np.mod(onsets, step)
+    values, counts = np.unique(np.round(residues, 3), return_counts=True)
+    best = 0.0
+    for offset in values[np.argsort(-counts, kind="stable")[:5]]:  # the commonest residues
+        distance = np.abs(residues - offset)
+        best = max(best, float((np.minimum(distance, step - distance) <= tolerance).mean()))
+    return best
+
+
+def piece_kind(score):
+    """("sequenced" | "performed", grid share) of a symusic score, from its onsets alone: a file
+    recorded from the keys (or transcribed from audio) has onsets as played, off any grid."""
+    share = grid_share(notes_of(t for t in score.tracks if not t.is_drum)["time"], score.tpq)
+    return ("performed" if share < PERFORMED_BELOW else "sequenced"), share
 
 
 def snap_onsets(score, steps_per_quarter=ONSET_STEPS_PER_QUARTER):

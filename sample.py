@@ -26,7 +26,7 @@ from audio import SOUNDFONT_ENV, SOUNDFONT_FOLDERS, find_soundfont, render, wav_
 from checkpoints import load_trained
 from cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, fraction_in, non_negative_int,
                  positive_float, positive_int)
-from dataset import UNCONDITIONAL
+from dataset import RENDER_AS, UNCONDITIONAL
 from devices import device_type_of, resolve_device, resolve_dtype
 from gallery import write_gallery
 from pictures import png_bytes
@@ -147,6 +147,10 @@ def parse_args(argv):
     parser.add_argument("--temperature", type=positive_float, default=0.9)
     parser.add_argument("--top_k", type=non_negative_int, default=40, help="0 = off")
     parser.add_argument("--top_p", type=fraction_in(0, 1), default=0.95, help="nucleus mass in (0, 1]")
+    parser.add_argument("--render_as", default="any", choices=("any",) + tuple(RENDER_AS),
+                        help="the texture of the new piece, for a model trained with a kind condition (n_kinds=3): "
+                             "a score (metronomic, as written) or a performance (as played: rubato, pedal, dynamics); "
+                             "any: the model's own mix")
     parser.add_argument("--max_new_tokens", type=positive_int, default=2048)
     parser.add_argument("--num_samples", type=positive_int, default=1)
     parser.add_argument("--seed", type=non_negative_int, default=1337)
@@ -185,7 +189,8 @@ def guidance_list(text):
 
 
 def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
-                     guidance, seed, constrained, device, progress=True, compile=False, guidance_mode="within_types"):
+                     guidance, seed, constrained, device, progress=True, compile=False, guidance_mode="within_types",
+                     kind=None):
     """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces."""
     from tqdm import tqdm
 
@@ -197,7 +202,7 @@ def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_t
                          guidance=guidance, generator=generator,
                          logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT) if constrained else None,
                          on_step=lambda *_: bar.update(), compile=compile,
-                         guidance_kinds=guidance_kinds(tokenizer, guidance_mode))
+                         guidance_kinds=guidance_kinds(tokenizer, guidance_mode), kind=kind)
     bar.close()
     return [row[1:] for row in out.tolist()]
 
@@ -321,6 +326,10 @@ def run(args):
     else:
         composer_id, composer_name = resolve_composer(composers, args.composer, args.composer_id)
         condition = composer_id
+    if args.render_as != "any" and not model.config.n_kinds:
+        raise CliError(f"--render_as {args.render_as} needs a model trained with a kind condition (n_kinds=3); "
+                       f"{args.ckpt} has none: use --render_as any")
+    kind = RENDER_AS.get(args.render_as)
     soundfont = find_soundfont(args.soundfont) if args.audio else None
     bos = tokenizer.vocab["BOS_None"]
     prompt = load_prompt(args.prompt, tokenizer, args.prompt_tokens, bos) if args.prompt else [bos]
@@ -331,6 +340,7 @@ def run(args):
           f"guidance {guidances} ({args.guidance_mode}), "
           f"temperature {args.temperature}, top_k {args.top_k}, top_p {args.top_p}, {args.num_samples} x "
           f"{args.max_new_tokens} tokens, {'constrained' if args.constrained else 'unconstrained'}, "
+          f"rendered as {args.render_as}, "
           f"prompt {len(prompt)} tokens")
     os.makedirs(args.out_dir, exist_ok=True)
     safe = "".join(c if c.isalnum() else "_" for c in composer_name).strip("_") or "unconditional"
@@ -342,7 +352,7 @@ def run(args):
         start = time.time()
         samples = generate_samples(model, tokenizer, condition, prompt, args.num_samples, args.max_new_tokens,
                                    args.temperature, args.top_k, args.top_p, guidance, args.seed, args.constrained,
-                                   device, compile=compiled, guidance_mode=args.guidance_mode)
+                                   device, compile=compiled, guidance_mode=args.guidance_mode, kind=kind)
         elapsed += time.time() - start
         tokens += args.num_samples * args.max_new_tokens
         tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
@@ -350,7 +360,7 @@ def run(args):
             name = f"{stem_base}{tag}_{i}" if args.num_samples > 1 else f"{stem_base}{tag}"
             stem = claim_stem(os.path.join(args.out_dir, name))
             settings = {"composer": composer_name, "composer_id": composer_id, "guidance": guidance,
-                        "guidance_mode": args.guidance_mode,
+                        "guidance_mode": args.guidance_mode, "render_as": args.render_as,
                         **({"mix": {str(k): w for k, w in condition.items()}} if isinstance(condition, dict) else {}),
                         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
                         "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt,

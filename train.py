@@ -61,6 +61,7 @@ class TrainConfig:
     tie_head: bool = True
     zero_init: bool = False  # zero-initialised residual projections (and untied head)
     logit_softcap: float = 0.0  # 0 = off
+    n_kinds: int = 0  # 3: condition on the piece's kind too (0 unknown, 1 score, 2 performance; prepare.py detects it)
     optimizer: str = "adamw"  # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
     # optimisation
     learning_rate: float = 5e-4
@@ -73,6 +74,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     # data
     cond_drop: float = 0.1  # share of windows whose composer becomes 0 (trains the CFG branch)
+    kind_drop: float = 0.1  # with n_kinds: share of windows whose kind becomes 0 (a prompt of unknown kind)
     composer_mode: str = "add"  # add (the seed's input embedding) | block (also a composer vector per block)
     composer_balance: float = 0.0  # 0: every piece equally often; 1: every composer equally often
     composer_decay: bool = True  # weight decay on the composer table (the seed: yes)
@@ -100,9 +102,11 @@ class TrainConfig:
             raise CliError(f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise CliError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got {self.device!r}")
+        if self.n_kinds not in (0, 3):
+            raise CliError(f"n_kinds must be 0 (off) or 3 (unknown, score, performance); got {self.n_kinds}")
         if self.n_embd % self.n_head:
             raise CliError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for key in ("dropout", "attn_dropout", "cond_drop", "warmup_frac", "label_smoothing"):
+        for key in ("dropout", "attn_dropout", "cond_drop", "kind_drop", "warmup_frac", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 raise CliError(f"{key} must be in [0, 1), got {getattr(self, key)}")
         for key in ("max_minutes", "save_every_min"):
@@ -185,11 +189,11 @@ def lr_at(it, cfg, max_iters, time_progress=0.0):
 # ----------------------------------------------------------------------------- training
 
 
-def window_nll(model, x, y, composer):
+def window_nll(model, x, y, composer, kind=None):
     """Mean negative log-likelihood of the non-PAD targets: no label smoothing, whatever the
     model trains with, so runs with and without smoothing compare on one scale."""
     real = (y != model.config.pad_id).float()
-    return -(model.token_log_probs(x, composer, y) * real).sum() / real.sum()
+    return -(model.token_log_probs(x, composer, y, kind) * real).sum() / real.sum()
 
 
 @torch.no_grad()
@@ -201,11 +205,10 @@ def estimate_val_loss(model, sampler, cfg, ctx, device):
     losses = {"true": [], "uncond": []}
     for i in range(cfg.eval_iters):
         rng = np.random.default_rng([cfg.seed, 7, i])  # the same windows at every evaluation
-        x, y, composer = sampler.batch(rng.integers(0, len(sampler), cfg.batch_size), rng)
-        x, y, composer = x.to(device), y.to(device), composer.to(device)
+        x, y, composer, kind = (t.to(device) for t in sampler.batch(rng.integers(0, len(sampler), cfg.batch_size), rng))
         with ctx:
-            losses["true"].append(window_nll(model, x, y, composer).item())
-            losses["uncond"].append(window_nll(model, x, y, torch.zeros_like(composer)).item())
+            losses["true"].append(window_nll(model, x, y, composer, kind).item())
+            losses["uncond"].append(window_nll(model, x, y, torch.zeros_like(composer), kind).item())
     model.train()
     return float(np.mean(losses["true"])), float(np.mean(losses["uncond"]))
 
@@ -432,11 +435,11 @@ def run_training(cfg, stop_after, stack):
             rng = np.random.default_rng([cfg.seed, rank, it, micro])
             first_sample = (it * cfg.grad_accum + rank * accum + micro) * cfg.batch_size
             pieces = train_pieces(len(train_data), cfg.seed, first_sample, cfg.batch_size, piece_weights)
-            x, y, composer = train_data.batch(pieces, rng, cfg.cond_drop, cfg.transpose, cfg.time_stretch)
-            x, y, composer = x.to(device), y.to(device), composer.to(device)
+            x, y, composer, kind = (t.to(device) for t in train_data.batch(
+                pieces, rng, cfg.cond_drop, cfg.transpose, cfg.time_stretch, cfg.kind_drop if cfg.n_kinds else 0.0))
             sync = model.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
             with sync, ctx:
-                _, loss = model(x, composer, targets=y)
+                _, loss = model(x, composer, targets=y, kind=kind)
                 loss = loss / accum
             scaler.scale(loss).backward()
             loss_sum += loss.item()

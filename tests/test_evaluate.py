@@ -104,6 +104,8 @@ def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, tiny_dataset,
     assert 0 <= r["samples"]["3.0"]["self_judged_adherence"] <= 1 and 0 <= r["samples"]["3.0"]["judge_accuracy"] <= 1
     ident = r["val_pieces"]["identification"]
     assert ident["pieces"] == 5 and ident["chance"] == 1 / 3
+    assert set(r["val_pieces"]["by_kind"]) == {"sequenced"}  # the fixture's pieces are written, not played
+    assert r["val_pieces"]["by_kind"]["sequenced"]["identification"]["accuracy"] == ident["accuracy"]
     for key in ("true", "uncond", "wrong"):
         n = r["val_pieces"]["nll"][key]
         assert n["low"] <= n["mean"] <= n["high"]

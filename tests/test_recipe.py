@@ -197,8 +197,8 @@ def test_stretched_windows_differ_only_in_tempo_and_duration_tokens(tiny_dataset
     kinds = np.array([t.split("_")[0] for t, _ in sorted(dataset.tokenizer.vocab.items(), key=lambda kv: kv[1])])
     changed = 0
     for piece in range(len(sampler)):
-        plain, _, _ = sampler.batch([piece], np.random.default_rng(piece))
-        stretched, _, _ = sampler.batch([piece], np.random.default_rng(piece), time_stretch=0.5)
+        plain, _, _, _ = sampler.batch([piece], np.random.default_rng(piece))
+        stretched, _, _, _ = sampler.batch([piece], np.random.default_rng(piece), time_stretch=0.5)
         moved = (plain != stretched).numpy()[0]
         assert set(kinds[plain.numpy()[0][moved]]) <= {"Tempo", "Duration"}
         changed += moved.sum()

@@ -37,7 +37,7 @@ def test_windows_start_with_bos_stay_inside_one_piece_and_pad_the_tail(tiny_data
     sampler, meta = sampler_of(tiny_dataset, block_size=600)  # longer than every piece: must pad
     rng = np.random.default_rng(0)
     pieces = np.arange(len(sampler))
-    x, y, composer = sampler.batch(pieces, rng)
+    x, y, composer, _ = sampler.batch(pieces, rng)
     assert x.shape == y.shape == (len(pieces), 600)
     assert (x[:, 0] == meta["bos_id"]).all()
     assert torch.equal(x[:, 1:], y[:, :-1]), "target is the input shifted by one"
@@ -48,7 +48,7 @@ def test_windows_start_with_bos_stay_inside_one_piece_and_pad_the_tail(tiny_data
         assert (y[row, length:] == meta["pad_id"]).all()
         assert composer[row] == composer_id
     sampler, _ = sampler_of(tiny_dataset, block_size=16)
-    x, y, _ = sampler.batch(np.zeros(50, dtype=int), rng)
+    x, y, _, _ = sampler.batch(np.zeros(50, dtype=int), rng)
     offset, length, _ = sampler.index[0]
     piece = sampler.tokens[offset:offset + length].astype(np.int64).tobytes()
     for row in y.numpy():
@@ -58,12 +58,23 @@ def test_windows_start_with_bos_stay_inside_one_piece_and_pad_the_tail(tiny_data
 def test_condition_dropout_replaces_the_composer_at_the_configured_rate(tiny_dataset):
     sampler, _ = sampler_of(tiny_dataset)
     rng = np.random.default_rng(1)
-    _, _, composer = sampler.batch(np.zeros(4000, dtype=int), rng, cond_drop=0.25)
+    _, _, composer, _ = sampler.batch(np.zeros(4000, dtype=int), rng, cond_drop=0.25)
     dropped = (composer == 0).float().mean().item()
     assert 0.22 < dropped < 0.28
     assert set(composer.unique().tolist()) == {0, int(sampler.index[0, 2])}
-    _, _, composer = sampler.batch(np.zeros(500, dtype=int), rng, cond_drop=0.0)
+    _, _, composer, _ = sampler.batch(np.zeros(500, dtype=int), rng, cond_drop=0.0)
     assert (composer != 0).all()
+
+
+def test_kind_dropout_replaces_the_kind_at_its_own_rate(tiny_dataset):
+    sampler, _ = sampler_of(tiny_dataset)
+    rng = np.random.default_rng(2)
+    _, _, composer, kind = sampler.batch(np.zeros(4000, dtype=int), rng, cond_drop=0.0, kind_drop=0.25)
+    assert 0.22 < (kind == 0).float().mean().item() < 0.28
+    assert set(kind.unique().tolist()) == {0, int(sampler.kinds[0])} and sampler.kinds[0] == 1  # the fixture is sequenced
+    assert (composer != 0).all(), "the composer keeps its own dropout"
+    _, _, _, kind = sampler.batch(np.zeros(500, dtype=int), rng)
+    assert (kind == 1).all()
 
 
 def test_transposition_moves_pitch_tokens_only_and_stays_on_the_piano(tiny_dataset):
