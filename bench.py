@@ -11,13 +11,18 @@ Cases:
   sample   128 prompt + 2048 new tokens at the seed's shape: eager and compiled decode steps side
            by side (compile seconds, 1 and 4 samples, guidance 1 and 3), and the seed's method
            (recompute the whole context every step) for scale
+  loop     where a training step of config/remi_cpu.py goes: the bare forward + backward, the
+           optimizer step, a batch from the data sampler, an evaluation, and train.py's whole loop
+           (run as a program on --data_dir for a few dozen iterations), beside Hugging Face's GPT-2 of
+           the same shape where transformers is installed (never a dependency)
   prepare  pieces/s encoding real MIDI with 1 worker vs all cores
 """
 import dataclasses
 import json
 import os
-import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -25,9 +30,9 @@ import torch
 
 from cli import Parser, fail, load_config, positive_int
 from model import ModelConfig, MusicTransformer, guided_logits, sample_next
-from devices import autocast_context, measure_matmul_peak, resolve_device, resolve_dtype
+from devices import autocast_context, cpu_description, measure_matmul_peak, resolve_device, resolve_dtype
 
-CASES = ("matmul", "train", "sample", "prepare")
+CASES = ("matmul", "train", "loop", "sample", "prepare")
 SEED_SHAPE = dict(n_layer=8, n_head=8, n_embd=512)
 CPU_SHAPE_BEFORE = dict(n_layer=4, n_head=4, n_embd=128)  # config/remi_cpu.py before the modern recipe
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -104,6 +109,110 @@ def bench_train(name, cfg, batch_size, device, dtype, peak, steps, compile_model
           "warmup_s": round(warmup, 1), "params_M": round(model.num_params() / 1e6, 2),
           "step_ms": round(seconds * 1e3, 1), "tokens_per_s": round(tokens_per_s),
           "achieved_GFLOPs": round(flops / 1e9, 1), "mfu_vs_measured_peak": round(flops / peak, 3)})
+
+
+def timed(fn, device, repeats):
+    """Best-of-3 mean seconds of fn() over `repeats` calls, after one warm-up call."""
+    fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return best
+
+
+def hf_gpt2_step_seconds(cfg, batch_size, device, repeats):
+    """Forward + backward + fused AdamW of transformers' GPT2LMHeadModel at cfg's shape, or None
+    where transformers is not installed."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                                       n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+                                       attn_pdrop=0.0)).to(device)
+    model.config._attn_implementation = "sdpa"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randint(2, cfg.vocab_size, (batch_size, cfg.block_size), device=device)
+
+    def step():
+        model(x, labels=x).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return timed(step, device, repeats)
+
+
+def loop_tokens_per_s(data_dir, iters, threads=None):
+    """Median tokens/s that train.py logs over `iters` iterations of config/remi_cpu.py on data_dir
+    (the first logged interval, which holds the start-up, left out); None without the dataset."""
+    if not os.path.isdir(data_dir):
+        return None
+    out = tempfile.mkdtemp(prefix="bench-loop-")
+    try:
+        subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "remi_cpu.py"),
+                        f"--data_dir={data_dir}", f"--out_dir={out}", f"--max_iters={iters}", "--max_minutes=0",
+                        "--eval_interval=1000000", "--log_interval=10", "--save_every_min=0"],
+                       check=True, capture_output=True, cwd=ROOT)
+        with open(os.path.join(out, "log.jsonl")) as f:
+            rates = [r["tokens_per_s"] for r in map(json.loads, f) if "tokens_per_s" in r][1:]
+        return sorted(rates)[len(rates) // 2] if rates else None
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_loop(cfg, batch_size, optimizer_name, device, dtype, data_dir, repeats, loop_iters):
+    """Where a training step of the shipped config goes (see the module docstring)."""
+    model = make_model(cfg, device)
+    device_type = "cuda" if device.startswith("cuda") else device
+    ctx = autocast_context(device_type, dtype)
+    optimizer = model.configure_optimizers(0.1, 1e-4, device_type=device_type, optimizer=optimizer_name)
+    x = torch.randint(2, cfg.vocab_size, (batch_size, cfg.block_size), device=device)
+    composer = torch.randint(0, cfg.n_composers, (batch_size,), device=device)
+
+    def forward_backward():
+        with ctx:
+            _, loss = model(x, composer, targets=x)
+        loss.backward()
+
+    def optimizer_step():
+        optimizer.step()
+
+    def evaluation_forward():
+        with torch.no_grad(), ctx:
+            model(x, composer, targets=x)
+
+    forward_backward()  # gradients for the optimizer's timing
+    tokens = batch_size * cfg.block_size
+    parts = {"forward_backward": timed(forward_backward, device, repeats), "optimizer_step": timed(optimizer_step, device, repeats)}
+    model.zero_grad(set_to_none=True)
+    parts["eval_forward"] = timed(evaluation_forward, device, repeats)
+    if os.path.isdir(data_dir):
+        import numpy as np
+
+        from dataset import WindowSampler, open_dataset
+
+        sampler = WindowSampler(open_dataset(data_dir), "train", cfg.block_size)
+        rng = np.random.default_rng(0)
+        parts["data_batch"] = timed(lambda: sampler.batch(rng.integers(0, len(sampler), batch_size), rng), "cpu", repeats)
+    step = parts["forward_backward"] + parts["optimizer_step"] + parts.get("data_batch", 0.0)
+    record = {"case": "loop", "optimizer": optimizer_name, "dtype": dtype, "tokens_per_step": tokens,
+              **{f"{k}_ms": round(v * 1e3, 1) for k, v in parts.items()},
+              "optimizer_share_of_step": round(parts["optimizer_step"] / step, 3),
+              "bare_forward_backward_tokens_per_s": round(tokens / parts["forward_backward"]),
+              "bare_step_tokens_per_s": round(tokens / (parts["forward_backward"] + parts["optimizer_step"]))}
+    hf = hf_gpt2_step_seconds(cfg, batch_size, device, repeats) if device_type == "cpu" or device_type == "cuda" else None
+    record["hf_gpt2_step_tokens_per_s"] = round(tokens / hf) if hf else "transformers not installed"
+    if device_type == "cpu" and loop_iters:
+        loop = loop_tokens_per_s(data_dir, loop_iters)
+        record["train_py_loop_tokens_per_s"] = loop if loop else f"no dataset at {data_dir}"
+        if loop:
+            record["loop_over_bare_step"] = round(loop / record["bare_step_tokens_per_s"], 3)
+    emit(record)
 
 
 @torch.no_grad()
@@ -219,6 +328,9 @@ def main(argv=None):
     parser.add_argument("--midi_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared",
                                                            "midi", "piano-midi"))
     parser.add_argument("--compile", action="store_true", help="torch.compile the training cases")
+    parser.add_argument("--data_dir", default=os.path.join(ROOT, "data", "classical"),
+                        help="dataset for the loop case's data sampler and train.py run (skipped where absent)")
+    parser.add_argument("--loop_iters", type=positive_int, default=60, help="train.py iterations of the loop case")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and lengths (tests the script)")
     parser.add_argument("--no_recompute", action="store_true", help="skip the seed's recompute-every-step baseline")
     parser.add_argument("--sample_dtype", default="float32", choices=("float32", "bfloat16", "float16"),
@@ -231,7 +343,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     device_type = "cuda" if device.startswith("cuda") else device
     dtype = resolve_dtype("auto", device_type)
-    name = torch.cuda.get_device_name() if device_type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name() if device_type == "cuda" else cpu_description()
     emit({"case": "machine", "device": device, "name": name, "threads": torch.get_num_threads(),
           "cpu_count": os.cpu_count(), "torch": torch.__version__, "dtype": dtype})
     seed_shape, cpu_before = SEED_SHAPE, CPU_SHAPE_BEFORE
@@ -253,6 +365,9 @@ def main(argv=None):
         bench_train("remi_cpu_before", model_config(cpu_before, 64 if args.quick else 512), 8, device, dtype, peak,
                     steps, args.compile)
         bench_train("remi_cpu", cpu_cfg, cpu_batch, device, dtype, peak, steps, args.compile, optimizer=cpu_optimizer)
+    if "loop" in cases:
+        bench_loop(cpu_cfg, cpu_batch, cpu_optimizer, device, dtype, args.data_dir, 1 if args.quick else 5,
+                   0 if args.quick else args.loop_iters)
     if "sample" in cases:
         bench_sample(seed_shape, 64 if args.quick else 8192, 8 if args.quick else 128, new_tokens, device,
                      0 if args.no_recompute else points, args.sample_dtype)

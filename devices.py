@@ -29,6 +29,20 @@ def cpu_has_native_bf16():
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def cpu_description():
+    """The CPU's model name (from /proc/cpuinfo where there is one) and whether it has native bf16:
+    the two facts that set how fast a recipe trains here."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {'native' if cpu_has_native_bf16() else 'no native'} bf16"
+
+
 def resolve_dtype(name, device_type):
     """auto -> bf16 on a GPU that has it (else fp16), bf16 on a CPU with native bf16
     (AVX512-BF16 or AMX), float32 elsewhere: bf16 emulated on AVX2 crawls."""

@@ -24,8 +24,10 @@ import torch
 from checkpoints import save_checkpoint
 from cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
 from dataset import WindowSampler, open_dataset
-from devices import autocast_context, device_type_of, measure_matmul_peak, resolve_device, resolve_dtype
-from model import OPTIMIZERS, ModelConfig, MusicTransformer, load_checkpoint, load_state
+from devices import (autocast_context, cpu_description, device_type_of, measure_matmul_peak, resolve_device,
+                     resolve_dtype)
+from model import ModelConfig, MusicTransformer, load_checkpoint, load_state
+from optim import OPTIMIZERS, orthogonalization_dtype
 from pictures import chart, png_bytes, side_by_side
 
 
@@ -364,7 +366,11 @@ def run_training(cfg, stop_after, stack):
             keep_previous_run(cfg.out_dir, say)
         say(f"data {cfg.data_dir}: {len(train_data)} train / {len(val_data) if val_data else 0} val pieces, "
             f"{meta['n_composers'] - 1} composers; PAD share of training targets {pad_share(train_data, cfg.batch_size, cfg.seed):.1%}")
-        say(f"model {raw_model.num_params() / 1e6:.2f}M parameters; device {device}, {dtype}, {world} process(es); "
+        hardware = f"{device} ({cpu_description()})" if device_type == "cpu" else device
+        if cfg.optimizer == "muon":  # bf16 only where the device runs it natively (optim.orthogonalization_dtype)
+            hardware += f", Muon orthogonalising in {str(orthogonalization_dtype(device)).removeprefix('torch.')}"
+        say(f"model {raw_model.num_params() / 1e6:.2f}M parameters; device {hardware}, "
+            f"{dtype}, {world} process(es); "
             f"{tokens_per_iter:,} tokens/iter; iters {start_iter} -> {max_iters}; matmul peak {peak / 1e9:.0f} GFLOP/s")
     log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None
 
