@@ -29,7 +29,8 @@ import time
 import torch
 
 from cli import Parser, fail, load_config, positive_int
-from model import ModelConfig, MusicTransformer, guided_logits, sample_next
+from engine import guided_logits, sample_next
+from model import ModelConfig, MusicTransformer
 from devices import autocast_context, cpu_description, measure_matmul_peak, resolve_device, resolve_dtype
 
 CASES = ("matmul", "train", "loop", "sample", "prepare")

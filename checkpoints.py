@@ -7,12 +7,16 @@ fit its config, whose tokenizer does not parse or does not match the model's voc
 or whose composers do not match the composer table.
 """
 import io
+import os
+import pickle
+import warnings
+import zipfile
 
 import torch
 
 from cli import CliError, atomic_write_bytes
 from dataset import composer_table_problem
-from model import MusicTransformer, load_checkpoint
+from model import MusicTransformer
 from remi import check_tokenizer
 
 
@@ -42,3 +46,28 @@ def load_trained(path, device="cpu"):
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from None
     return model, checkpoint, tokenizer
+
+
+def load_checkpoint(path, device="cpu", mmap=False):
+    """torch.load with weights_only=True: a checkpoint carrying code is refused. mmap=True maps
+    the file instead of reading it (a zip-format file only): a sampler then never reads the
+    optimizer state, most of a training checkpoint. Not for resuming: on some systems a mapped
+    file cannot be replaced, and train.py replaces its checkpoint."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; our error says more
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location=device, weights_only=True,
+                                    mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        culprit = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line or "GLOBAL" in line),
+                       "objects other than tensors")
+        raise ValueError(f"refusing to load {path}: it is not a plain-tensor checkpoint and may run code "
+                         f"({culprit}); only load checkpoints from sources you trust") from None
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    missing = [k for k in ("model", "model_config") if k not in checkpoint]
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)})")
+    return checkpoint

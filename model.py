@@ -1,19 +1,17 @@
-"""The whole model: a GPT-2-style causal transformer over REMI tokens, conditioned on a composer.
+"""The network: a GPT-2-style causal transformer over REMI tokens, conditioned on a composer
+(and, optionally, on the kind of MIDI: score or performance).
 
 token embedding + composer embedding (every position) + position embedding -> dropout ->
 n_layer pre-LN blocks (SDPA attention, GELU MLP) -> LayerNorm -> head tied to the token
-embedding. `generate` decodes with a KV cache and classifier-free guidance in one batch.
+embedding. Its forward runs a chunk (into a KV cache when given one) and decode_step one token;
+how tokens are produced (cache, prefill, guidance, filters) is engine.py's, the optimizers are
+optim.py's, checkpoint files are checkpoints.py's.
 
 The modern recipe's levers are ModelConfig options, each off by default so that the seed's
 architecture is the default: rotary positions, RMSNorm, ReLU² or SwiGLU MLPs, QK-norm, an
 untied (zero-initialised) head, zero-initialised residual projections, logit soft-capping.
 """
 import math
-import os
-import pickle
-import warnings
-import zipfile
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 
 import torch
@@ -21,7 +19,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from optim import OPTIMIZERS, Muon, MuonWithAdamW, orthogonalization_dtype
+import engine
+import optim
 
 
 COMPOSER_MODES = ("add", "block")
@@ -73,39 +72,6 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-class KVCache:
-    """Keys and values of one attention layer, preallocated for max_len positions.
-
-    Two ways in: append (a chunk after the `length` cached positions: the prefill) and write_at
-    (one token at a position given as a device tensor). With static=True a one-token step then
-    attends over all max_len slots under a mask (the static shapes a compiled step needs);
-    otherwise over the filled slots only, which reads less memory in eager mode.
-    """
-
-    def __init__(self, batch, n_head, max_len, head_dim, dtype, device):
-        self.k = torch.zeros(batch, n_head, max_len, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-        self.length = 0  # filled slots, as the eager paths count them
-        self.static = False  # True: one-token steps attend over every slot under a mask (compiled decoding)
-
-    def append(self, k, v):
-        start, end = self.length, self.length + k.size(2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-    def write_at(self, pos, k, v):
-        """Store one token's k, v at pos; (keys, values, mask) for its attention: the filled
-        slots and no mask (eager), or every slot masked beyond pos (static)."""
-        self.k.index_copy_(2, pos, k.to(self.k.dtype))
-        self.v.index_copy_(2, pos, v.to(self.v.dtype))
-        if self.static:
-            return self.k, self.v, (torch.arange(self.k.size(2), device=pos.device) <= pos)[None, :]
-        self.length += 1
-        return self.k[:, :, :self.length], self.v[:, :, :self.length], None
-
-
 class RMSNorm(nn.RMSNorm):
     """nn.RMSNorm computed in float32, as autocast does for LayerNorm: under bf16 autocast the
     plain module sees a bf16 input beside float32 gains and leaves its fused kernel."""
@@ -123,9 +89,9 @@ def norm_layer(cfg, size=None):
 
 
 class Linear(nn.Linear):
-    """nn.Linear that can run from a weight prepacked for oneDNN. A plain CPU linear reorders its
-    weight into oneDNN's blocked layout on every call, which doubles the cost of a one-token
-    decoding step (see prepacked_weights). The packed copy is used only while it is set, no
+    """nn.Linear that can run from a weight prepacked for oneDNN (set by engine.prepacked_weights).
+    A plain CPU linear reorders its weight into oneDNN's blocked layout on every call, which doubles
+    the cost of a one-token decoding step. The packed copy is used only while it is set, no
     gradient is wanted (the packed op has no backward) and autocast is off (it would bypass it)."""
 
     packed = None
@@ -135,56 +101,6 @@ class Linear(nn.Linear):
                 and not torch.is_autocast_enabled(x.device.type) and torch._C._get_mkldnn_enabled()):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return super().forward(x)
-
-
-PREPACK_MIN_FLOAT32 = 1 << 17  # elements: smaller float32 matrices run faster through MKL's plain call
-
-
-def can_prepack(weight):
-    """Packing this weight for oneDNN pays: a CPU tensor in bf16 where the CPU has native bf16
-    (a plain bf16 linear goes through oneDNN anyway, reordering every call), or a float32 one of
-    at least PREPACK_MIN_FLOAT32 elements (below that MKL's plain call has less overhead than
-    oneDNN's: 32 matrices of a 128-wide model take 0.28 ms plain vs 0.72 ms packed, Zen 4)."""
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return False
-    if weight.dtype == torch.float32:
-        return weight.numel() >= PREPACK_MIN_FLOAT32
-    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-@contextmanager
-def prepacked_weights(model, rows):
-    """Inside: every Linear of model runs from a weight reordered once for oneDNN (rows: the
-    batch it will mostly see). Same results, bit for bit in bf16 (tested); about half the
-    time of a CPU decoding step. Packs are dropped on exit, so training never sees stale ones."""
-    linears = [m for m in model.modules() if isinstance(m, Linear) and can_prepack(m.weight)]
-    for m in linears:
-        m.packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows)
-    try:
-        yield
-    finally:
-        for m in linears:
-            m.packed = None
-
-
-def gemv_pays(rows, weight):
-    """One row of bf16 on a CPU: aten's own bf16 matrix-vector kernel (float32 accumulation,
-    rounded once, like oneDNN's) reads the weights faster than oneDNN's packed kernel (the seed
-    shape's 32 matrices at M = 1: 2.1 vs 2.7 ms on a Zen 4), so such decoding steps run with
-    oneDNN off (see onednn_off). With more rows aten's bf16 path is far slower than oneDNN's."""
-    return rows == 1 and weight.device.type == "cpu" and weight.dtype == torch.bfloat16
-
-
-@contextmanager
-def onednn_off():
-    """Inside: CPU matmuls run in aten's own kernels instead of oneDNN's (the global flag is
-    restored on exit, exception or not)."""
-    was_enabled = torch._C._get_mkldnn_enabled()
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        yield
-    finally:
-        torch._C._set_mkldnn_enabled(was_enabled)
 
 
 def rotary_tables(head_dim, length, base):
@@ -385,11 +301,6 @@ class MusicTransformer(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def new_caches(self, batch, device, dtype, max_len=None):
-        cfg = self.config
-        return [KVCache(batch, cfg.n_head, max_len or cfg.block_size, cfg.n_embd // cfg.n_head, dtype, device)
-                for _ in self.blocks]
-
     def decode_step(self, token, composer, caches, pos, kind=None):
         """Logits [B, vocab] of the next token after `token` [B, 1] placed at position `pos`
         (a one-element long tensor on the device). Every shape is static and nothing is read
@@ -401,146 +312,19 @@ class MusicTransformer(nn.Module):
             x = block(x, cache, rotary, step_pos=pos)
         return self.head(self.ln_f(x))[:, -1]
 
-    def compiled_decode_step(self, device_type):
-        """decode_step through torch.compile, built once per model (and per device type)."""
-        key = f"_compiled_step_{device_type}"
-        if not hasattr(self, key):
-            mode = "reduce-overhead" if device_type == "cuda" else None  # CUDA graphs on a GPU
-            object.__setattr__(self, key, torch.compile(self.decode_step, mode=mode, fullgraph=True, dynamic=False))
-        return getattr(self, key)
-
-    @torch.no_grad()
     def generate(self, idx, composer, max_new_tokens, temperature=0.9, top_k=40, top_p=0.95, guidance=1.0,
-                 generator=None, logits_processor=None, on_step=None, slide=None, compile=False, guidance_kinds=None,
-                 prepack=True, kind=None):
-        """Continue idx [B, T] by max_new_tokens sampled tokens; returns [B, T + max_new_tokens].
-
-        kind (an int or [B]: 1 score, 2 performance; a model with n_kinds > 0) chooses the texture;
-        both guidance branches keep it, so guidance moves the composer only.
-
-        guidance g != 1 runs the conditional rows and unconditional (composer 0) rows in ONE
-        batched forward and samples from uncond + g * (cond - uncond). The prompt is prefilled
-        in one forward; guidance_kinds (see guided_logits) keeps each token type's probability the
-        conditional model's. Each new token then goes through decode_step (static shapes, the
-        position a device tensor; compile=True compiles it once). Guidance, the logits
-        processor and the draw stay on the device: the loop never waits for a token's value.
-        prepack (eager steps): run the Linears from weights packed once for oneDNN (prepacked_weights;
-        same numbers, about half the matmul time on a CPU), or, for one row of bf16, through aten's
-        matrix-vector kernel (gemv_pays). When the context reaches block_size,
-        the window slides: the cache is refilled from
-        the last block_size - slide tokens (slide defaults to block_size // 4).
-        logits_processor(seq, logits) -> logits may mask tokens (grammar constraints);
-        on_step(step, logits, window_start) is called with the logits each token is drawn from.
-        """
-        check_sampling_args(temperature, top_k, top_p, guidance)
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError("idx must be [batch, >=1 tokens] (start with BOS)")
-        block = self.config.block_size
-        slide = max(1, min(block - 1, slide or block // 4))
-        use_cfg = guidance != 1.0
-        if guidance_kinds is not None:
-            guidance_kinds = guidance_kinds.to(idx.device)
-        conditions = torch.cat([composer, unconditional_like(composer)]) if use_cfg else composer
-        if kind is not None:
-            kind = torch.as_tensor(kind, dtype=torch.long, device=idx.device).expand(idx.size(0))
-            kind = torch.cat([kind, kind]) if use_cfg else kind
-        # the KV cache (and so attention) stays float32 on a CPU even under bf16 weights: one query
-        # against thousands of cached keys runs far slower in the CPU's bf16 attention than in float32
-        dtype = next(self.parameters()).dtype
-        if idx.device.type == "cpu":
-            dtype = torch.float32
-        prompt_len = idx.size(1)
-        cache_len = min(block, prompt_len + max_new_tokens)  # static for this call: no slot is wasted
-        step = self.compiled_decode_step(idx.device.type) if compile else self.decode_step
-        cuda_graphs = compile and idx.device.type == "cuda"  # compiled_decode_step's mode there
-
-        def prefill(seq, keep):
-            """Fresh caches holding the last `keep` tokens; logits for the next token."""
-            start = max(0, seq.size(1) - keep)
-            context = seq[:, start:]
-            caches = self.new_caches(conditions.size(0), seq.device, dtype, cache_len)
-            rows = torch.cat([context, context]) if use_cfg else context
-            logits, _ = self(rows, conditions, caches=caches, start_pos=0, kind=kind)
-            for cache in caches:
-                cache.static = compile
-                if cuda_graphs:
-                    # CUDA graphs skip a graph that writes into an ordinary input; a static address may be
-                    # written (a new cache after a slide only re-records the graph)
-                    torch._dynamo.mark_static_address(cache.k)
-                    torch._dynamo.mark_static_address(cache.v)
-            return logits[:, -1], caches, start
-
-        was_training = self.training
-        self.eval()
-        tuned_matmuls = prepack and not compile  # eager CPU steps: packed weights, or one bf16 row through GEMV
-        packing = prepacked_weights(self, conditions.size(0)) if tuned_matmuls else nullcontext()
-        gemv = tuned_matmuls and gemv_pays(conditions.size(0), next(self.parameters()))
-        with packing:
-            out = torch.empty(idx.size(0), prompt_len + max_new_tokens, dtype=idx.dtype, device=idx.device)
-            out[:, :prompt_len] = idx
-            length = min(prompt_len, block)  # cached positions (host int: known without asking the device)
-            logits, caches, start = prefill(idx, block)
-            pos = torch.full((1,), length, dtype=torch.long, device=idx.device)
-            for i in range(max_new_tokens):
-                seq = out[:, :prompt_len + i]
-                mixed = guided_logits(logits, guidance, guidance_kinds) if use_cfg else logits.float()
-                if logits_processor is not None:
-                    mixed = logits_processor(seq, mixed)
-                if on_step is not None:
-                    on_step(i, mixed, start)
-                next_token = sample_next(mixed, temperature, top_k, top_p, generator)
-                out[:, prompt_len + i] = next_token[:, 0]
-                if i == max_new_tokens - 1:
-                    break
-                if length == block:  # window full: slide and re-prefill
-                    logits, caches, start = prefill(out[:, :prompt_len + i + 1], block - slide)
-                    length = caches[0].length
-                    pos.fill_(length)
-                else:
-                    rows = torch.cat([next_token, next_token]) if use_cfg else next_token
-                    with onednn_off() if gemv else nullcontext():
-                        logits = step(rows, conditions, caches, pos, kind)
-                    if cuda_graphs:
-                        logits = logits.clone()  # a CUDA graph overwrites its outputs at its next replay
-                    pos += 1
-                    length += 1
-        self.train(was_training)
-        return out
-
-    # ------------------------------------------------------------------ training helpers
+                 **options):
+        """prompt idx [B, T] + max_new_tokens sampled tokens, KV-cached, with classifier-free guidance:
+        engine.generate, where every option is described."""
+        return engine.generate(self, idx, composer, max_new_tokens, temperature, top_k, top_p, guidance, **options)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu",
                              composer_decay=True, composer_lr_scale=1.0, optimizer="adamw"):
-        """AdamW (fused: one kernel for all tensors); weight decay on 2-D weights (matmuls,
-        embeddings) only. optimizer="muon": Muon on the blocks' 2-D matrices, AdamW on the
-        rest (embeddings, composer table, head, gains, biases); see MuonWithAdamW.
+        """optim.configure_optimizers for this model."""
+        return optim.configure_optimizers(self, weight_decay, learning_rate, betas, device_type, composer_decay,
+                                          composer_lr_scale, optimizer)
 
-        composer_decay=False / composer_lr_scale != 1 put the composer tables in a group of
-        their own: no weight decay, and a learning rate scaled by composer_lr_scale (a
-        group's "lr_scale"; the training loop multiplies its scheduled LR by it).
-        """
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        hidden = [p for n, p in named if optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
-        named = [(n, p) for n, p in named if not any(p is h for h in hidden)]
-        own_group = not composer_decay or composer_lr_scale != 1.0
-        composer = [p for n, p in named if own_group and n.startswith("wce")]
-        rest = [(n, p) for n, p in named if not (own_group and n.startswith("wce"))]
-        groups = [
-            {"params": [p for _, p in rest if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for _, p in rest if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        if composer:
-            groups.append({"params": composer, "weight_decay": weight_decay if composer_decay else 0.0,
-                           "lr_scale": composer_lr_scale})
-        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
-        if optimizer == "adamw":
-            return adamw
-        # match_rms_adamw scales each update to AdamW's RMS, so the AdamW learning rate carries over
-        muon = Muon(hidden, lr=learning_rate, weight_decay=weight_decay, momentum=0.95,
-                    ns_dtype=orthogonalization_dtype(hidden[0].device if hidden else "cpu"))
-        return MuonWithAdamW(muon, adamw)
+    # ------------------------------------------------------------------ training helpers
 
     def flops_per_token(self, seq_len):
         """Training (forward + backward) FLOPs per token, PaLM appendix B."""
@@ -556,6 +340,8 @@ class MusicTransformer(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
+        from checkpoints import load_checkpoint  # here, not at the top: checkpoints.py imports this module
+
         return cls.from_checkpoint_dict(load_checkpoint(path, device), device)
 
     @classmethod
@@ -576,100 +362,7 @@ def composer_vectors(table, composer):
     return table(composer)
 
 
-def unconditional_like(composer):
-    """The unconditional condition (composer 0) in the same form as `composer`."""
-    if composer.is_floating_point():
-        return torch.nn.functional.one_hot(torch.zeros(composer.size(0), dtype=torch.long, device=composer.device),
-                                           composer.size(1)).to(composer.dtype)
-    return torch.zeros_like(composer)
-
-
 # ---------------------------------------------------------------------- sampling
-
-
-def check_sampling_args(temperature, top_k, top_p, guidance):
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if top_k is not None and (int(top_k) != top_k or top_k < 0):
-        raise ValueError(f"top_k must be a non-negative integer (0 = off), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not (guidance >= 0 and math.isfinite(guidance)):
-        raise ValueError(f"guidance must be >= 0, got {guidance}")
-
-
-def guided_logits(logits, guidance, kinds=None):
-    """Classifier-free guidance over a batch whose first half is conditional and second half
-    unconditional: uncond + g * (cond - uncond).
-
-    kinds (a type id per vocabulary entry, e.g. remi.token_kinds): guidance only chooses within
-    a token type (which pitch, duration, position); how likely each type is (another note in
-    this chord, or move on in time) stays the conditional model's, so guidance cannot thicken
-    or thin the texture by itself. The outside judge rates it level with plain guidance (README)."""
-    cond, uncond = logits.float().chunk(2)
-    mixed = uncond + guidance * (cond - uncond)
-    if kinds is None:
-        return mixed
-    return mixed - kind_logsumexp(mixed, kinds) + kind_logsumexp(cond, kinds)
-
-
-def kind_logsumexp(logits, kinds):
-    """[B, V]: for every vocabulary entry, the logsumexp of the logits of all entries of its kind."""
-    index = kinds.expand_as(logits)
-    peak = torch.full_like(logits, float("-inf"))  # one slot per kind id (< vocabulary size): no host sync
-    peak = peak.scatter_reduce(1, index, logits, reduce="amax").clamp_min(torch.finfo(logits.dtype).min)
-    shifted = torch.exp(logits - peak.gather(1, index))
-    total = torch.zeros_like(peak).scatter_add(1, index, shifted)
-    return (peak + total.log()).gather(1, index)
-
-
-def filter_logits(logits, top_k=None, top_p=None):
-    """-inf outside the top_k tokens and outside the smallest set whose probability >= top_p."""
-    if top_k:
-        k = min(int(top_k), logits.size(-1))
-        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))  # not logits[mask] = ...: that syncs a GPU
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p
-        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_next(logits, temperature, top_k, top_p, generator=None):
-    probs = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
-# ---------------------------------------------------------------------- checkpoints
-
-
-def load_checkpoint(path, device="cpu", mmap=False):
-    """torch.load with weights_only=True: a checkpoint carrying code is refused. mmap=True maps
-    the file instead of reading it (a zip-format file only): a sampler then never reads the
-    optimizer state, most of a training checkpoint. Not for resuming: on some systems a mapped
-    file cannot be replaced, and train.py replaces its checkpoint."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; our error says more
-            warnings.simplefilter("ignore", UserWarning)
-            checkpoint = torch.load(path, map_location=device, weights_only=True,
-                                    mmap=mmap and zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        culprit = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line or "GLOBAL" in line),
-                       "objects other than tensors")
-        raise ValueError(f"refusing to load {path}: it is not a plain-tensor checkpoint and may run code "
-                         f"({culprit}); only load checkpoints from sources you trust") from None
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    missing = [k for k in ("model", "model_config") if k not in checkpoint]
-    if missing:
-        raise ValueError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)})")
-    return checkpoint
 
 
 def load_state(model, state):

@@ -100,3 +100,37 @@ class MuonWithAdamW:
             raise ValueError("the checkpoint's optimizer state is not Muon + AdamW")
         self.muon.load_state_dict(state["muon"])
         self.adamw.load_state_dict(state["adamw"])
+
+
+def configure_optimizers(model, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu",
+                         composer_decay=True, composer_lr_scale=1.0, optimizer="adamw"):
+    """AdamW (fused: one kernel for all tensors); weight decay on 2-D weights (matmuls,
+    embeddings) only. optimizer="muon": Muon on the blocks' 2-D matrices, AdamW on the
+    rest (embeddings, composer table, head, gains, biases); see MuonWithAdamW.
+
+    composer_decay=False / composer_lr_scale != 1 put the composer tables in a group of
+    their own: no weight decay, and a learning rate scaled by composer_lr_scale (a
+    group's "lr_scale"; the training loop multiplies its scheduled LR by it).
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for n, p in named if optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
+    named = [(n, p) for n, p in named if not any(p is h for h in hidden)]
+    own_group = not composer_decay or composer_lr_scale != 1.0
+    composer = [p for n, p in named if own_group and n.startswith("wce")]
+    rest = [(n, p) for n, p in named if not (own_group and n.startswith("wce"))]
+    groups = [
+        {"params": [p for _, p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for _, p in rest if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if composer:
+        groups.append({"params": composer, "weight_decay": weight_decay if composer_decay else 0.0,
+                       "lr_scale": composer_lr_scale})
+    adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
+    if optimizer == "adamw":
+        return adamw
+    # match_rms_adamw scales each update to AdamW's RMS, so the AdamW learning rate carries over
+    muon = Muon(hidden, lr=learning_rate, weight_decay=weight_decay, momentum=0.95,
+                ns_dtype=orthogonalization_dtype(hidden[0].device if hidden else "cpu"))
+    return MuonWithAdamW(muon, adamw)

@@ -4,7 +4,9 @@ import pickle
 import pytest
 import torch
 
-from model import MusicTransformer, ModelConfig, filter_logits, load_checkpoint, sample_next
+from checkpoints import load_checkpoint
+from engine import filter_logits, new_caches, sample_next
+from model import ModelConfig, MusicTransformer
 
 
 LEVERS = {  # the modern recipe's architecture options (tests/test_recipe.py tests what each promises)
@@ -65,7 +67,7 @@ def test_cache_filled_in_chunks_equals_full_forward(lever):
     idx = torch.randint(2, 64, (2, 20))
     composer = torch.tensor([1, 2])
     full, _ = model(idx, composer, all_logits=True)
-    caches = model.new_caches(2, idx.device, torch.float32)
+    caches = new_caches(model, 2, idx.device, torch.float32)
     pieces = [model(idx[:, a:b], composer, caches=caches, start_pos=a, all_logits=True)[0]
               for a, b in ((0, 7), (7, 8), (8, 20))]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
@@ -102,7 +104,7 @@ def test_guidance_mixes_conditional_and_unconditional_logits(guidance):
 
 @pytest.mark.parametrize("guidance", [0.0, 3.0])
 def test_guidance_within_kinds_keeps_the_conditional_kind_odds_and_guides_inside_each_kind(guidance):
-    from model import guided_logits
+    from engine import guided_logits
     torch.manual_seed(0)
     logits = torch.randn(4, 12) * 3  # rows 0-1 conditional, rows 2-3 unconditional
     logits[0, 5] = -80.0  # a token the guided mix pushes far down must not break the sums
@@ -264,7 +266,8 @@ def test_compiled_decode_step_matches_eager_logits_and_greedy_tokens_with_the_gr
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prepacked_weights_give_the_same_logits_and_are_dropped_on_exit(dtype):
-    from model import Linear, can_prepack, prepacked_weights
+    from engine import can_prepack, prepacked_weights
+    from model import Linear
     torch.manual_seed(0)
     cfg = ModelConfig(block_size=32, vocab_size=64, n_composers=4, n_layer=2, n_head=4, n_embd=256, dropout=0.0,
                       **LEVERS["all"])
@@ -293,7 +296,7 @@ def test_prepacked_weights_give_the_same_logits_and_are_dropped_on_exit(dtype):
 
 
 def test_one_bf16_row_decodes_through_aten_gemv_with_onednns_numbers():
-    from model import gemv_pays, onednn_off
+    from engine import gemv_pays, onednn_off
     torch.manual_seed(0)
     cfg = ModelConfig(block_size=64, vocab_size=64, n_composers=4, n_layer=2, n_head=4, n_embd=256, dropout=0.0)
     model = MusicTransformer(cfg).eval().to(torch.bfloat16)

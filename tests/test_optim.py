@@ -63,9 +63,9 @@ def test_orthogonalization_dtype_follows_the_cpu(monkeypatch, native):
 
 
 def test_configure_optimizers_gives_muon_the_device_dtype(monkeypatch):
-    import model as model_module
+    import optim
+    from model import ModelConfig, MusicTransformer
 
-    monkeypatch.setattr(model_module, "orthogonalization_dtype", lambda device: torch.float16)  # a marker
-    net = model_module.MusicTransformer(model_module.ModelConfig(block_size=8, vocab_size=32, n_composers=2,
-                                                                 n_layer=1, n_head=2, n_embd=16))
+    monkeypatch.setattr(optim, "orthogonalization_dtype", lambda device: torch.float16)  # a marker
+    net = MusicTransformer(ModelConfig(block_size=8, vocab_size=32, n_composers=2, n_layer=1, n_head=2, n_embd=16))
     assert net.configure_optimizers(0.1, 1e-3, optimizer="muon").muon.ns_dtype == torch.float16
