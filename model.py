@@ -8,8 +8,8 @@ how tokens are produced (cache, prefill, guidance, filters) is engine.py's, the 
 optim.py's, checkpoint files are checkpoints.py's.
 
 The modern recipe's levers are ModelConfig options, each off by default so that the seed's
-architecture is the default: rotary positions, RMSNorm, ReLU² or SwiGLU MLPs, QK-norm, an
-untied (zero-initialised) head, zero-initialised residual projections, logit soft-capping.
+architecture is the default: rotary positions, RMSNorm, ReLU² MLPs, QK-norm, an untied head.
+(Levers that lost their ablation are gone; docs/LOG.md keeps their results.)
 """
 import math
 from dataclasses import dataclass, fields
@@ -23,10 +23,9 @@ import engine
 import optim
 
 
-COMPOSER_MODES = ("add", "block")
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "relu2", "swiglu")
+MLPS = ("gelu", "relu2")
 
 
 @dataclass
@@ -43,24 +42,18 @@ class ModelConfig:
     label_smoothing: float = 0.1
     pad_id: int = 0
     grad_checkpoint: bool = False  # recompute each block's activations in backward (long contexts)
-    composer_mode: str = "add"  # add: the seed's composer embedding added at the input; block: also one per block
     positions: str = "learned"  # learned: the seed's table of block_size vectors; rope: rotary q/k (no table)
     rope_base: float = 10000.0
     norm: str = "layernorm"  # layernorm (the seed's) | rmsnorm (no mean, no bias)
-    mlp: str = "gelu"  # gelu (the seed's, 4x) | relu2 (relu(x)^2, 4x) | swiglu (silu gate, 8/3x rounded to 64)
+    mlp: str = "gelu"  # gelu (the seed's) | relu2 (relu(x)^2), both 4x wide
     qk_norm: bool = False  # RMS-normalise queries and keys per head (learned gains) before attention
     tie_head: bool = True  # the head shares the token embedding (the seed); False: its own matrix
-    zero_init: bool = False  # residual projections (and an untied head) start at zero: each block starts as identity
-    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap)
     n_kinds: int = 0  # > 0: a learned kind embedding beside the composer's (row 0 unknown, 1 score, 2 performance)
 
     def __post_init__(self):
-        for key, choices in (("composer_mode", COMPOSER_MODES), ("positions", POSITIONS), ("norm", NORMS),
-                             ("mlp", MLPS)):
+        for key, choices in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
-        if not (self.logit_softcap >= 0 and math.isfinite(self.logit_softcap)):
-            raise ValueError(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
         if self.positions == "rope" and (self.n_embd // max(1, self.n_head)) % 2:
             raise ValueError(f"rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
         if not self.rope_base > 1:
@@ -158,29 +151,17 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-def swiglu_hidden(n_embd):
-    """SwiGLU's hidden width: 8/3 n_embd (the parameter count of a 4x MLP), rounded up to 64."""
-    return -(-8 * n_embd // 3 // 64) * 64
-
-
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.kind = cfg.mlp
-        hidden = swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
-        self.c_fc = Linear(cfg.n_embd, 2 * hidden if cfg.mlp == "swiglu" else hidden, bias=cfg.bias)
-        self.c_proj = Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
         h = self.c_fc(x)
-        if self.kind == "swiglu":
-            gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
-        elif self.kind == "relu2":
-            h = F.relu(h).square()
-        else:
-            h = F.gelu(h)
+        h = F.relu(h).square() if self.kind == "relu2" else F.gelu(h)
         return self.dropout(self.c_proj(h))
 
 
@@ -205,8 +186,6 @@ class MusicTransformer(nn.Module):
         self.wce = nn.Embedding(cfg.n_composers, cfg.n_embd)
         if cfg.n_kinds:  # which kind of MIDI a piece is (score or performance), so the composer need not say it
             self.wke = nn.Embedding(cfg.n_kinds, cfg.n_embd)
-        if cfg.composer_mode == "block":  # a composer vector added to the residual stream before every block
-            self.wce_blocks = nn.Embedding(cfg.n_composers, cfg.n_layer * cfg.n_embd)
         if cfg.positions == "learned":
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         else:  # not in the state dict: a function of the config
@@ -223,10 +202,6 @@ class MusicTransformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-                if cfg.zero_init:
-                    nn.init.zeros_(p)
-        if cfg.zero_init and not cfg.tie_head:
-            nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(module):
@@ -252,10 +227,8 @@ class MusicTransformer(nn.Module):
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size {self.config.block_size}")
-        x, rotary, per_block = self.embed(idx, composer, torch.arange(start_pos, start_pos + T, device=idx.device), kind)
+        x, rotary = self.embed(idx, composer, torch.arange(start_pos, start_pos + T, device=idx.device), kind)
         for i, block in enumerate(self.blocks):
-            if per_block is not None:
-                x = x + per_block[:, i]
             if caches is not None:
                 x = block(x, caches[i], rotary)
             elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
@@ -271,9 +244,8 @@ class MusicTransformer(nn.Module):
         return logits, loss
 
     def embed(self, idx, composer, positions, kind=None):
-        """The residual stream's input for tokens idx [B, T] at positions [T] (a device tensor),
-        the rotary angles of those positions (None with learned positions), and the per-block
-        composer vectors [B, n_layer, 1, C] (None unless composer_mode is block)."""
+        """The residual stream's input for tokens idx [B, T] at positions [T] (a device tensor), and
+        the rotary angles of those positions (None with learned positions)."""
         x = self.wte(idx) + composer_vectors(self.wce, composer)[:, None, :]
         if self.config.n_kinds:
             kind = torch.zeros(idx.size(0), dtype=torch.long, device=idx.device) if kind is None else kind
@@ -283,16 +255,10 @@ class MusicTransformer(nn.Module):
             x = x + self.wpe(positions)
         else:
             rotary = (self.rope_cos[positions], self.rope_sin[positions])
-        per_block = None
-        if self.config.composer_mode == "block":
-            per_block = composer_vectors(self.wce_blocks, composer).view(idx.size(0), self.config.n_layer, 1,
-                                                                         self.config.n_embd)
-        return self.drop(x), rotary, per_block
+        return self.drop(x), rotary
 
     def head(self, x):
-        logits = self.lm_head(x)
-        cap = self.config.logit_softcap
-        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+        return self.lm_head(x)
 
     def token_log_probs(self, idx, composer, targets, kind=None):
         """log p(target_t | idx_<=t, composer, kind) for every position [B, T], no smoothing."""
@@ -305,10 +271,8 @@ class MusicTransformer(nn.Module):
         """Logits [B, vocab] of the next token after `token` [B, 1] placed at position `pos`
         (a one-element long tensor on the device). Every shape is static and nothing is read
         back to the host, so torch.compile can compile it once (CUDA graphs on a GPU)."""
-        x, rotary, per_block = self.embed(token, composer, pos, kind)
-        for i, (block, cache) in enumerate(zip(self.blocks, caches)):
-            if per_block is not None:
-                x = x + per_block[:, i]
+        x, rotary = self.embed(token, composer, pos, kind)
+        for block, cache in zip(self.blocks, caches):
             x = block(x, cache, rotary, step_pos=pos)
         return self.head(self.ln_f(x))[:, -1]
 
@@ -319,10 +283,9 @@ class MusicTransformer(nn.Module):
         return engine.generate(self, idx, composer, max_new_tokens, temperature, top_k, top_p, guidance, **options)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu",
-                             composer_decay=True, composer_lr_scale=1.0, optimizer="adamw"):
+                             optimizer="adamw"):
         """optim.configure_optimizers for this model."""
-        return optim.configure_optimizers(self, weight_decay, learning_rate, betas, device_type, composer_decay,
-                                          composer_lr_scale, optimizer)
+        return optim.configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer)
 
     # ------------------------------------------------------------------ training helpers
 

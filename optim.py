@@ -103,30 +103,17 @@ class MuonWithAdamW:
 
 
 def configure_optimizers(model, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu",
-                         composer_decay=True, composer_lr_scale=1.0, optimizer="adamw"):
+                         optimizer="adamw"):
     """AdamW (fused: one kernel for all tensors); weight decay on 2-D weights (matmuls,
     embeddings) only. optimizer="muon": Muon on the blocks' 2-D matrices, AdamW on the
-    rest (embeddings, composer table, head, gains, biases); see MuonWithAdamW.
-
-    composer_decay=False / composer_lr_scale != 1 put the composer tables in a group of
-    their own: no weight decay, and a learning rate scaled by composer_lr_scale (a
-    group's "lr_scale"; the training loop multiplies its scheduled LR by it).
-    """
+    rest (embeddings, composer and kind tables, head, gains, biases); see MuonWithAdamW."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     hidden = [p for n, p in named if optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
-    named = [(n, p) for n, p in named if not any(p is h for h in hidden)]
-    own_group = not composer_decay or composer_lr_scale != 1.0
-    composer = [p for n, p in named if own_group and n.startswith("wce")]
-    rest = [(n, p) for n, p in named if not (own_group and n.startswith("wce"))]
-    groups = [
-        {"params": [p for _, p in rest if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for _, p in rest if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    if composer:
-        groups.append({"params": composer, "weight_decay": weight_decay if composer_decay else 0.0,
-                       "lr_scale": composer_lr_scale})
+    rest = [p for n, p in named if not any(p is h for h in hidden)]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
     if optimizer == "adamw":
         return adamw

@@ -58,11 +58,9 @@ class TrainConfig:
     # the modern recipe's levers (model.py); the defaults are the seed's architecture
     positions: str = "learned"  # learned | rope
     norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu | relu2 | swiglu
+    mlp: str = "gelu"  # gelu | relu2
     qk_norm: bool = False
     tie_head: bool = True
-    zero_init: bool = False  # zero-initialised residual projections (and untied head)
-    logit_softcap: float = 0.0  # 0 = off
     n_kinds: int = 0  # 3: condition on the piece's kind too (0 unknown, 1 score, 2 performance; prepare.py detects it)
     optimizer: str = "adamw"  # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
     # optimisation
@@ -77,10 +75,7 @@ class TrainConfig:
     # data
     cond_drop: float = 0.1  # share of windows whose composer becomes 0 (trains the CFG branch)
     kind_drop: float = 0.1  # with n_kinds: share of windows whose kind becomes 0 (a prompt of unknown kind)
-    composer_mode: str = "add"  # add (the seed's input embedding) | block (also a composer vector per block)
     composer_balance: float = 0.0  # 0: every piece equally often; 1: every composer equally often
-    composer_decay: bool = True  # weight decay on the composer table (the seed: yes)
-    composer_lr_scale: float = 1.0  # the composer table's learning rate relative to the rest
     transpose: int = 0  # random pitch shift in [-transpose, transpose] semitones per window
     time_stretch: float = 0.0  # > 0: per window, tempo and note lengths scaled by factors in [1/(1+s), 1+s]
     # system
@@ -119,15 +114,13 @@ class TrainConfig:
                 raise CliError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.composer_balance <= 1:
             raise CliError(f"composer_balance must be in [0, 1], got {self.composer_balance}")
-        if not self.composer_lr_scale > 0:
-            raise CliError(f"composer_lr_scale must be > 0, got {self.composer_lr_scale}")
         if not 0 <= self.transpose <= 24:
             raise CliError(f"transpose must be in 0..24 semitones, got {self.transpose}")
         if not 0 <= self.time_stretch <= 1:
             raise CliError(f"time_stretch must be in [0, 1] (0.1 = up to 10% faster or slower), got {self.time_stretch}")
         if self.optimizer not in OPTIMIZERS:
             raise CliError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
-        try:  # the model's own options (composer_mode, positions, norm, mlp, logit_softcap, ...) check themselves
+        try:  # the model's own options (positions, norm, mlp, rope_base, ...) check themselves
             model_config_of(self, {"vocab_size": 1, "n_composers": 1, "pad_id": 0})
         except ValueError as e:
             raise CliError(str(e)) from None
@@ -344,7 +337,7 @@ def run_training(cfg, stop_after, stack):
         seconds_before = checkpoint.get("train_seconds", 0.0)
     model.to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type,
-                                           cfg.composer_decay, cfg.composer_lr_scale, cfg.optimizer)
+                                           cfg.optimizer)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     if cfg.init_from == "resume":
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -434,7 +427,7 @@ def run_training(cfg, stop_after, stack):
             raise TrainingStopped(128 + signum)
         lr = lr_at(it, cfg, max_iters, time_share(train_seconds(), cfg, ddp))
         for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
         torch.manual_seed(cfg.seed + 1_000_003 * it + rank)  # dropout masks: a function of (iter, rank)
         loss_sum = 0.0
         for micro in range(accum):

@@ -24,4 +24,4 @@ dtype = "auto"  # bf16 autocast where supported, else fp16 + GradScaler
 grad_checkpoint = True
 compile = True
 # The seed's architecture and optimizer exactly: none of the modern levers (config/remi_cpu.py uses them).
-positions, norm, mlp, qk_norm, tie_head, zero_init, logit_softcap, optimizer = "learned", "layernorm", "gelu", False, True, False, 0.0, "adamw"
+positions, norm, mlp, qk_norm, tie_head, optimizer = "learned", "layernorm", "gelu", False, True, "adamw"
