@@ -263,219 +263,305 @@ def model_config_of(cfg, meta):
                                        pad_id=meta["pad_id"]))
 
 
-def train(cfg, stop_after=None):
-    """Run training; returns the last logged record. stop_after: leave the loop (as if
-    killed) once that many iterations have run, without changing the LR schedule.
-    SIGINT/SIGTERM: checkpoint after the current step, then raise TrainingStopped."""
+class Run:
+    """What one training run holds: its config, where it runs, its data, model, optimizer and clock.
+    Built by set_up; read and advanced by the loop's steps."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.ddp = int(os.environ.get("RANK", -1)) != -1
+        self.rank, self.world = 0, 1
+        self.best_val, self.start_iter, self.seconds_before = float("inf"), 0, 0.0
+        self.log_file = None
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def say(self, *args, **kwargs):
+        if self.master:
+            print(*args, **kwargs)
+
+    def log(self, record):
+        if self.master:
+            self.log_file.write(json.dumps(record) + "\n")
+            self.log_file.flush()
+
+    def train_seconds(self):
+        """Training wall time, the part before a resume included (the time budget counts it)."""
+        return self.seconds_before + time.perf_counter() - self.loop_start
+
+    def time_share(self):
+        return time_share(self.train_seconds(), self.cfg, self.ddp)
+
+    def checkpoint_state(self, it):
+        return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "iter": it, "best_val_loss": self.best_val,
+                "train_seconds": self.train_seconds(), "model_config": asdict(self.model_cfg),
+                "train_config": asdict(self.cfg), "tokenizer": self.tokenizer_json, "composers": self.composers}
+
+    def save(self, name, it):
+        save_checkpoint(os.path.join(self.cfg.out_dir, name), self.checkpoint_state(it))
+        if name == "ckpt.pt":
+            self.last_save = time.perf_counter()
+
+
+def train(cfg):
+    """Run training; returns the last logged record. SIGINT/SIGTERM: checkpoint after the
+    current step, then raise TrainingStopped."""
     with contextlib.ExitStack() as stack:
-        return run_training(cfg, stop_after, stack)
+        run = set_up(cfg, stack)
+        return training_loop(run)
 
 
-def run_training(cfg, stop_after, stack):
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    rank, world = 0, 1
-    device = resolve_device(cfg.device)
-    if ddp:
+# ----------------------------------------------------------------------------- set-up
+
+
+def set_up(cfg, stack):
+    """Processes, device and precision; data; model, optimizer and the resumed state; the log."""
+    run = Run(cfg)
+    set_up_device(run)
+    set_up_data(run)
+    if run.master:  # one run per folder, held for the whole run (a resume into a live run's folder too)
+        stack.enter_context(FolderLock(os.path.join(cfg.out_dir, ".lock"), f"out_dir {cfg.out_dir}"))
+    run.stop_request = stack.enter_context(StopRequest())
+    set_up_model(run)
+    run.peak = measure_matmul_peak(run.device, run.dtype)
+    if run.master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if cfg.init_from == "scratch":
+            keep_previous_run(cfg.out_dir, run.say)
+        run.log_file = stack.enter_context(open(os.path.join(cfg.out_dir, "log.jsonl"), "a"))
+    say_what_runs(run)
+    return run
+
+
+def set_up_device(run):
+    """torchrun's process group (one GPU per rank), the device, the dtype and its autocast."""
+    cfg = run.cfg
+    run.device = resolve_device(cfg.device)
+    if run.ddp:
         import torch.distributed as dist
 
-        rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-        if device.startswith("cuda"):
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        if cfg.grad_accum % world:
-            raise CliError(f"grad_accum ({cfg.grad_accum}) must be divisible by the number of processes ({world})")
-    master = rank == 0
-    say = print if master else (lambda *a, **k: None)
-    device_type = device_type_of(device)
-    dtype = resolve_dtype(cfg.dtype, device_type)
-    if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        run.rank, run.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if run.device.startswith("cuda"):
+            run.device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(run.device)
+        dist.init_process_group(backend="nccl" if run.device.startswith("cuda") else "gloo")
+        if cfg.grad_accum % run.world:
+            raise CliError(f"grad_accum ({cfg.grad_accum}) must be divisible by the number of processes ({run.world})")
+    run.device_type = device_type_of(run.device)
+    run.dtype = resolve_dtype(cfg.dtype, run.device_type)
+    if run.dtype == "bfloat16" and run.device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise CliError("this GPU does not support bfloat16; use --dtype=float16")
-    ctx = autocast_context(device_type, dtype)
-    accum = cfg.grad_accum // world
-    if device_type == "cuda":
+    run.ctx = autocast_context(run.device_type, run.dtype)
+    run.accum = cfg.grad_accum // run.world
+    if run.device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    dataset = open_dataset(cfg.data_dir)  # every check before any work: a damaged dataset is one line
-    meta, composers, tokenizer_json = dataset.meta, dataset.composers, dataset.tokenizer_json
-    train_data = WindowSampler(dataset, "train", cfg.block_size)
-    val_data = WindowSampler(dataset, "val", cfg.block_size)
-    if len(train_data) == 0:
-        raise CliError(f"{cfg.data_dir} has no training pieces")
-    samples_per_iter = cfg.batch_size * cfg.grad_accum
-    piece_weights = composer_balanced_weights(train_data.index[:, 2], cfg.composer_balance)
-    max_iters = cfg.max_iters or math.ceil(cfg.epochs * len(train_data) / samples_per_iter)
 
-    if master:  # one run per folder, held for the whole run (a resume into a live run's folder too)
-        stack.enter_context(FolderLock(os.path.join(cfg.out_dir, ".lock"), f"out_dir {cfg.out_dir}"))
-    stop_request = stack.enter_context(StopRequest())
-    model_cfg = model_config_of(cfg, meta)
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    start_iter, best_val, seconds_before = 0, float("inf"), 0.0
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    model = MusicTransformer(model_cfg)
-    if cfg.init_from == "resume":
-        try:
-            checkpoint = load_checkpoint(ckpt_path, "cpu")
-            saved = ModelConfig.from_dict(checkpoint["model_config"])
-            if saved != model_cfg:
-                diff = [f"{f.name} {getattr(saved, f.name)} -> {getattr(model_cfg, f.name)}"
-                        for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(model_cfg, f.name)]
-                raise CliError(f"cannot resume {ckpt_path}: model config differs ({', '.join(diff)})")
-            load_state(model, checkpoint["model"])
-            saved_optimizer = checkpoint.get("train_config", {}).get("optimizer", "adamw")
-            if saved_optimizer != cfg.optimizer:
-                raise CliError(f"cannot resume {ckpt_path}: it was trained with optimizer={saved_optimizer}, "
-                               f"not {cfg.optimizer}")
-        except (FileNotFoundError, ValueError) as e:
-            raise CliError(f"cannot resume: {e}") from None
-        start_iter, best_val = checkpoint["iter"], checkpoint["best_val_loss"]
-        if start_iter > max_iters:
-            raise CliError(f"cannot resume {ckpt_path}: it is at iteration {start_iter}, past max_iters {max_iters}; "
-                           f"raise max_iters to train further")
-        seconds_before = checkpoint.get("train_seconds", 0.0)
-    model.to(device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type,
-                                           cfg.optimizer)
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-    if cfg.init_from == "resume":
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        del checkpoint
-    raw_model = model
+def set_up_data(run):
+    """The checked dataset, its train and val windows, the piece weights and the run's length."""
+    cfg = run.cfg
+    dataset = open_dataset(cfg.data_dir)  # every check before any work: a damaged dataset is one line
+    run.meta, run.composers, run.tokenizer_json = dataset.meta, dataset.composers, dataset.tokenizer_json
+    run.train_data = WindowSampler(dataset, "train", cfg.block_size)
+    run.val_data = WindowSampler(dataset, "val", cfg.block_size)
+    if len(run.train_data) == 0:
+        raise CliError(f"{cfg.data_dir} has no training pieces")
+    run.piece_weights = composer_balanced_weights(run.train_data.index[:, 2], cfg.composer_balance)
+    samples_per_iter = cfg.batch_size * cfg.grad_accum
+    run.max_iters = cfg.max_iters or math.ceil(cfg.epochs * len(run.train_data) / samples_per_iter)
+    run.tokens_per_iter = samples_per_iter * cfg.block_size
+
+
+def set_up_model(run):
+    """The model (the same initial weights on every rank and run), its optimizer and scaler, the
+    state of the checkpoint it resumes, and the compiled / DDP wrappers the steps call."""
+    cfg = run.cfg
+    run.model_cfg = model_config_of(cfg, run.meta)
+    torch.manual_seed(cfg.seed)
+    model = MusicTransformer(run.model_cfg)
+    checkpoint = resumed_checkpoint(run) if cfg.init_from == "resume" else None
+    if checkpoint:
+        load_state(model, checkpoint["model"])
+    model.to(run.device)
+    run.optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                               run.device_type, cfg.optimizer)
+    run.scaler = torch.amp.GradScaler(run.device_type, enabled=run.dtype == "float16")
+    if checkpoint:
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.scaler.load_state_dict(checkpoint["scaler"])
+        run.start_iter, run.best_val = checkpoint["iter"], checkpoint["best_val_loss"]
+        run.seconds_before = checkpoint.get("train_seconds", 0.0)
+    run.raw_model = model
     if cfg.compile:
         model = torch.compile(model)
-    if ddp:
+    if run.ddp:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
+        model = DistributedDataParallel(model, device_ids=[int(run.device.split(":")[1])]
+                                        if run.device_type == "cuda" else None)
+    run.model = model
 
-    tokens_per_iter = samples_per_iter * cfg.block_size
-    peak = measure_matmul_peak(device, dtype)
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if cfg.init_from == "scratch":
-            keep_previous_run(cfg.out_dir, say)
-        say(f"data {cfg.data_dir}: {len(train_data)} train / {len(val_data) if val_data else 0} val pieces, "
-            f"{meta['n_composers'] - 1} composers; PAD share of training targets {pad_share(train_data, cfg.batch_size, cfg.seed):.1%}")
-        hardware = f"{device} ({cpu_description()})" if device_type == "cpu" else device
-        if cfg.optimizer == "muon":  # bf16 only where the device runs it natively (optim.orthogonalization_dtype)
-            hardware += f", Muon orthogonalising in {str(orthogonalization_dtype(device)).removeprefix('torch.')}"
-        say(f"model {raw_model.num_params() / 1e6:.2f}M parameters; device {hardware}, "
-            f"{dtype}, {world} process(es); "
-            f"{tokens_per_iter:,} tokens/iter; iters {start_iter} -> {max_iters}; matmul peak {peak / 1e9:.0f} GFLOP/s")
-    log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None
 
-    def log(record):
-        if master:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+def resumed_checkpoint(run):
+    """out_dir/ckpt.pt, checked against this run's model config, optimizer and length."""
+    cfg, path = run.cfg, os.path.join(run.cfg.out_dir, "ckpt.pt")
+    try:
+        checkpoint = load_checkpoint(path, "cpu")
+        saved = ModelConfig.from_dict(checkpoint["model_config"])
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(f"cannot resume: {e}") from None
+    if saved != run.model_cfg:
+        diff = [f"{f.name} {getattr(saved, f.name)} -> {getattr(run.model_cfg, f.name)}"
+                for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(run.model_cfg, f.name)]
+        raise CliError(f"cannot resume {path}: model config differs ({', '.join(diff)})")
+    saved_optimizer = checkpoint.get("train_config", {}).get("optimizer", "adamw")
+    if saved_optimizer != cfg.optimizer:
+        raise CliError(f"cannot resume {path}: it was trained with optimizer={saved_optimizer}, not {cfg.optimizer}")
+    if checkpoint["iter"] > run.max_iters:
+        raise CliError(f"cannot resume {path}: it is at iteration {checkpoint['iter']}, past max_iters "
+                       f"{run.max_iters}; raise max_iters to train further")
+    return checkpoint
 
-    def checkpoint_state(it):
-        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "iter": it, "best_val_loss": best_val, "train_seconds": train_seconds(),
-                "model_config": asdict(model_cfg), "train_config": asdict(cfg),
-                "tokenizer": tokenizer_json, "composers": composers}
 
-    loop_start = time.perf_counter()
+def say_what_runs(run):
+    cfg, model = run.cfg, run.raw_model
+    hardware = f"{run.device} ({cpu_description()})" if run.device_type == "cpu" else run.device
+    if cfg.optimizer == "muon":  # bf16 only where the device runs it natively (optim.orthogonalization_dtype)
+        hardware += f", Muon orthogonalising in {str(orthogonalization_dtype(run.device)).removeprefix('torch.')}"
+    run.say(f"data {cfg.data_dir}: {len(run.train_data)} train / {len(run.val_data)} val pieces, "
+            f"{run.meta['n_composers'] - 1} composers; PAD share of training targets "
+            f"{pad_share(run.train_data, cfg.batch_size, cfg.seed):.1%}")
+    run.say(f"model {model.num_params() / 1e6:.2f}M parameters; device {hardware}, {run.dtype}, {run.world} "
+            f"process(es); {run.tokens_per_iter:,} tokens/iter; iters {run.start_iter} -> {run.max_iters}; "
+            f"matmul peak {run.peak / 1e9:.0f} GFLOP/s")
 
-    def train_seconds():
-        return seconds_before + time.perf_counter() - loop_start
 
+# ----------------------------------------------------------------------------- the loop
+
+
+def training_loop(run):
+    """Evaluate and checkpoint when due, stop on a signal or the budget, else take one step."""
     from tqdm import tqdm
 
-    bar = tqdm(total=max_iters, initial=start_iter, desc="train", unit="it", disable=not master or None, file=sys.stdout)
+    cfg = run.cfg
+    bar = tqdm(total=run.max_iters, initial=run.start_iter, desc="train", unit="it", disable=not run.master or None,
+               file=sys.stdout)
+    run.loop_start = run.last_save = time.perf_counter()
     last, bad_steps, iters_timed, t0 = {}, 0, 0, time.perf_counter()
-    model.train()
-    last_save = time.perf_counter()
-    for it in range(start_iter, max_iters + 1):
-        resumed_here = cfg.init_from == "resume" and it == start_iter  # that state was evaluated already
-        if master and cfg.save_every_min > 0 and time.perf_counter() - last_save >= 60 * cfg.save_every_min:
-            save_checkpoint(ckpt_path, checkpoint_state(it))
-            last_save = time.perf_counter()
-        out_of_time = time_share(train_seconds(), cfg, ddp) >= 1.0
-        if (it % cfg.eval_interval == 0 and not resumed_here) or it == max_iters or out_of_time:
-            val, val_uncond = estimate_val_loss(raw_model, val_data, cfg, ctx, device)
-            if master:
-                record = {"iter": it, "val_loss": val, "val_loss_uncond": val_uncond,
-                          "minutes": round(train_seconds() / 60, 3)}
-                log(record)
-                write_curves(cfg.out_dir)
-                bar.write(f"iter {it}: val loss {val if val is None else round(val, 4)} "
-                          f"(composer 0: {val_uncond if val_uncond is None else round(val_uncond, 4)})")
-                if val is not None and math.isfinite(val) and val < best_val:
-                    best_val = val
-                    save_checkpoint(os.path.join(cfg.out_dir, "best.pt"), checkpoint_state(it))
-                if val is None or math.isfinite(val):
-                    save_checkpoint(ckpt_path, checkpoint_state(it))
-                    last_save = time.perf_counter()
-        if it == max_iters or out_of_time or (stop_after is not None and it - start_iter >= stop_after):
+    run.model.train()
+    for it in range(run.start_iter, run.max_iters + 1):
+        if run.master and cfg.save_every_min > 0 and time.perf_counter() - run.last_save >= 60 * cfg.save_every_min:
+            run.save("ckpt.pt", it)
+        out_of_time = run.time_share() >= 1.0
+        resumed_here = cfg.init_from == "resume" and it == run.start_iter  # that state was evaluated already
+        if (it % cfg.eval_interval == 0 and not resumed_here) or it == run.max_iters or out_of_time:
+            evaluate_and_save(run, it, bar)
+        if it == run.max_iters or out_of_time:
             break
-        signum = stop_request.agreed(ddp)
-        if signum:
-            name = signal.Signals(signum).name
-            if master:
-                save_checkpoint(ckpt_path, checkpoint_state(it))
-                log({"iter": it, "stopped": name})
-                log_file.close()
-            bar.close()
-            say(f"{name}: stopped before iteration {it}; {ckpt_path} holds the state after the last finished step. "
-                f"Resume with: {resume_command()}")
-            if ddp:
-                torch.distributed.destroy_process_group()
-            raise TrainingStopped(128 + signum)
-        lr = lr_at(it, cfg, max_iters, time_share(train_seconds(), cfg, ddp))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(cfg.seed + 1_000_003 * it + rank)  # dropout masks: a function of (iter, rank)
-        loss_sum = 0.0
-        for micro in range(accum):
-            rng = np.random.default_rng([cfg.seed, rank, it, micro])
-            first_sample = (it * cfg.grad_accum + rank * accum + micro) * cfg.batch_size
-            pieces = train_pieces(len(train_data), cfg.seed, first_sample, cfg.batch_size, piece_weights)
-            x, y, composer, kind = (t.to(device) for t in train_data.batch(
-                pieces, rng, cfg.cond_drop, cfg.transpose, cfg.time_stretch, cfg.kind_drop if cfg.n_kinds else 0.0))
-            sync = model.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
-            with sync, ctx:
-                _, loss = model(x, composer, targets=y, kind=kind)
-                loss = loss / accum
-            scaler.scale(loss).backward()
-            loss_sum += loss.item()
-        scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
-        if not math.isfinite(grad_norm):  # same on every rank: gradients are all-reduced
-            optimizer.zero_grad(set_to_none=True)
-            scaler.update()
+        stop_if_asked(run, it, bar)
+        lr = lr_at(it, cfg, run.max_iters, run.time_share())
+        loss, grad_norm = train_step(run, it, lr)
+        if not math.isfinite(grad_norm):  # the step was skipped; the same on every rank (all-reduced gradients)
             bad_steps += 1
-            log({"iter": it, "loss": loss_sum, "skipped": "non-finite loss or gradient"})
+            run.log({"iter": it, "loss": loss, "skipped": "non-finite loss or gradient"})
             bar.write(f"iter {it}: non-finite loss/gradient, step skipped ({bad_steps} in a row)")
-            if bad_steps >= 10 and dtype != "float16":
+            if bad_steps >= 10 and run.dtype != "float16":
                 raise RuntimeError("10 non-finite steps in a row: stopping; the last good checkpoint is kept")
             continue
         bad_steps = 0
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
         bar.update()
         iters_timed += 1
-        if it % cfg.log_interval == 0 or it == max_iters - 1:
-            tokens_per_s = tokens_per_iter * iters_timed / (time.perf_counter() - t0)
-            last = {"iter": it, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s),
-                    "minutes": round(train_seconds() / 60, 3),
-                    "mfu": round(raw_model.estimate_mfu(tokens_per_s / world, cfg.block_size, peak), 4)}
-            log(last)
-            bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+        if it % cfg.log_interval == 0 or it == run.max_iters - 1:
+            tokens_per_s = run.tokens_per_iter * iters_timed / (time.perf_counter() - t0)
+            last = {"iter": it, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s),
+                    "minutes": round(run.train_seconds() / 60, 3),
+                    "mfu": round(run.raw_model.estimate_mfu(tokens_per_s / run.world, cfg.block_size, run.peak), 4)}
+            run.log(last)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
             iters_timed, t0 = 0, time.perf_counter()
     bar.close()
-    if ddp:
-        check_ranks_agree(raw_model, say)
+    if run.ddp:
+        check_ranks_agree(run.raw_model, run.say)
         torch.distributed.destroy_process_group()
-    if master:
-        log_file.close()
-        say(f"done: {it} iters in {train_seconds() / 60:.1f} min of training, best val loss {best_val:.4f}; "
+    run.say(f"done: {it} iters in {run.train_seconds() / 60:.1f} min of training, best val loss {run.best_val:.4f}; "
             f"checkpoints in {cfg.out_dir}/")
     return last
+
+
+def train_step(run, it, lr):
+    """One optimizer step over grad_accum micro-batches; (summed loss, gradient norm). A
+    non-finite gradient norm means the step was skipped (the float16 scaler backs off)."""
+    cfg, model = run.cfg, run.model
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    torch.manual_seed(cfg.seed + 1_000_003 * it + run.rank)  # dropout masks: a function of (iter, rank)
+    loss_sum = 0.0
+    for micro in range(run.accum):
+        x, y, composer, kind = (t.to(run.device) for t in micro_batch(run, it, micro))
+        sync = model.no_sync() if run.ddp and micro < run.accum - 1 else contextlib.nullcontext()
+        with sync, run.ctx:
+            _, loss = model(x, composer, targets=y, kind=kind)
+            loss = loss / run.accum
+        run.scaler.scale(loss).backward()
+        loss_sum += loss.item()
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                     cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+    if math.isfinite(grad_norm):
+        run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
+
+
+def micro_batch(run, it, micro):
+    """The windows of one micro-step: a function of (seed, rank, iteration, micro-step) alone,
+    so a resumed run draws exactly the batches the uninterrupted one would have."""
+    cfg = run.cfg
+    rng = np.random.default_rng([cfg.seed, run.rank, it, micro])
+    first_sample = (it * cfg.grad_accum + run.rank * run.accum + micro) * cfg.batch_size
+    pieces = train_pieces(len(run.train_data), cfg.seed, first_sample, cfg.batch_size, run.piece_weights)
+    return run.train_data.batch(pieces, rng, cfg.cond_drop, cfg.transpose, cfg.time_stretch,
+                                cfg.kind_drop if cfg.n_kinds else 0.0)
+
+
+def evaluate_and_save(run, it, bar):
+    """Val loss (true composer and composer 0), logged and charted; best.pt when it improves,
+    ckpt.pt unless it is not finite."""
+    val, val_uncond = estimate_val_loss(run.raw_model, run.val_data, run.cfg, run.ctx, run.device)
+    if not run.master:
+        return
+    run.log({"iter": it, "val_loss": val, "val_loss_uncond": val_uncond, "minutes": round(run.train_seconds() / 60, 3)})
+    write_curves(run.cfg.out_dir)
+    bar.write(f"iter {it}: val loss {val if val is None else round(val, 4)} "
+              f"(composer 0: {val_uncond if val_uncond is None else round(val_uncond, 4)})")
+    if val is not None and math.isfinite(val) and val < run.best_val:
+        run.best_val = val
+        run.save("best.pt", it)
+    if val is None or math.isfinite(val):
+        run.save("ckpt.pt", it)
+
+
+def stop_if_asked(run, it, bar):
+    """After SIGINT / SIGTERM (agreed by every rank): ckpt.pt with the exact state before
+    iteration it, one line with the resume command, then TrainingStopped."""
+    signum = run.stop_request.agreed(run.ddp)
+    if not signum:
+        return
+    name = signal.Signals(signum).name
+    if run.master:
+        run.save("ckpt.pt", it)
+        run.log({"iter": it, "stopped": name})
+    bar.close()
+    run.say(f"{name}: stopped before iteration {it}; {os.path.join(run.cfg.out_dir, 'ckpt.pt')} holds the state "
+            f"after the last finished step. Resume with: {resume_command()}")
+    if run.ddp:
+        torch.distributed.destroy_process_group()
+    raise TrainingStopped(128 + signum)
 
 
 def time_share(seconds, cfg, ddp):

@@ -13,6 +13,7 @@ import torch
 from cli import CliError, load_config
 from conftest import ROOT
 from dataset import WindowSampler, open_dataset
+import train as train_module
 from train import TrainConfig, composer_balanced_weights, lr_at, train, train_pieces
 
 
@@ -137,13 +138,17 @@ MODERN = dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_h
 
 
 @pytest.mark.parametrize("recipe", [{}, MODERN], ids=["seed", "modern"])
-def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path, recipe):
+def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path, recipe, monkeypatch):
     """Exact on CPU float32: data, dropout and LR are functions of the iteration; Muon's
     momentum and AdamW's moments travel in the checkpoint."""
     full = tmp_path / "full"
     train(tiny_config(tiny_dataset, full, transpose=2, **recipe))
     part = tmp_path / "part"
-    train(tiny_config(tiny_dataset, part, transpose=2, **recipe), stop_after=4)
+    steps = iter(range(1000))  # Ctrl-C arrives during iteration 3: the loop stops before iteration 4
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module.StopRequest, "agreed", lambda self, ddp: signal.SIGINT if next(steps) == 4 else 0)
+        with pytest.raises(train_module.TrainingStopped):
+            train(tiny_config(tiny_dataset, part, transpose=2, **recipe))
     train(tiny_config(tiny_dataset, part, transpose=2, init_from="resume", **recipe))
     losses = lambda out: {r["iter"]: r["loss"] for r in read_log(out) if "loss" in r}  # noqa: E731
     a, b = losses(full), losses(part)
