@@ -29,10 +29,10 @@ MLPS = ("gelu", "relu2")
 
 
 @dataclass
-class ModelConfig:
+class ModelOptions:
+    """The model's shape and levers: what a config chooses. train.py's TrainConfig inherits these
+    fields, so each option is declared once."""
     block_size: int = 1024  # longest context, in tokens
-    vocab_size: int = 419
-    n_composers: int = 1  # rows of the composer embedding; row 0 is "unconditional"
     n_layer: int = 8
     n_head: int = 8
     n_embd: int = 512
@@ -40,7 +40,6 @@ class ModelConfig:
     attn_dropout: float = 0.0  # attention-probability dropout: makes CPU SDPA leave its fused kernel (~4x slower)
     bias: bool = True
     label_smoothing: float = 0.1
-    pad_id: int = 0
     grad_checkpoint: bool = False  # recompute each block's activations in backward (long contexts)
     positions: str = "learned"  # learned: the seed's table of block_size vectors; rope: rotary q/k (no table)
     rope_base: float = 10000.0
@@ -48,9 +47,21 @@ class ModelConfig:
     mlp: str = "gelu"  # gelu (the seed's) | relu2 (relu(x)^2), both 4x wide
     qk_norm: bool = False  # RMS-normalise queries and keys per head (learned gains) before attention
     tie_head: bool = True  # the head shares the token embedding (the seed); False: its own matrix
-    n_kinds: int = 0  # > 0: a learned kind embedding beside the composer's (row 0 unknown, 1 score, 2 performance)
+    n_kinds: int = 0  # 3: a learned kind embedding beside the composer's (row 0 unknown, 1 score, 2 performance)
+
+
+@dataclass
+class ModelConfig(ModelOptions):
+    """ModelOptions plus what the dataset fixes."""
+    vocab_size: int = 419
+    n_composers: int = 1  # rows of the composer embedding; row 0 is "unconditional"
+    pad_id: int = 0
 
     def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_kinds not in (0, 3):
+            raise ValueError(f"n_kinds must be 0 (off) or 3 (unknown, score, performance); got {self.n_kinds}")
         for key, choices in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
@@ -112,7 +123,6 @@ def apply_rotary(x, cos, sin):
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head = cfg.n_head
         self.attn_dropout = cfg.attn_dropout
         self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # fused q, k, v

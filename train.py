@@ -26,13 +26,16 @@ from cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, rea
 from dataset import WindowSampler, open_dataset
 from devices import (autocast_context, cpu_description, device_type_of, measure_matmul_peak, resolve_device,
                      resolve_dtype)
-from model import ModelConfig, MusicTransformer, load_state
+from model import ModelConfig, ModelOptions, MusicTransformer, load_state
 from optim import OPTIMIZERS, orthogonalization_dtype
 from pictures import chart, png_bytes, side_by_side
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelOptions):
+    """Every key of a config file and of --key=value: the model's options (model.ModelOptions:
+    block_size, n_layer, n_head, n_embd, dropout, positions, norm, mlp, qk_norm, tie_head, n_kinds,
+    ...) and the run's, below."""
     data_dir: str = "data/piano-midi"
     out_dir: str = "out"
     init_from: str = "scratch"  # scratch | resume (from out_dir/ckpt.pt)
@@ -47,21 +50,6 @@ class TrainConfig:
     # batch: batch_size windows per micro-step, grad_accum micro-steps per iteration (over all ranks)
     batch_size: int = 2
     grad_accum: int = 8
-    block_size: int = 1024
-    # model
-    n_layer: int = 8
-    n_head: int = 8
-    n_embd: int = 512
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
-    bias: bool = True
-    # the modern recipe's levers (model.py); the defaults are the seed's architecture
-    positions: str = "learned"  # learned | rope
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu | relu2
-    qk_norm: bool = False
-    tie_head: bool = True
-    n_kinds: int = 0  # 3: condition on the piece's kind too (0 unknown, 1 score, 2 performance; prepare.py detects it)
     optimizer: str = "adamw"  # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
     # optimisation
     learning_rate: float = 5e-4
@@ -71,7 +59,6 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    label_smoothing: float = 0.1
     # data
     cond_drop: float = 0.1  # share of windows whose composer becomes 0 (trains the CFG branch)
     kind_drop: float = 0.1  # with n_kinds: share of windows whose kind becomes 0 (a prompt of unknown kind)
@@ -82,7 +69,6 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps (or cuda:N)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     compile: bool = False
-    grad_checkpoint: bool = False
     seed: int = 1337
 
     def validate(self):
@@ -99,10 +85,6 @@ class TrainConfig:
             raise CliError(f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise CliError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got {self.device!r}")
-        if self.n_kinds not in (0, 3):
-            raise CliError(f"n_kinds must be 0 (off) or 3 (unknown, score, performance); got {self.n_kinds}")
-        if self.n_embd % self.n_head:
-            raise CliError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         for key in ("dropout", "attn_dropout", "cond_drop", "kind_drop", "warmup_frac", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 raise CliError(f"{key} must be in [0, 1), got {getattr(self, key)}")
@@ -258,7 +240,7 @@ def resume_command():
 
 def model_config_of(cfg, meta):
     """The ModelConfig a TrainConfig asks for, on a dataset with this meta.json."""
-    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig) if hasattr(cfg, f.name)}
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelOptions)}
     return ModelConfig(**shared | dict(vocab_size=meta["vocab_size"], n_composers=meta["n_composers"],
                                        pad_id=meta["pad_id"]))
 
