@@ -28,9 +28,9 @@ import time
 
 import torch
 
-from cli import Parser, fail, load_config, positive_int
+from cli import Parser, config_file_values, fail, positive_int
 from engine import guided_logits, sample_next
-from model import ModelConfig, MusicTransformer
+from model import ModelConfig, ModelOptions, MusicTransformer
 from devices import autocast_context, cpu_description, measure_matmul_peak, resolve_device, resolve_dtype
 
 CASES = ("matmul", "train", "loop", "sample", "prepare")
@@ -58,13 +58,12 @@ def make_model(cfg, device):
 
 
 def shipped_cpu_recipe():
-    """(ModelConfig, batch_size, optimizer) of config/remi_cpu.py as shipped (the model exactly as
-    train.py builds it, dropout off for timing)."""
-    from train import TrainConfig, model_config_of
-
-    cfg = load_config(TrainConfig, [os.path.join(ROOT, "config", "remi_cpu.py")])
-    model_cfg = model_config_of(cfg, {"vocab_size": 419, "n_composers": 27, "pad_id": 0})
-    return dataclasses.replace(model_cfg, dropout=0.0), cfg.batch_size * cfg.grad_accum, cfg.optimizer
+    """(ModelConfig, batch_size, optimizer) of config/remi_cpu.py as shipped: its model options
+    exactly as train.py reads them (model.ModelOptions), dropout off for timing."""
+    values = config_file_values(os.path.join(ROOT, "config", "remi_cpu.py"))
+    options = {f.name: values[f.name] for f in dataclasses.fields(ModelOptions) if f.name in values}
+    model_cfg = ModelConfig(**options | {"dropout": 0.0}, vocab_size=419, n_composers=27)
+    return model_cfg, values["batch_size"] * values["grad_accum"], values["optimizer"]
 
 
 def not_default(cfg):
@@ -304,14 +303,14 @@ def bench_sample(shape, block_size, prompt_len, new_tokens, device, recompute_po
 
 
 def bench_prepare(midi_dir, workers_all):
-    from prepare import find_midi_files, prepare
-
-    n = len(find_midi_files(midi_dir))
+    """prepare.py, run as a program, on midi_dir with 1 worker and with every core."""
+    n = sum(name.lower().endswith((".mid", ".midi")) for _, _, names in os.walk(midi_dir) for name in names)
     for workers in sorted({1, workers_all}):
         out = tempfile.mkdtemp(prefix="bench-prepare-")
         try:
             start = time.perf_counter()
-            prepare(midi_dir, os.path.join(out, "data"), workers=workers)
+            subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--midi_dir", str(midi_dir), "--out_dir",
+                            os.path.join(out, "data"), "--workers", str(workers)], check=True, capture_output=True)
             seconds = time.perf_counter() - start
         finally:
             shutil.rmtree(out, ignore_errors=True)

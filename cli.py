@@ -126,7 +126,9 @@ def load_config(config_cls, argv):
     return config
 
 
-def _read_config_file(path, fields):
+def config_file_values(path):
+    """{name: value} of a config file's assignments (names starting with _, functions and modules
+    left out), unchecked."""
     if not os.path.isfile(path):
         raise CliError(f"config file not found: {path}")
     with open(path) as f:
@@ -136,13 +138,15 @@ def _read_config_file(path, fields):
         exec(compile(source, path, "exec"), {}, namespace)
     except Exception as e:  # a config file is user input: report it in one line
         raise CliError(f"cannot run config file {path}: {type(e).__name__}: {e}") from None
-    values = {}
-    for key, value in namespace.items():
-        if key.startswith("_") or callable(value) or type(value).__name__ == "module":
-            continue
+    return {key: value for key, value in namespace.items()
+            if not (key.startswith("_") or callable(value) or type(value).__name__ == "module")}
+
+
+def _read_config_file(path, fields):
+    values = config_file_values(path)
+    for key in values:
         if key not in fields:
             raise CliError(f"{path}: " + _unknown_key_message(key, list(fields)))
-        values[key] = value
     return values
 
 

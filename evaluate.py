@@ -313,14 +313,22 @@ def summarise_pieces(rows, candidates, names, train_counts, seed):
             "identification": ident}
 
 
-def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bos_id, max_windows, seed, ctx=None):
-    """summarise_pieces over all pieces [(tokens, composer id, kind id)], and over each kind
-    (sequenced, performed) that has pieces, under "by_kind"."""
+def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bos_id, max_windows, seed, ctx=None,
+                 sources=None):
+    """summarise_pieces over all pieces [(tokens, composer id, kind id)], over each kind
+    (sequenced, performed) that has pieces under "by_kind", and, given each piece's source (the
+    MIDI folder it came from), over each source and kind under "by_source" when there are several."""
     rows = score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ctx)
     out = summarise_pieces(rows, candidates, names, train_counts, seed)
-    out["by_kind"] = {kind: summarise_pieces([r for r in rows if r["kind"] == kind_id], candidates, names,
-                                             train_counts, seed)
-                      for kind, kind_id in KIND_IDS.items() if any(r["kind"] == kind_id for r in rows)}
+    kinds = {kind_id: kind for kind, kind_id in KIND_IDS.items()}
+    out["by_kind"] = {kinds[k]: summarise_pieces([r for r in rows if r["kind"] == k], candidates, names, train_counts,
+                                                 seed)
+                      for k in sorted({r["kind"] for r in rows} & set(kinds))}
+    if sources and len(set(sources)) > 1:
+        groups = sorted({(source, row["kind"]) for source, row in zip(sources, rows)} - {(s, 0) for s in sources})
+        out["by_source"] = {f"{source} {kinds[k]}": summarise_pieces(
+            [r for s, r in zip(sources, rows) if (s, r["kind"]) == (source, k)], candidates, names, train_counts, seed)
+            for source, k in groups}
     return out
 
 
@@ -504,8 +512,9 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     # 3. whole held-out pieces: NLL by condition with bootstrap intervals, identification
     val_pieces = [(np.asarray(val.tokens[o:o + n], np.int64), int(c), int(k)) for (o, n, c), k in
                   zip(val.index, val.kinds)]
+    sources = [p["path"].split("/")[0] if "/" in p["path"] else "" for p in dataset.pieces() if p["split"] == "val"]
     results["val_pieces"] = judge_pieces(model, val_pieces, candidates, names, train_counts, n_composers, bos_id,
-                                         max_windows, seed, ctx)
+                                         max_windows, seed, ctx, sources if isinstance(meta.get("source"), list) else None)
     progress.say(f"{len(val_pieces)} val pieces scored under {len(candidates) + 3} conditions")
     if real_dir:
         real, ignored = read_real_dir(real_dir, tokenizer, checkpoint["composers"])
@@ -612,6 +621,8 @@ def print_pieces(title, p):
     for kind, part in p.get("by_kind", {}).items():
         if len(p["by_kind"]) > 1:
             print_pieces(f"{title}, {kind} only", part)
+    for source, part in p.get("by_source", {}).items():
+        print_pieces(f"{title} from {source}", part)
 
 
 def print_report(r):

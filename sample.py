@@ -16,6 +16,7 @@ import difflib
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -246,20 +247,44 @@ def claim_stem(base):
             fd = os.open(f"{stem}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write('{"status": "being written"}')
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write('{"status": "being written"}')
+        except OSError:  # a full disk: no claim is left behind
+            os.unlink(f"{stem}.json")
+            raise
         return stem
     raise CliError(f"no free file name for {base} in its folder")
 
 
+STEM_SUFFIXES = (".mid", ".png", ".wav", ".json")
+
+
 def write_sample(stem, ids, tokenizer, settings, soundfont=None, audio=True):
-    """stem.mid, stem.png, stem.wav (unless audio is off) and stem.json last; returns a summary dict."""
-    ids, score, errors = decode_sample(tokenizer, ids)
-    summary = write_score(stem, score, audio, soundfont)
-    atomic_write_text(f"{stem}.json", json.dumps({**settings, "grammar_error_rate": errors, "notes": summary["notes"],
-                                                  "seconds": summary["seconds"], "voice": summary["voice"],
-                                                  "token_ids": ids}))
+    """stem.mid, stem.png, stem.wav (unless audio is off) and stem.json last; returns a summary
+    dict. All or nothing: a failed write or an interrupt removes what this sample had written."""
+    try:
+        ids, score, errors = decode_sample(tokenizer, ids)
+        summary = write_score(stem, score, audio, soundfont)
+        atomic_write_text(f"{stem}.json", json.dumps({**settings, "grammar_error_rate": errors,
+                                                      "notes": summary["notes"], "seconds": summary["seconds"],
+                                                      "voice": summary["voice"], "token_ids": ids}))
+    except BaseException:
+        remove_stem(stem)
+        raise
     return {**summary, "grammar_error_rate": errors}
+
+
+def remove_stem(stem):
+    """Every file of one sample, and the temporary files a write may have left."""
+    folder, base = os.path.split(stem)
+    for name in os.listdir(folder or "."):
+        if any(name == base + suffix or name.startswith(base + suffix + ".") or name.startswith(f".{base}{suffix}.")
+               for suffix in STEM_SUFFIXES):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
 
 
 def write_score(stem, score, audio=True, soundfont=None):
@@ -285,26 +310,76 @@ def render_file(args):
         score = Score(args.render)
     except Exception as e:
         raise CliError(f"cannot read --render {args.render}: {type(e).__name__}: {e}") from None
-    os.makedirs(args.out_dir, exist_ok=True)
+    make_out_dir(args.out_dir)
     base = args.name or "real_" + os.path.splitext(os.path.basename(args.render))[0]
     stem = claim_stem(os.path.join(args.out_dir, base))
-    summary = write_score(stem, score, True, find_soundfont(args.soundfont))
-    atomic_write_text(f"{stem}.json", json.dumps({"rendered": os.path.abspath(args.render), "notes": summary["notes"],
-                                                  "seconds": summary["seconds"], "voice": summary["voice"]}))
+    try:
+        summary = write_score(stem, score, True, find_soundfont(args.soundfont))
+        atomic_write_text(f"{stem}.json", json.dumps({"rendered": os.path.abspath(args.render),
+                                                      "notes": summary["notes"], "seconds": summary["seconds"],
+                                                      "voice": summary["voice"]}))
+    except BaseException:
+        remove_stem(stem)
+        raise
     write_gallery(args.out_dir)
     print(f"  {stem}.wav: {summary['notes']} notes, {summary['seconds']:.1f} s, voice: {summary['voice']} "
           f"(+ .mid, .png, .json; {args.out_dir}/index.html)")
 
 
-def main(argv=None):
-    parser, args = parse_args(argv)
+class StopSignal(Exception):
+    """SIGTERM, raised wherever the program is, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def raise_stop(signum, frame):
+    raise StopSignal()
+
+
+def make_out_dir(folder):
     try:
-        run(args)
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot create --out_dir {folder}: {e.strerror or e}") from None
+
+
+def kept_line(kept, out_dir):
+    """What a stopped or failed run leaves: the samples it finished, and where they are listed."""
+    if not kept:
+        return "no sample was finished; nothing partial was left"
+    return (f"kept the {len(kept)} finished sample(s) ({', '.join(os.path.basename(s) for s in kept)}: "
+            f".mid, .png{', .wav' if any(os.path.exists(s + '.wav') for s in kept) else ''}, .json), listed on "
+            f"{os.path.join(out_dir, 'index.html')}; nothing partial was left")
+
+
+def refresh_gallery(out_dir):
+    """The listening page after a stop or a failed write; a page that cannot be written keeps the old one."""
+    try:
+        if os.path.isdir(out_dir):
+            write_gallery(out_dir)
+    except OSError:
+        pass
+
+
+def main(argv=None):
+    """One line and exit 2 for a bad request or a failed write, 130 / 143 for Ctrl-C / SIGTERM: no
+    traceback, every finished sample kept and listed, nothing partial on disk."""
+    parser, args = parse_args(argv)
+    kept = []  # stems of the samples written whole
+    previous = signal.signal(signal.SIGTERM, raise_stop)
+    try:
+        run(args, kept)
     except CliError as e:
-        fail(parser.prog, str(e))
+        refresh_gallery(args.out_dir)
+        fail(parser.prog, str(e) + (f"; {kept_line(kept, args.out_dir)}" if kept else ""))
+    except (KeyboardInterrupt, StopSignal) as e:
+        refresh_gallery(args.out_dir)
+        name, code = ("SIGTERM", 143) if isinstance(e, StopSignal) else ("SIGINT", 130)
+        print(f"\n{parser.prog}: {name}: stopped; {kept_line(kept, args.out_dir)}", file=sys.stderr)
+        sys.exit(code)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def run(args):
+def run(args, kept):
     if args.soundfont and args.soundfont != "builtin" and not os.path.isfile(args.soundfont):
         raise CliError(f"--soundfont {args.soundfont} is not a file")
     if args.render:
@@ -342,7 +417,7 @@ def run(args):
           f"{args.max_new_tokens} tokens, {'constrained' if args.constrained else 'unconstrained'}, "
           f"rendered as {args.render_as}, "
           f"prompt {len(prompt)} tokens")
-    os.makedirs(args.out_dir, exist_ok=True)
+    make_out_dir(args.out_dir)
     safe = "".join(c if c.isalnum() else "_" for c in composer_name).strip("_") or "unconditional"
     stem_base = args.name or f"{safe}_{args.seed}"
     compiled = compile_pays(args.compile, model, device, args.max_new_tokens * len(args.guidance))
@@ -358,14 +433,20 @@ def run(args):
         tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
         for i, ids in enumerate(samples):
             name = f"{stem_base}{tag}_{i}" if args.num_samples > 1 else f"{stem_base}{tag}"
-            stem = claim_stem(os.path.join(args.out_dir, name))
+            stem = os.path.join(args.out_dir, name)
             settings = {"composer": composer_name, "composer_id": composer_id, "guidance": guidance,
                         "guidance_mode": args.guidance_mode, "render_as": args.render_as,
                         **({"mix": {str(k): w for k, w in condition.items()}} if isinstance(condition, dict) else {}),
                         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
                         "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt,
                         "prompt": args.prompt, "prompt_tokens": len(prompt) - 1}
-            summary = write_sample(stem, ids, tokenizer, settings, soundfont, args.audio)
+            try:
+                stem = claim_stem(stem)
+                summary = write_sample(stem, ids, tokenizer, settings, soundfont, args.audio)
+            except OSError as e:
+                raise CliError(f"cannot write {e.filename or stem + '.*'}: {e.strerror or e}; "
+                               f"{os.path.basename(stem)} was not kept") from None
+            kept.append(stem)
             voices.add(summary["voice"])
             print(f"  {summary['midi']}: {summary['notes']} notes, {summary['seconds']:.1f} s, "
                   f"grammar errors {summary['grammar_error_rate']:.2%}  "

@@ -255,4 +255,12 @@ def test_bench_times_the_shipped_cpu_model_exactly_as_train_builds_it(capsys):
     cfg = load_config(TrainConfig, [os.path.join(ROOT, "config", "remi_cpu.py")])
     for key in ("positions", "norm", "mlp", "qk_norm", "tie_head", "optimizer"):
         assert shipped[key] == getattr(cfg, key), key
+    import dataclasses
+
+    from train import model_config_of
+
+    model_cfg, batch, optimizer = bench.shipped_cpu_recipe()  # read without importing train.py
+    expected = model_config_of(cfg, {"vocab_size": 419, "n_composers": 27, "pad_id": 0})
+    assert model_cfg == dataclasses.replace(expected, dropout=0.0)
+    assert (batch, optimizer) == (cfg.batch_size * cfg.grad_accum, cfg.optimizer)
     assert {r["model"] for r in records if r["case"] == "train"} == {"seed", "remi_cpu_before", "remi_cpu"}
