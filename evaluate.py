@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -32,80 +33,11 @@ from checkpoints import load_trained
 from cli import CliError, Parser, atomic_write_text, fail, positive_int
 from dataset import KIND_IDS, RENDER_AS, WindowSampler, composer_key, open_dataset
 from devices import autocast_context, device_type_of, resolve_dtype
+from copies import CopyFinder, note_events
 from judge import Judge, note_arrays, note_features
-from remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, gram_keys, guidance_kinds,
+from ngram import HIGH_ORDER_MAX_TOKENS, NGRAM_ORDERS, NGram, unigram_entropy
+from remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, guidance_kinds,
                   piece_kind)
-
-
-# ----------------------------------------------------------------------------- n-gram baselines
-
-NGRAM_ORDERS = (3, 4, 5, 6)  # the best smoothed n-gram is the baseline a model must beat (order 5 wins on the shared sets)
-HIGH_ORDER_MAX_TOKENS = 60_000_000  # orders above 3 only up to this many training tokens (22M: 2 GB at order 6)
-
-
-class NGram:
-    """Interpolated Witten-Bell n-gram over token ids (numpy only).
-
-    p(w | h) = (c(h, w) + T(h) * p(w | h')) / (c(h) + T(h)), with T(h) the number of distinct
-    continuations of h and h' the context one token shorter; the unigram level is add-one smoothed.
-    """
-
-    def __init__(self, sequences, vocab_size, order=3):
-        self.vocab_size, self.order = vocab_size, order
-        self.tables = []  # per context length k: (sorted keys of (h, w), counts, sorted keys of h, c(h), T(h))
-        for k in range(order):
-            grams = [self._keys(seq, k) for seq in sequences if len(seq) > k]
-            full = np.concatenate(grams) if grams else np.empty(0, np.int64)
-            keys, counts = np.unique(full, return_counts=True)
-            contexts = keys // vocab_size
-            ctx_keys, ctx_start = np.unique(contexts, return_index=True)
-            ctx_counts = np.add.reduceat(counts, ctx_start) if len(counts) else counts
-            ctx_types = np.diff(np.append(ctx_start, len(keys)))
-            self.tables.append((keys, counts, ctx_keys, ctx_counts, ctx_types))
-
-    def _keys(self, seq, k):
-        """Integer key of (context of length k, next token) at every position >= k."""
-        seq = np.asarray(seq, dtype=np.int64)
-        key = np.zeros(len(seq) - k, dtype=np.int64)
-        for j in range(k + 1):
-            key = key * self.vocab_size + seq[j:len(seq) - k + j]
-        return key
-
-    @staticmethod
-    def _lookup(sorted_keys, values, queries):
-        pos = np.searchsorted(sorted_keys, queries)
-        pos = np.minimum(pos, max(len(sorted_keys) - 1, 0))
-        found = (sorted_keys[pos] == queries) if len(sorted_keys) else np.zeros(len(queries), bool)
-        return np.where(found, values[pos] if len(values) else 0, 0)
-
-    def log_probs(self, seq, start=1):
-        """log p(seq[t] | seq[t-order+1 : t]) for t >= start (shorter contexts at the beginning)."""
-        seq = np.asarray(seq, dtype=np.int64)
-        targets = np.arange(start, len(seq))
-        keys, counts, _, _, _ = self.tables[0]
-        total = counts.sum()
-        prob = (self._lookup(keys, counts, seq[targets]) + 1) / (total + self.vocab_size)
-        for k in range(1, self.order):
-            keys, counts, ctx_keys, ctx_counts, ctx_types = self.tables[k]
-            usable = targets >= k
-            t = targets[usable]
-            ctx = np.zeros(len(t), dtype=np.int64)
-            for j in range(k, 0, -1):
-                ctx = ctx * self.vocab_size + seq[t - j]
-            c_hw = self._lookup(keys, counts, ctx * self.vocab_size + seq[t])
-            c_h = self._lookup(ctx_keys, ctx_counts, ctx)
-            t_h = self._lookup(ctx_keys, ctx_types, ctx)
-            seen = c_h > 0
-            mixed = prob[usable].copy()
-            mixed[seen] = (c_hw[seen] + t_h[seen] * mixed[seen]) / (c_h[seen] + t_h[seen])
-            prob[usable] = mixed
-        return np.log(prob)
-
-
-def unigram_entropy(tokens, vocab_size):
-    counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size).astype(float)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
 
 
 # ----------------------------------------------------------------------------- NLL
@@ -363,64 +295,6 @@ def read_real_dir(real_dir, tokenizer, composers):
     return pieces, ignored
 
 
-# ----------------------------------------------------------------------------- copying
-
-
-def note_events(score):
-    """One int per note: pitch and inter-onset interval (in 1/8 quarters) from the note before."""
-    onsets, _, pitches, _ = note_arrays(score)
-    steps = np.round(onsets * 8).astype(np.int64)
-    ioi = np.clip(np.diff(steps, prepend=steps[:1]), 0, 255)
-    return pitches * 256 + ioi
-
-
-class CopyFinder:
-    """The longest run of consecutive notes a query shares with any of a set of pieces.
-
-    Runs are anchored on k-note grams (grams found more than max_occurrences times are
-    generic figures and are not used as anchors) and extended both ways note by note, so a
-    run of k notes or more is measured exactly; shorter ones count as 0.
-    """
-
-    def __init__(self, sequences, k=5, max_occurrences=400):
-        self.k, self.max_occurrences = k, max_occurrences
-        parts = []
-        for i, seq in enumerate(sequences):
-            parts += [np.asarray(seq, np.int64), np.array([-(i + 1)])]  # a separator no run can cross
-        self.data = np.concatenate(parts) if parts else np.empty(0, np.int64)
-        if len(self.data) < k:
-            self.keys = self.positions = np.empty(0, np.int64)
-            return
-        negatives = np.concatenate([[0], np.cumsum(self.data < 0)])
-        valid = negatives[k:] - negatives[:-k] == 0
-        keys, positions = gram_keys(self.data, k)[valid], np.flatnonzero(valid)
-        order = np.argsort(keys, kind="stable")
-        self.keys, self.positions = keys[order], positions[order]
-
-    def longest(self, query):
-        query = np.asarray(query, np.int64)
-        if len(query) < self.k or len(self.keys) == 0:
-            return 0
-        keys = gram_keys(query, self.k)
-        low, high = np.searchsorted(self.keys, keys, "left"), np.searchsorted(self.keys, keys, "right")
-        best = 0
-        for s in np.flatnonzero((high > low) & (high - low <= self.max_occurrences)):
-            starts = self.positions[low[s]:high[s]]
-            run = run_lengths(query[s:], self.data, starts) + run_lengths(query[:s][::-1], self.data, starts - 1, -1)
-            best = max(best, int(run.max()))
-        return best
-
-
-def run_lengths(query, data, starts, step=1):
-    """For each start, how many notes of query match data[start], data[start + step], ... in a row."""
-    if len(query) == 0:
-        return np.zeros(len(starts), np.int64)
-    offsets = starts[:, None] + step * np.arange(len(query))[None, :]
-    inside = (offsets >= 0) & (offsets < len(data))
-    same = inside & (data[np.clip(offsets, 0, len(data) - 1)] == query[None, :])
-    return np.where(same.all(1), len(query), np.argmin(same, axis=1))
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -450,8 +324,48 @@ def excerpts(split, rows, length, per_piece, seed):
 def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1.0, 5.0), samples_per_composer=2,
              sample_tokens=512, seed=0, device="cpu", max_composers=None, real_dir=None, min_train_pieces=30,
              max_windows=4, judge_excerpts=3, dtype="auto", guidance_mode="within_types"):
+    """Every measure of the module docstring, as one dict (print_report prints it)."""
     if real_dir and not os.path.isdir(real_dir):
         raise CliError(f"--real_dir {real_dir} is not a folder")
+    e = set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composers, seed, max_windows)
+    results = {"ckpt": str(ckpt), "data_dir": e.data_dir, "num_windows": num_windows, "window": e.window,
+               "comparison_set": {"rule": e.rule, "composers": {e.names[c]: e.train_counts[c] for c in e.candidates}}}
+    progress = Progress()
+    x, y, composer, kind = (t.to(device) for t in val_windows(e.val, num_windows, seed))
+    results.update(window_measures(e, x, y, composer, kind))
+    progress.say("val windows scored")
+    results["baselines"] = ngram_baselines(e, x, y, results["nll"]["true"])
+    progress.say("baselines")
+    results["val_pieces"] = val_piece_measures(e)
+    progress.say(f"{len(e.val)} val pieces scored under {len(e.candidates) + 3} conditions")
+    if real_dir:
+        results["real_dir"] = real_dir_measures(e, real_dir)
+        progress.say(f"pieces of {real_dir} scored")
+    judge, val_scores, results["judge"] = fit_outside_judge(e, sample_tokens, judge_excerpts)
+    progress.say("outside judge fitted")
+    copies = CopyFinder([note_events(decode_sample(e.tokenizer, p)[1]) for p in e.train_pieces])
+    real_runs = [copies.longest(note_events(score)) for score, _ in val_scores]
+    results["copying"] = {"rule": "longest run of consecutive notes (pitch and inter-onset interval) shared with "
+                                  "any training piece; runs under 5 notes count as 0",
+                          "real_val_excerpts": {"median": float(np.median(real_runs)) if real_runs else 0.0,
+                                                "max": int(max(real_runs, default=0))}}
+    progress.say("copy index built")
+    results["samples"] = {}
+    # a model with a kind condition renders every guidance both ways (score, performance)
+    renderings = [(f"{g}", g, None) for g in guidances] if not e.model.config.n_kinds else \
+        [(f"{g} {kind}", g, kind) for g in guidances for kind in RENDER_AS]
+    for label, g, kind in renderings:
+        results["samples"][label] = sample_measures(e, judge, copies, g, kind, samples_per_composer, sample_tokens,
+                                                    guidance_mode)
+        progress.say(f"samples at guidance {label}")
+    real_stats = [music_stats(score, errors) for score, errors in val_scores]
+    results["samples"]["real val excerpts"] = mean_stats(real_stats)
+    results["real_val_spread"] = spread_stats(real_stats)
+    return results
+
+
+def set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composers, seed, max_windows):
+    """What every stage reads: the checked model and dataset, the splits, the comparison set."""
     model, checkpoint, tokenizer = load_trained(ckpt, device)
     data_dir = data_dir or checkpoint["train_config"]["data_dir"]
     dataset = open_dataset(data_dir)
@@ -459,140 +373,136 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     if meta["vocab_size"] != model.config.vocab_size or meta["n_composers"] != model.config.n_composers:
         raise CliError(f"{data_dir} (vocab {meta['vocab_size']}, {meta['n_composers']} composer ids) does not match "
                        f"the checkpoint (vocab {model.config.vocab_size}, {model.config.n_composers} composer ids)")
-    ctx = autocast_context(device_type_of(device), resolve_dtype(dtype, device_type_of(device)))
-    names = {i: n for n, i in checkpoint["composers"].items()}
-    n_composers, bos_id = model.config.n_composers, meta["bos_id"]
     window = min(window or model.config.block_size, model.config.block_size)
-    val = WindowSampler(dataset, "val", window)
-    train_split = WindowSampler(dataset, "train", window)
+    val, train_split = WindowSampler(dataset, "val", window), WindowSampler(dataset, "train", window)
     if len(val) == 0:
         raise CliError(f"{data_dir} has no val pieces")
     train_counts = {int(c): int(n) for c, n in zip(*np.unique(train_split.index[:, 2], return_counts=True))}
     candidates, rule = comparison_set(train_counts, min_train_pieces)
-    candidates = candidates[:max_composers]  # max_composers None: all
-    results = {"ckpt": str(ckpt), "data_dir": data_dir, "num_windows": num_windows, "window": window,
-               "comparison_set": {"rule": rule, "composers": {names[c]: train_counts[c] for c in candidates}}}
-    progress = Progress()
+    several_sources = isinstance(meta.get("source"), list)
+    return SimpleNamespace(
+        model=model, tokenizer=tokenizer, checkpoint=checkpoint, data_dir=data_dir, dataset=dataset, meta=meta,
+        window=window, val=val, train_split=train_split, train_counts=train_counts, rule=rule,
+        candidates=candidates[:max_composers],  # max_composers None: all
+        train_pieces=[train_split.tokens[o:o + n] for o, n, _ in train_split.index],
+        names={i: n for n, i in checkpoint["composers"].items()}, n_composers=model.config.n_composers,
+        bos_id=meta["bos_id"], device=device, seed=seed, max_windows=max_windows,
+        ctx=autocast_context(device_type_of(device), resolve_dtype(dtype, device_type_of(device))),
+        val_sources=[p["path"].split("/")[0] for p in dataset.pieces() if p["split"] == "val"] if several_sources
+        else None)
 
-    # 1. NLL with true / unconditional / wrong composer on seeded val windows
-    x, y, composer, kind = (t.to(device) for t in val_windows(val, num_windows, seed))
-    nll = {"true": window_nll(model, x, y, composer, kind, meta["pad_id"]),
-           "uncond": window_nll(model, x, y, torch.zeros_like(composer), kind, meta["pad_id"]),
-           "wrong": window_nll(model, x, y, derangement(composer, n_composers), kind, meta["pad_id"])}
-    weights = (y != meta["pad_id"]).sum(1).float()
-    results["nll"] = {k: float((v * weights).sum() / weights.sum()) for k, v in nll.items()}
-    results["perplexity"] = {k: math.exp(v) for k, v in results["nll"].items()}
+
+def window_measures(e, x, y, composer, kind):
+    """NLL with the true composer, composer 0 and a wrong one on seeded val windows, overall and
+    per composer, and the perplexities."""
+    pad_id = e.meta["pad_id"]
+    nll = {"true": window_nll(e.model, x, y, composer, kind, pad_id),
+           "uncond": window_nll(e.model, x, y, torch.zeros_like(composer), kind, pad_id),
+           "wrong": window_nll(e.model, x, y, derangement(composer, e.n_composers), kind, pad_id)}
+    weights = (y != pad_id).sum(1).float()
+    overall = {k: float((v * weights).sum() / weights.sum()) for k, v in nll.items()}
     per_composer = {}
     for c in composer.unique().tolist():
         rows = composer == c
-        per_composer[names.get(c, str(c))] = {k: float((v[rows] * weights[rows]).sum() / weights[rows].sum())
-                                              for k, v in nll.items()} | {"windows": int(rows.sum())}
-    results["nll_by_composer"] = per_composer
-    progress.say("val windows scored")
+        per_composer[e.names.get(c, str(c))] = {k: float((v[rows] * weights[rows]).sum() / weights[rows].sum())
+                                                for k, v in nll.items()} | {"windows": int(rows.sum())}
+    return {"nll": overall, "perplexity": {k: math.exp(v) for k, v in overall.items()}, "nll_by_composer": per_composer}
 
-    # 2. baselines on the same targets
-    train_tokens = train_split.tokens
-    pieces = [train_tokens[o:o + n] for o, n, _ in train_split.index]
-    unigram = NGram(pieces, meta["vocab_size"], order=1)
-    targets_mask = (y != meta["pad_id"]).cpu().numpy()
+
+def ngram_nll(ngram, x, y, pad_id):
+    """Mean NLL of an n-gram model on the non-PAD targets of windows x -> y."""
+    mask = (y != pad_id).cpu().numpy()
     xs, ys = x.cpu().numpy(), y.cpu().numpy()
-    full = [np.concatenate([xs[i, :1], ys[i]]) for i in range(len(xs))]
-    def baseline(m):  # noqa: E306
-        return float(np.mean(np.concatenate([-m.log_probs(f)[targets_mask[i]] for i, f in enumerate(full)])))
-    orders = NGRAM_ORDERS if len(train_tokens) <= HIGH_ORDER_MAX_TOKENS else (3,)
-    by_order = {order: baseline(NGram(pieces, meta["vocab_size"], order=order)) for order in orders}
+    return float(np.mean(np.concatenate([-ngram.log_probs(np.concatenate([xs[i, :1], ys[i]]))[mask[i]]
+                                         for i in range(len(xs))])))
+
+
+def ngram_baselines(e, x, y, model_nll):
+    """Unigram and Witten-Bell n-grams fitted on the training pieces, on the same targets."""
+    vocab, pad_id = e.meta["vocab_size"], e.meta["pad_id"]
+    orders = NGRAM_ORDERS if len(e.train_split.tokens) <= HIGH_ORDER_MAX_TOKENS else (3,)
+    by_order = {order: ngram_nll(NGram(e.train_pieces, vocab, order=order), x, y, pad_id) for order in orders}
     best_order = min(by_order, key=by_order.get)
-    results["baselines"] = {"unigram_entropy_train": unigram_entropy(np.asarray(train_tokens), meta["vocab_size"]),
-                            "unigram_nll": baseline(unigram), "trigram_witten_bell_nll": by_order[3],
-                            "witten_bell_nll_by_order": {str(k): v for k, v in by_order.items()},
-                            "best_ngram_order": best_order, "best_ngram_nll": by_order[best_order],
-                            "model_over_best_ngram": results["nll"]["true"] / by_order[best_order]}
-    progress.say("baselines")
+    return {"unigram_entropy_train": unigram_entropy(np.asarray(e.train_split.tokens), vocab),
+            "unigram_nll": ngram_nll(NGram(e.train_pieces, vocab, order=1), x, y, pad_id),
+            "trigram_witten_bell_nll": by_order[3], "witten_bell_nll_by_order": {str(k): v for k, v in by_order.items()},
+            "best_ngram_order": best_order, "best_ngram_nll": by_order[best_order],
+            "model_over_best_ngram": model_nll / by_order[best_order]}
 
-    # 3. whole held-out pieces: NLL by condition with bootstrap intervals, identification
-    val_pieces = [(np.asarray(val.tokens[o:o + n], np.int64), int(c), int(k)) for (o, n, c), k in
-                  zip(val.index, val.kinds)]
-    sources = [p["path"].split("/")[0] if "/" in p["path"] else "" for p in dataset.pieces() if p["split"] == "val"]
-    results["val_pieces"] = judge_pieces(model, val_pieces, candidates, names, train_counts, n_composers, bos_id,
-                                         max_windows, seed, ctx, sources if isinstance(meta.get("source"), list) else None)
-    progress.say(f"{len(val_pieces)} val pieces scored under {len(candidates) + 3} conditions")
-    if real_dir:
-        real, ignored = read_real_dir(real_dir, tokenizer, checkpoint["composers"])
-        if not real:
-            raise CliError(f"--real_dir {real_dir}: no piece by a composer of this checkpoint "
-                           f"({len(ignored)} folders/files ignored)")
-        results["real_dir"] = {"dir": real_dir, "ignored": ignored,
-                               **judge_pieces(model, [(t, c, k) for _, t, c, k in real], candidates, names,
-                                              train_counts, n_composers, bos_id, max_windows, seed, ctx)}
-        progress.say(f"{len(real)} pieces of {real_dir} scored")
 
-    # 4. the outside judge, fitted on excerpts of training pieces of the comparison set
-    def decoded(token_lists):
-        """(score, grammar error rate) of each token list, decoded once for every measure."""
-        return [decode_sample(tokenizer, ids)[1:] for ids in token_lists]
+def val_piece_measures(e):
+    """judge_pieces over the whole val pieces, each with its own kind (and source folder)."""
+    pieces = [(np.asarray(e.val.tokens[o:o + n], np.int64), int(c), int(k)) for (o, n, c), k in
+              zip(e.val.index, e.val.kinds)]
+    return judge_pieces(e.model, pieces, e.candidates, e.names, e.train_counts, e.n_composers, e.bos_id,
+                        e.max_windows, e.seed, e.ctx, e.val_sources)
 
-    def features(scores):
-        return np.array([note_features(score) for score, _ in scores])
 
-    train_rows = [r for r in range(len(train_split)) if int(train_split.index[r, 2]) in candidates]
-    val_rows = [r for r in range(len(val)) if int(val.index[r, 2]) in candidates]
-    train_ex = excerpts(train_split, train_rows, sample_tokens, judge_excerpts, seed)
-    val_ex = excerpts(val, val_rows, sample_tokens, judge_excerpts, seed + 1)
-    judge = Judge().fit(features(decoded([t for t, _, _ in train_ex])), [c for _, c, _ in train_ex])
-    val_scores = decoded([t for t, _, _ in val_ex])
+def real_dir_measures(e, real_dir):
+    real, ignored = read_real_dir(real_dir, e.tokenizer, e.checkpoint["composers"])
+    if not real:
+        raise CliError(f"--real_dir {real_dir}: no piece by a composer of this checkpoint "
+                       f"({len(ignored)} folders/files ignored)")
+    return {"dir": real_dir, "ignored": ignored,
+            **judge_pieces(e.model, [(t, c, k) for _, t, c, k in real], e.candidates, e.names, e.train_counts,
+                           e.n_composers, e.bos_id, e.max_windows, e.seed, e.ctx)}
+
+
+def decoded(tokenizer, token_lists):
+    """(score, grammar error rate) of each token list, decoded once for every measure."""
+    return [decode_sample(tokenizer, ids)[1:] for ids in token_lists]
+
+
+def features(scores):
+    return np.array([note_features(score) for score, _ in scores])
+
+
+def fit_outside_judge(e, sample_tokens, judge_excerpts):
+    """The judge fitted on excerpts of training pieces of the comparison set; (judge, decoded
+    real val excerpts, its accuracy on them overall and by kind)."""
+    train_rows = [r for r in range(len(e.train_split)) if int(e.train_split.index[r, 2]) in e.candidates]
+    val_rows = [r for r in range(len(e.val)) if int(e.val.index[r, 2]) in e.candidates]
+    train_ex = excerpts(e.train_split, train_rows, sample_tokens, judge_excerpts, e.seed)
+    val_ex = excerpts(e.val, val_rows, sample_tokens, judge_excerpts, e.seed + 1)
+    judge = Judge().fit(features(decoded(e.tokenizer, [t for t, _, _ in train_ex])), [c for _, c, _ in train_ex])
+    val_scores = decoded(e.tokenizer, [t for t, _, _ in val_ex])
     val_features = features(val_scores)
     val_composers, val_kinds = np.array([c for _, c, _ in val_ex]), np.array([k for _, _, k in val_ex])
-    results["judge"] = {"features": "note statistics (pitch classes, intervals, register, chords, onsets, durations, "
-                                    "velocities, tempo)", "train_excerpts": len(train_ex),
-                        "val_excerpts": len(val_ex),
-                        "accuracy_on_real_val": judge.accuracy(val_features, val_composers),
-                        "balanced_accuracy_on_real_val": judge.balanced_accuracy(val_features, val_composers),
-                        "real_val_composers": len(set(val_composers.tolist())), "chance": 1 / len(candidates),
-                        "by_kind": {kind: {"val_excerpts": int((val_kinds == k).sum()),
-                                           "accuracy_on_real_val": judge.accuracy(val_features[val_kinds == k],
-                                                                                  val_composers[val_kinds == k])}
-                                    for kind, k in KIND_IDS.items() if (val_kinds == k).any()}}
-    progress.say("outside judge fitted")
-    copies = CopyFinder([note_events(decode_sample(tokenizer, p)[1]) for p in pieces])
-    real_runs = [copies.longest(note_events(score)) for score, _ in val_scores]
-    results["copying"] = {"rule": "longest run of consecutive notes (pitch and inter-onset interval) shared with "
-                                  "any training piece; runs under 5 notes count as 0",
-                          "real_val_excerpts": {"median": float(np.median(real_runs)) if real_runs else 0.0,
-                                                "max": int(max(real_runs, default=0))}}
-    progress.say("copy index built")
+    report = {"features": "note statistics (pitch classes, intervals, register, chords, onsets, durations, "
+                          "velocities, tempo)", "train_excerpts": len(train_ex), "val_excerpts": len(val_ex),
+              "accuracy_on_real_val": judge.accuracy(val_features, val_composers),
+              "balanced_accuracy_on_real_val": judge.balanced_accuracy(val_features, val_composers),
+              "real_val_composers": len(set(val_composers.tolist())), "chance": 1 / len(e.candidates),
+              "by_kind": {kind: {"val_excerpts": int((val_kinds == k).sum()),
+                                 "accuracy_on_real_val": judge.accuracy(val_features[val_kinds == k],
+                                                                        val_composers[val_kinds == k])}
+                          for kind, k in KIND_IDS.items() if (val_kinds == k).any()}}
+    return judge, val_scores, report
 
-    # 5. samples for the comparison set at each guidance
-    requested = torch.tensor([c for c in candidates for _ in range(samples_per_composer)], device=device)
-    bos = torch.full((len(requested), 1), bos_id, dtype=torch.long, device=device)
-    results["samples"] = {}
-    # a model with a kind condition renders every guidance both ways (score, performance)
-    renderings = [(f"{g}", g, None) for g in guidances] if not model.config.n_kinds else \
-        [(f"{g} {kind}", g, kind) for g in guidances for kind in RENDER_AS]
-    for label, g, kind in renderings:
-        generator = torch.Generator(device=device).manual_seed(seed)
-        with ctx:
-            out = model.generate(bos, requested, sample_tokens, guidance=g, generator=generator,
-                                 logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT),
-                                 guidance_kinds=guidance_kinds(tokenizer, guidance_mode),
-                                 kind=None if kind is None else RENDER_AS[kind])
-        token_lists = [row[1:].tolist() for row in out]
-        scores = score_under(model, [np.array(t) for t in token_lists], candidates, bos_id, ctx=ctx,
-                             kinds=None if kind is None else [RENDER_AS[kind]] * len(token_lists))
-        sample_scores = decoded(token_lists)
-        runs = [copies.longest(note_events(score)) for score, _ in sample_scores]
-        stats = [music_stats(score, errors) for score, errors in sample_scores]
-        verdicts = judge.predict(features(sample_scores))
-        results["samples"][label] = {
-            "judge_accuracy": float(np.mean(verdicts == requested.cpu().numpy())),
-            "judge_confusion": confusion_table(zip(requested.tolist(), verdicts.tolist()), names),
-            "self_judged_adherence": adherence(scores, [candidates.index(c) + 1 for c in requested.tolist()]),
-            "chance": 1 / len(candidates), "longest_copied_run": int(max(runs, default=0)),
-            "median_copied_run": float(np.median(runs)) if runs else 0.0, **mean_stats(stats)}
-        progress.say(f"samples at guidance {label}")
-    real_stats = [music_stats(score, errors) for score, errors in val_scores]
-    results["samples"]["real val excerpts"] = mean_stats(real_stats)
-    results["real_val_spread"] = spread_stats(real_stats)
-    return results
+
+def sample_measures(e, judge, copies, guidance, render_as, per_composer, sample_tokens, guidance_mode):
+    """samples for every composer of the comparison set at one guidance (and rendering): the judge's
+    verdict, self-judged adherence, copying and music statistics."""
+    requested = torch.tensor([c for c in e.candidates for _ in range(per_composer)], device=e.device)
+    bos = torch.full((len(requested), 1), e.bos_id, dtype=torch.long, device=e.device)
+    kind = None if render_as is None else RENDER_AS[render_as]
+    generator = torch.Generator(device=e.device).manual_seed(e.seed)
+    with e.ctx:
+        out = e.model.generate(bos, requested, sample_tokens, guidance=guidance, generator=generator,
+                               logits_processor=RemiGrammar(e.tokenizer, chord_limit=CHORD_LIMIT),
+                               guidance_kinds=guidance_kinds(e.tokenizer, guidance_mode), kind=kind)
+    token_lists = [row[1:].tolist() for row in out]
+    scores = score_under(e.model, [np.array(t) for t in token_lists], e.candidates, e.bos_id, ctx=e.ctx,
+                         kinds=None if kind is None else [kind] * len(token_lists))
+    sample_scores = decoded(e.tokenizer, token_lists)
+    runs = [copies.longest(note_events(score)) for score, _ in sample_scores]
+    verdicts = judge.predict(features(sample_scores))
+    return {"judge_accuracy": float(np.mean(verdicts == requested.cpu().numpy())),
+            "judge_confusion": confusion_table(zip(requested.tolist(), verdicts.tolist()), e.names),
+            "self_judged_adherence": adherence(scores, [e.candidates.index(c) + 1 for c in requested.tolist()]),
+            "chance": 1 / len(e.candidates), "longest_copied_run": int(max(runs, default=0)),
+            "median_copied_run": float(np.median(runs)) if runs else 0.0,
+            **mean_stats([music_stats(score, errors) for score, errors in sample_scores])}
 
 
 class Progress:

@@ -1,5 +1,6 @@
-"""Pictures with numpy and zlib only: a PNG writer and simple line charts (training curves,
-ablation plots), labelled with a built-in 3x5 pixel font. Imports nothing of this project."""
+"""Pictures with numpy and zlib only: a PNG writer, simple line charts (training curves,
+ablation plots) labelled with a built-in 3x5 pixel font, and piano rolls. Imports nothing of
+this project."""
 import struct
 import zlib
 
@@ -122,3 +123,25 @@ def side_by_side(*images):
     height = max(im.shape[0] for im in images)
     padded = [np.pad(im, ((0, height - im.shape[0]), (0, 0), (0, 0)), constant_values=255) for im in images]
     return np.concatenate(padded, axis=1)
+
+
+def piano_roll(score, low, high, pixels_per_quarter=8, row_height=3, max_width=4000):
+    """Pitch (rows low..high, low at the bottom) x time image of a symusic score; brightness is
+    velocity, bar-free and DAW-free."""
+    notes = [n for track in score.tracks for n in track.notes]
+    end = max((n.time + n.duration for n in notes), default=score.tpq)
+    width = int(min(max_width, max(1, end * pixels_per_quarter / score.tpq)))
+    n_rows = high - low + 1
+    image = np.full((n_rows * row_height, width, 3), 24, dtype=np.uint8)
+    for octave_c in range(24, high + 1, 12):  # faint line at every C
+        y = (high - octave_c) * row_height + row_height - 1
+        image[y, :, :] = 48
+    for n in notes:
+        x0 = int(n.time * pixels_per_quarter / score.tpq)
+        x1 = max(x0 + 1, int((n.time + n.duration) * pixels_per_quarter / score.tpq))
+        if x0 >= width or not low <= n.pitch <= high:
+            continue
+        y = (high - n.pitch) * row_height
+        level = 80 + int(175 * n.velocity / 127)
+        image[y:y + row_height - 1, x0:min(x1, width)] = (level, int(level * 0.75), 60)
+    return image

@@ -30,7 +30,7 @@ from cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, 
 from dataset import RENDER_AS, UNCONDITIONAL
 from devices import device_type_of, resolve_device, resolve_dtype
 from gallery import write_gallery
-from pictures import png_bytes
+from pictures import piano_roll, png_bytes
 from remi import (CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score,
                   guidance_kinds)
 
@@ -91,27 +91,6 @@ def condition_tensor(condition, num_samples, n_composers, device):
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def piano_roll(score, pixels_per_quarter=8, row_height=3, max_width=4000):
-    """Pitch (bottom = A0) x time image; brightness is velocity, bar-free and DAW-free."""
-    notes = [n for track in score.tracks for n in track.notes]
-    end = max((n.time + n.duration for n in notes), default=score.tpq)
-    width = int(min(max_width, max(1, end * pixels_per_quarter / score.tpq)))
-    n_rows = PIANO_HIGH - PIANO_LOW + 1
-    image = np.full((n_rows * row_height, width, 3), 24, dtype=np.uint8)
-    for octave_c in range(24, PIANO_HIGH + 1, 12):  # faint line at every C
-        y = (PIANO_HIGH - octave_c) * row_height + row_height - 1
-        image[y, :, :] = 48
-    for n in notes:
-        x0 = int(n.time * pixels_per_quarter / score.tpq)
-        x1 = max(x0 + 1, int((n.time + n.duration) * pixels_per_quarter / score.tpq))
-        if x0 >= width or not PIANO_LOW <= n.pitch <= PIANO_HIGH:
-            continue
-        y = (PIANO_HIGH - n.pitch) * row_height
-        level = 80 + int(175 * n.velocity / 127)
-        image[y:y + row_height - 1, x0:min(x1, width)] = (level, int(level * 0.75), 60)
-    return image
 
 
 def load_prompt(path, tokenizer, prompt_tokens, bos_id):
@@ -294,7 +273,7 @@ def write_score(stem, score, audio=True, soundfont=None):
     tmp_mid = f"{stem}.mid.{os.getpid()}.tmp"
     score.dump_midi(tmp_mid)  # symusic writes a path; rename it into place
     os.replace(tmp_mid, f"{stem}.mid")
-    atomic_write_bytes(f"{stem}.png", png_bytes(piano_roll(score)))
+    atomic_write_bytes(f"{stem}.png", png_bytes(piano_roll(score, PIANO_LOW, PIANO_HIGH)))
     voice = None
     if audio:
         samples, voice = render(score, soundfont)
@@ -350,10 +329,11 @@ def kept_line(kept, out_dir):
             f"{os.path.join(out_dir, 'index.html')}; nothing partial was left")
 
 
-def refresh_gallery(out_dir):
-    """The listening page after a stop or a failed write; a page that cannot be written keeps the old one."""
+def refresh_gallery(out_dir, kept):
+    """The listening page after a stop or a failed write, listing the samples this run kept (the old
+    page, still valid, stays when there are none or when it cannot be written)."""
     try:
-        if os.path.isdir(out_dir):
+        if kept:
             write_gallery(out_dir)
     except OSError:
         pass
@@ -368,10 +348,10 @@ def main(argv=None):
     try:
         run(args, kept)
     except CliError as e:
-        refresh_gallery(args.out_dir)
+        refresh_gallery(args.out_dir, kept)
         fail(parser.prog, str(e) + (f"; {kept_line(kept, args.out_dir)}" if kept else ""))
     except (KeyboardInterrupt, StopSignal) as e:
-        refresh_gallery(args.out_dir)
+        refresh_gallery(args.out_dir, kept)
         name, code = ("SIGTERM", 143) if isinstance(e, StopSignal) else ("SIGINT", 130)
         print(f"\n{parser.prog}: {name}: stopped; {kept_line(kept, args.out_dir)}", file=sys.stderr)
         sys.exit(code)

@@ -128,7 +128,7 @@ def test_identification_by_a_composer_blind_model_is_chance_exactly():
                                          dropout=0.0)).eval()
     torch.nn.init.zeros_(model.wce.weight)  # the composer changes nothing
     rng = np.random.default_rng(0)
-    pieces = [(rng.integers(2, 30, 40), int(c)) for c in (1, 2, 3, 4, 1, 2)]
+    pieces = [(rng.integers(2, 30, 40), int(c), 0) for c in (1, 2, 3, 4, 1, 2)]  # kind 0: unknown
     names = {i: f"c{i}" for i in range(5)}
     r = judge_pieces(model, pieces, [1, 2, 3, 4], names, {1: 9, 2: 5, 3: 5, 4: 5}, 5, bos_id=1, max_windows=None,
                      seed=0)
