@@ -421,20 +421,8 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
     tokenizer = build_tokenizer()
     pitch_ids = pitch_token_ids(tokenizer)
     pitch_lo, pitch_hi = int(pitch_ids[0]), int(pitch_ids[-1])
-    kept, skipped, n_files = [], [], 0
-    for folder, label, (folder_layout, assigned) in zip(midi_dirs, labels, folders):
-        relpaths = [relpath for relpath, _, _ in assigned]
-        n_files += len(relpaths)
-        print(f"encoding {len(relpaths)} files from {folder} with {workers} worker(s)")
-        results = encode_all(folder, relpaths, workers, min_tokens, check_notes, isolate, file_timeout, max_memory_mb)
-        for relpath, composer, split in assigned:
-            path, result = f"{label}/{relpath}" if label else relpath, results[relpath]
-            if "ids" in result:
-                kept.append({"path": path, "composer": composer, "split": split, "result": result,
-                             "fixed_split": folder_layout == "maestro"})
-            else:
-                skipped.append({"path": path, "reason": result["reason"],
-                                **({"detail": result["detail"]} if "detail" in result else {})})
+    kept, skipped, n_files = encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes, isolate,
+                                            file_timeout, max_memory_mb)
     kept = drop_duplicates(kept, skipped, pitch_lo, pitch_hi)
     reasons = {}
     for s in skipped:
@@ -490,22 +478,42 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
         "seconds": None,
     }
     if check_notes:
-        pairs = [(p["path"], p["result"]["notes"]) for p in kept]
-        recalls = {path: m / max(n_ref, 1) for path, (m, n_ref, n_dec) in pairs}
-        precisions = {path: m / max(n_dec, 1) for path, (m, n_ref, n_dec) in pairs}
-        worst = min(recalls, key=recalls.get) if recalls else None
-        meta["note_check"] = {
-            "rule": "pitch exact, onset within 1/16 quarter note",
-            "notes": sum(n_ref for _, (_, n_ref, _) in pairs),
-            "matched": sum(m for _, (m, _, _) in pairs),
-            "worst_recall": recalls.get(worst, 1.0),
-            "worst_recall_piece": worst,
-            "worst_precision": min(precisions.values(), default=1.0),
-        }
+        meta["note_check"] = note_check_summary(kept)
     meta["seconds"] = round(time.time() - start, 2)
     meta = write_dataset(out_dir, pieces, skipped, {UNCONDITIONAL: 0, **composers}, tokenizer, meta)
     print_summary(out_dir, meta, len(composers))
     return meta
+
+
+def encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes, isolate, file_timeout,
+                   max_memory_mb):
+    """(pieces encoded, inputs skipped with their reason, files seen) over every MIDI folder."""
+    kept, skipped, n_files = [], [], 0
+    for folder, label, (folder_layout, assigned) in zip(midi_dirs, labels, folders):
+        relpaths = [relpath for relpath, _, _ in assigned]
+        n_files += len(relpaths)
+        print(f"encoding {len(relpaths)} files from {folder} with {workers} worker(s)")
+        results = encode_all(folder, relpaths, workers, min_tokens, check_notes, isolate, file_timeout, max_memory_mb)
+        for relpath, composer, split in assigned:
+            path, result = f"{label}/{relpath}" if label else relpath, results[relpath]
+            if "ids" in result:
+                kept.append({"path": path, "composer": composer, "split": split, "result": result,
+                             "fixed_split": folder_layout == "maestro"})
+            else:
+                skipped.append({"path": path, "reason": result["reason"],
+                                **({"detail": result["detail"]} if "detail" in result else {})})
+    return kept, skipped, n_files
+
+
+def note_check_summary(kept):
+    """--check_notes: how many notes survive the round trip through tokens, and the worst piece."""
+    pairs = [(p["path"], p["result"]["notes"]) for p in kept]
+    recalls = {path: m / max(n_ref, 1) for path, (m, n_ref, n_dec) in pairs}
+    precisions = {path: m / max(n_dec, 1) for path, (m, n_ref, n_dec) in pairs}
+    worst = min(recalls, key=recalls.get) if recalls else None
+    return {"rule": "pitch exact, onset within 1/16 quarter note", "notes": sum(n_ref for _, (_, n_ref, _) in pairs),
+            "matched": sum(m for _, (m, _, _) in pairs), "worst_recall": recalls.get(worst, 1.0),
+            "worst_recall_piece": worst, "worst_precision": min(precisions.values(), default=1.0)}
 
 
 def drop_duplicates(kept, skipped, pitch_lo, pitch_hi, n_notes=300):

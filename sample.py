@@ -359,7 +359,34 @@ def main(argv=None):
         signal.signal(signal.SIGTERM, previous)
 
 
+def resolve_condition(args, composers):
+    """(condition: an id or {id: weight}, composer id or None for a mix, display name) of the request."""
+    if args.composer_id is None and args.composer is None:
+        raise CliError("choose a composer: --composer NAME or --composer_id N (see --list_composers)")
+    if args.composer and ":" in args.composer:
+        condition, composer_name = resolve_mix(composers, args.composer)
+        return condition, None, composer_name
+    composer_id, composer_name = resolve_composer(composers, args.composer, args.composer_id)
+    return composer_id, composer_id, composer_name
+
+
+def keep_sample(base, ids, tokenizer, settings, soundfont, audio):
+    """One sample written whole under a free stem (base, base-2, ...), or a CliError naming the
+    write that failed, with nothing of the sample left; its summary, and what it printed."""
+    stem = base
+    try:
+        stem = claim_stem(base)
+        summary = write_sample(stem, ids, tokenizer, settings, soundfont, audio)
+    except OSError as e:
+        raise CliError(f"cannot write {e.filename or stem + '.*'}: {e.strerror or e}; "
+                       f"{os.path.basename(stem)} was not kept") from None
+    print(f"  {summary['midi']}: {summary['notes']} notes, {summary['seconds']:.1f} s, "
+          f"grammar errors {summary['grammar_error_rate']:.2%}  (+ .json, .png{', .wav' if audio else ''})")
+    return {**summary, "stem": stem}
+
+
 def run(args, kept):
+    """Load, resolve the request, generate per guidance value, and keep each sample whole."""
     if args.soundfont and args.soundfont != "builtin" and not os.path.isfile(args.soundfont):
         raise CliError(f"--soundfont {args.soundfont} is not a file")
     if args.render:
@@ -373,14 +400,7 @@ def run(args, kept):
         for name, i in sorted(composers.items(), key=lambda kv: kv[1]):
             print(f"{i:4d}  {name}")
         return
-    if args.composer_id is None and args.composer is None:
-        raise CliError("choose a composer: --composer NAME or --composer_id N (see --list_composers)")
-    if args.composer and ":" in args.composer:
-        condition, composer_name = resolve_mix(composers, args.composer)
-        composer_id = None
-    else:
-        composer_id, composer_name = resolve_composer(composers, args.composer, args.composer_id)
-        condition = composer_id
+    condition, composer_id, composer_name = resolve_condition(args, composers)
     if args.render_as != "any" and not model.config.n_kinds:
         raise CliError(f"--render_as {args.render_as} needs a model trained with a kind condition (n_kinds=3); "
                        f"{args.ckpt} has none: use --render_as any")
@@ -413,24 +433,15 @@ def run(args, kept):
         tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
         for i, ids in enumerate(samples):
             name = f"{stem_base}{tag}_{i}" if args.num_samples > 1 else f"{stem_base}{tag}"
-            stem = os.path.join(args.out_dir, name)
             settings = {"composer": composer_name, "composer_id": composer_id, "guidance": guidance,
                         "guidance_mode": args.guidance_mode, "render_as": args.render_as,
                         **({"mix": {str(k): w for k, w in condition.items()}} if isinstance(condition, dict) else {}),
                         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
                         "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt,
                         "prompt": args.prompt, "prompt_tokens": len(prompt) - 1}
-            try:
-                stem = claim_stem(stem)
-                summary = write_sample(stem, ids, tokenizer, settings, soundfont, args.audio)
-            except OSError as e:
-                raise CliError(f"cannot write {e.filename or stem + '.*'}: {e.strerror or e}; "
-                               f"{os.path.basename(stem)} was not kept") from None
-            kept.append(stem)
+            summary = keep_sample(os.path.join(args.out_dir, name), ids, tokenizer, settings, soundfont, args.audio)
+            kept.append(summary["stem"])
             voices.add(summary["voice"])
-            print(f"  {summary['midi']}: {summary['notes']} notes, {summary['seconds']:.1f} s, "
-                  f"grammar errors {summary['grammar_error_rate']:.2%}  "
-                  f"(+ .json, .png{', .wav' if args.audio else ''})")
     write_gallery(args.out_dir)
     print(f"{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s); "
           f"audio: {', '.join(sorted(voices)) if args.audio else 'off (--no-audio)'}; "
