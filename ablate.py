@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
-from cli import Parser, atomic_write_bytes, atomic_write_text, fail, positive_float, positive_int, read_jsonl
-from pictures import chart, png_bytes
+from pianogpt.cli import Parser, atomic_write_bytes, atomic_write_text, fail, positive_float, positive_int, read_jsonl
+from pianogpt.pictures import chart, png_bytes
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

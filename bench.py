@@ -28,10 +28,10 @@ import time
 
 import torch
 
-from cli import Parser, config_file_values, fail, positive_int
-from engine import guided_logits, sample_next
+from pianogpt.cli import Parser, config_file_values, fail, positive_int
+from pianogpt.engine import guided_logits, sample_next
 from model import ModelConfig, ModelOptions, MusicTransformer
-from devices import autocast_context, cpu_description, measure_matmul_peak, resolve_device, resolve_dtype
+from pianogpt.devices import autocast_context, cpu_description, measure_matmul_peak, resolve_device, resolve_dtype
 
 CASES = ("matmul", "train", "loop", "sample", "prepare")
 SEED_SHAPE = dict(n_layer=8, n_head=8, n_embd=512)
@@ -194,7 +194,7 @@ def bench_loop(cfg, batch_size, optimizer_name, device, dtype, data_dir, repeats
     if os.path.isdir(data_dir):
         import numpy as np
 
-        from dataset import WindowSampler, open_dataset
+        from pianogpt.dataset import WindowSampler, open_dataset
 
         sampler = WindowSampler(open_dataset(data_dir), "train", cfg.block_size)
         rng = np.random.default_rng(0)

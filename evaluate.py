@@ -29,14 +29,14 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from checkpoints import load_trained
-from cli import CliError, Parser, atomic_write_text, fail, positive_int
-from dataset import KIND_IDS, RENDER_AS, WindowSampler, composer_key, open_dataset
-from devices import autocast_context, device_type_of, resolve_dtype
-from copies import CopyFinder, note_events
-from judge import Judge, note_arrays, note_features
-from ngram import HIGH_ORDER_MAX_TOKENS, NGRAM_ORDERS, NGram, unigram_entropy
-from remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, guidance_kinds,
+from pianogpt.checkpoints import load_trained
+from pianogpt.cli import CliError, Parser, atomic_write_text, fail, positive_int
+from pianogpt.dataset import KIND_IDS, RENDER_AS, WindowSampler, composer_key, open_dataset
+from pianogpt.devices import autocast_context, device_type_of, resolve_dtype
+from pianogpt.copies import CopyFinder, note_events
+from pianogpt.judge import Judge, note_arrays, note_features
+from pianogpt.ngram import HIGH_ORDER_MAX_TOKENS, NGRAM_ORDERS, NGram, unigram_entropy
+from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, guidance_kinds,
                   piece_kind)
 
 

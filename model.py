@@ -19,8 +19,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-import engine
-import optim
+from pianogpt import engine
+from pianogpt import optim
 
 
 POSITIONS = ("learned", "rope")
@@ -313,7 +313,7 @@ class MusicTransformer(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
-        from checkpoints import load_checkpoint  # here, not at the top: checkpoints.py imports this module
+        from pianogpt.checkpoints import load_checkpoint  # here, not at the top: checkpoints.py imports this module
 
         return cls.from_checkpoint_dict(load_checkpoint(path, device), device)
 

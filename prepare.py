@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import CliError, FolderLock, Parser, fail, fraction_in, non_negative_int, positive_float, positive_int
-from dataset import UNCONDITIONAL, composer_key, verify_dataset, write_dataset
-from remi import (KINDS, PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks,
+from pianogpt.cli import CliError, FolderLock, Parser, fail, fraction_in, non_negative_int, positive_float, positive_int
+from pianogpt.dataset import UNCONDITIONAL, composer_key, verify_dataset, write_dataset
+from pianogpt.remi import (KINDS, PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks,
                   note_match, onset_token_ids, piece_kind, pitch_sequence, pitch_token_ids, top_voice)
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -586,7 +586,7 @@ def default_midi_dir():
     if local.is_dir() and find_midi_files(local):
         return local
     if not (DEMO_MIDI_DIR.is_dir() and find_midi_files(DEMO_MIDI_DIR)):
-        from democorpus import STYLES, write_demo_corpus
+        from pianogpt.democorpus import STYLES, write_demo_corpus
 
         print(f"no --midi_dir given and data/midi/ is empty: writing the SYNTHETIC demo corpus "
               f"({', '.join(STYLES)}) to {DEMO_MIDI_DIR}/ (use --midi_dir for real music)")

@@ -23,15 +23,15 @@ import time
 import numpy as np
 import torch
 
-from audio import SOUNDFONT_ENV, SOUNDFONT_FOLDERS, find_soundfont, render, wav_bytes
-from checkpoints import load_trained
-from cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, fraction_in, non_negative_int,
+from pianogpt.audio import SOUNDFONT_ENV, SOUNDFONT_FOLDERS, find_soundfont, render, wav_bytes
+from pianogpt.checkpoints import load_trained
+from pianogpt.cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, fraction_in, non_negative_int,
                  positive_float, positive_int)
-from dataset import RENDER_AS, UNCONDITIONAL
-from devices import device_type_of, resolve_device, resolve_dtype
-from gallery import write_gallery
-from pictures import piano_roll, png_bytes
-from remi import (CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score,
+from pianogpt.dataset import RENDER_AS, UNCONDITIONAL
+from pianogpt.devices import device_type_of, resolve_device, resolve_dtype
+from pianogpt.gallery import write_gallery
+from pianogpt.pictures import piano_roll, png_bytes
+from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score,
                   guidance_kinds)
 
 

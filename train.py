@@ -21,14 +21,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from checkpoints import load_checkpoint, save_checkpoint
-from cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
-from dataset import WindowSampler, open_dataset
-from devices import (autocast_context, cpu_description, device_type_of, measure_matmul_peak, resolve_device,
+from pianogpt.checkpoints import load_checkpoint, save_checkpoint
+from pianogpt.cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
+from pianogpt.dataset import WindowSampler, open_dataset
+from pianogpt.devices import (autocast_context, cpu_description, device_type_of, measure_matmul_peak, resolve_device,
                      resolve_dtype)
 from model import ModelConfig, ModelOptions, MusicTransformer, load_state
-from optim import OPTIMIZERS, orthogonalization_dtype
-from pictures import chart, png_bytes, side_by_side
+from pianogpt.optim import OPTIMIZERS, orthogonalization_dtype
+from pianogpt.pictures import chart, png_bytes, side_by_side
 
 
 @dataclass

@@ -9,8 +9,8 @@ import zlib
 import numpy as np
 import pytest
 
-import audio
-from pictures import chart, png_bytes
+from pianogpt import audio
+from pianogpt.pictures import chart, png_bytes
 
 
 def score_of(notes, tpq=480, qpm=120.0):

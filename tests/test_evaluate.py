@@ -7,7 +7,7 @@ import torch
 
 from evaluate import (CopyFinder, NGram, adherence, bayes_classify, bootstrap_mean, derangement, evaluate, judge_pieces,
                       print_report, score_under, scored_span, tokens_scored, unigram_entropy, window_starts)
-from judge import Judge, note_features
+from pianogpt.judge import Judge, note_features
 from model import ModelConfig, MusicTransformer
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from optim import Muon, newton_schulz, orthogonalization_dtype
+from pianogpt.optim import Muon, newton_schulz, orthogonalization_dtype
 
 
 def matrices(seed=0):
@@ -63,7 +63,7 @@ def test_orthogonalization_dtype_follows_the_cpu(monkeypatch, native):
 
 
 def test_configure_optimizers_gives_muon_the_device_dtype(monkeypatch):
-    import optim
+    from pianogpt import optim
     from model import ModelConfig, MusicTransformer
 
     monkeypatch.setattr(optim, "orthogonalization_dtype", lambda device: torch.float16)  # a marker

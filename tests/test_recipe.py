@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from model import ModelConfig, MusicTransformer
-from optim import MuonWithAdamW
-from remi import build_tokenizer, stretch_table, token_values
+from pianogpt.optim import MuonWithAdamW
+from pianogpt.remi import build_tokenizer, stretch_table, token_values
 
 
 def tiny(block_size=32, **kw):
@@ -166,7 +166,7 @@ def test_stretch_scales_tempo_and_note_lengths_to_the_nearest_token(vocab):
 
 
 def test_stretched_windows_differ_only_in_tempo_and_duration_tokens(tiny_dataset):
-    from dataset import WindowSampler, open_dataset
+    from pianogpt.dataset import WindowSampler, open_dataset
 
     dataset = open_dataset(tiny_dataset)
     sampler = WindowSampler(dataset, "train", 64)
@@ -186,7 +186,7 @@ def test_stretched_windows_differ_only_in_tempo_and_duration_tokens(tiny_dataset
 
 def test_the_seed_run_builds_and_takes_one_step_at_8192_tokens_with_gradient_checkpointing():
     """config/remi_8layer.py is the seed's architecture exactly, and its full context fits a CPU step."""
-    from cli import load_config
+    from pianogpt.cli import load_config
     from conftest import ROOT
     from train import TrainConfig, model_config_of
 
@@ -245,7 +245,7 @@ def test_bench_times_the_shipped_cpu_model_exactly_as_train_builds_it(capsys):
     import os
 
     import bench
-    from cli import load_config
+    from pianogpt.cli import load_config
     from conftest import ROOT
     from train import TrainConfig
 

@@ -219,8 +219,9 @@ def test_sigkill_during_prepare_never_leaves_a_complete_looking_dataset(tmp_path
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "ckpt.pt"
     script = f"""
-import os, signal, torch, cli
-from checkpoints import save_checkpoint
+import os, signal, torch
+from pianogpt import cli
+from pianogpt.checkpoints import save_checkpoint
 save_checkpoint({str(path)!r}, {{"model": {{"w": torch.ones(3)}}, "iter": 1}})
 real_fsync = os.fsync
 def die(fd):
@@ -235,9 +236,9 @@ save_checkpoint({str(path)!r}, {{"model": {{"w": torch.zeros(1000000)}}, "iter":
 
 
 def test_disk_full_during_a_checkpoint_write_is_a_clear_error(tmp_path, monkeypatch):
-    import cli
-    from cli import CliError
-    from checkpoints import save_checkpoint
+    from pianogpt import cli
+    from pianogpt.cli import CliError
+    from pianogpt.checkpoints import save_checkpoint
 
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, {"iter": 1})
@@ -275,7 +276,7 @@ def test_every_loader_refuses_a_pickle_payload(tmp_path, script, args):
 
 
 def test_resume_refuses_a_pickle_payload_and_a_different_shape(tiny_dataset, tmp_path):
-    from cli import CliError
+    from pianogpt.cli import CliError
     from train import TrainConfig, train
 
     cfg = dict(data_dir=str(tiny_dataset), out_dir=str(tmp_path), block_size=32, n_layer=1, n_head=2, n_embd=32,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train as train_module
-from cli import CliError, FolderLock
+from pianogpt.cli import CliError, FolderLock
 from conftest import ROOT
 from prepare import prepare
 from sample import claim_stem

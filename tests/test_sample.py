@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from cli import CliError
+from pianogpt.cli import CliError
 from conftest import ROOT
 from model import MusicTransformer, ModelConfig
-from remi import RemiGrammar, build_tokenizer, grammar_error_rate
-from pictures import png_bytes
+from pianogpt.remi import RemiGrammar, build_tokenizer, grammar_error_rate
+from pianogpt.pictures import png_bytes
 from sample import resolve_composer, resolve_mix
 
 COMPOSERS = {"<unconditional>": 0, "Bach, Johann Sebastian": 1, "Chopin, Frédéric": 2, "Schubert": 3,
@@ -112,7 +112,7 @@ def test_constrained_sampling_from_an_untrained_model_has_zero_grammar_errors():
 
 
 def test_token_kinds_group_the_vocabulary_by_token_type():
-    from remi import build_tokenizer, token_kinds
+    from pianogpt.remi import build_tokenizer, token_kinds
 
     vocab = build_tokenizer().vocab
     kinds, type_index = token_kinds(vocab)
@@ -256,5 +256,5 @@ def test_auto_sampling_precision_keeps_a_small_model_in_float32_on_a_cpu():
     assert sampling_dtype("auto", small, "cpu") == "float32"
     assert sampling_dtype("bfloat16", small, "cpu") == "bfloat16"  # an explicit choice is kept
     big = MusicTransformer(ModelConfig(block_size=32, vocab_size=64, n_composers=4, n_layer=4, n_head=8, n_embd=512))
-    from devices import resolve_dtype
+    from pianogpt.devices import resolve_dtype
     assert big.num_params() > SMALL_MODEL_PARAMS and sampling_dtype("auto", big, "cpu") == resolve_dtype("auto", "cpu")

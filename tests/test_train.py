@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cli import CliError, load_config
+from pianogpt.cli import CliError, load_config
 from conftest import ROOT
-from dataset import WindowSampler, open_dataset
+from pianogpt.dataset import WindowSampler, open_dataset
 import train as train_module
 from train import TrainConfig, composer_balanced_weights, lr_at, train, train_pieces
 

@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from cli import CliError
+from pianogpt.cli import CliError
 
 
 def resolve_device(name):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import CliError
-from remi import check_tokenizer, stretch_table, transpose_pitches
+from pianogpt.cli import CliError
+from pianogpt.remi import check_tokenizer, stretch_table, transpose_pitches
 
 FORMAT_VERSION = 2
 UNCONDITIONAL = "<unconditional>"  # composers.json name of id 0; real composers are 1..N by name

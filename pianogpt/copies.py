@@ -1,8 +1,8 @@
 """Does a piece copy its training data? The longest run of notes it shares with any training piece."""
 import numpy as np
 
-from judge import note_arrays
-from remi import gram_keys
+from pianogpt.judge import note_arrays
+from pianogpt.remi import gram_keys
 
 
 def note_events(score):

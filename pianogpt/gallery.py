@@ -11,7 +11,7 @@ import json
 import os
 from urllib.parse import quote
 
-from cli import atomic_write_text
+from pianogpt.cli import atomic_write_text
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;background:#fafafa;color:#222}
 .entry{background:#fff;border:1px solid #ddd;border-radius:6px;padding:1em;margin:0 0 1.2em 0}

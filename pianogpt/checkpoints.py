@@ -14,10 +14,10 @@ import zipfile
 
 import torch
 
-from cli import CliError, atomic_write_bytes
-from dataset import composer_table_problem
+from pianogpt.cli import CliError, atomic_write_bytes
+from pianogpt.dataset import composer_table_problem
 from model import MusicTransformer
-from remi import check_tokenizer
+from pianogpt.remi import check_tokenizer
 
 
 def save_checkpoint(path, checkpoint):
