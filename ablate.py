@@ -1,5 +1,5 @@
 """Training-recipe ablation: each lever alone and the chosen combination against a baseline,
-at the same wall-clock budget on the same machine; a README table and a PNG plot.
+at the same wall-clock budget on the same machine; a Markdown table and a PNG plot.
 
     python ablate.py --data_dir data/classical --minutes 3 --parallel 2        # every recipe
     python ablate.py --recipes baseline,rope,muon --minutes 1                  # a subset

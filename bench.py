@@ -1,4 +1,4 @@
-"""Speed benchmarks; prints one JSON line per case (numbers for the README's results table).
+"""Speed benchmarks; prints one JSON line per case (numbers for docs/LOG.md).
 
     python bench.py                       # everything, on the default device
     python bench.py --cases sample --device cuda

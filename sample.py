@@ -147,7 +147,7 @@ def parse_args(argv):
                              "natively, else float32; float32 for a model of at most 2M parameters on a CPU)")
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                         help="torch.compile the one-token decode step (CUDA graphs on a GPU); auto: where the compile "
-                             "time pays back within --max_new_tokens on this device (see README, Sampling speed)")
+                             "time pays back within --max_new_tokens on this device (docs/LOG.md, "Sampling speed")")
     parser.add_argument("--audio", default=True, action=argparse.BooleanOptionalAction,
                         help="write <name>.wav beside every .mid (default on): through --soundfont, else a SoundFont "
                              f"named by ${SOUNDFONT_ENV} or found in {', '.join(SOUNDFONT_FOLDERS)}, else the built-in "
@@ -205,7 +205,7 @@ def compile_pays(choice, model, device, new_tokens):
     On a GPU a one-token step is bound by kernel launches, which CUDA graphs remove (the
     gpt-fast result; not yet measured here): compile from 256 tokens. On a CPU it is bound
     by memory traffic, and the compiled step (static shapes: attention over every cache slot)
-    decoded slower than the eager one with prepacked weights (0.69x, bench.py, README
+    decoded slower than the eager one with prepacked weights (0.69x, bench.py, docs/LOG.md
     "Sampling speed"), so auto leaves it eager."""
     if choice != "auto":
         return choice == "on"

@@ -1,15 +1,17 @@
 # The CPU recipe for real music: a small model that learns composer style in 20 minutes on a
-# 2-core CPU, on both shared sets (see the README's real-music path):
-#   python prepare.py --midi_dir ../shared/midi/piano-midi --midi_dir ../shared/midi/classical-keyboard --out_dir data/classical
+# 2-core CPU, on the three shared folders, scores and performances (README, the real-music path):
+#   python prepare.py --midi_dir ../shared/midi/piano-midi --midi_dir ../shared/midi/classical-keyboard \
+#                     --midi_dir ../shared/midi/asap-performed --out_dir data/classical
 #   python train.py config/remi_cpu.py
 # config/remi_cpu_baseline.py is the same data recipe (no label smoothing, no transposition,
 # composer-balanced sampling 0.3, the additive composer embedding, a time budget) with the seed's
-# architecture and AdamW; this one adds the levers that won `python ablate.py` (README,
+# architecture and AdamW; this one adds the levers that won `python ablate.py` (docs/LOG.md,
 # "Learning more per CPU-minute"): Muon at twice the AdamW learning rate, rotary positions,
 # RMSNorm, ReLU², QK-norm, an untied head, heads of 64 (zero-init and the soft-cap did not pay here),
 # and a 256-token context in batches of 16 (the same 4,096 tokens a step): the CPU's attention costs
 # per token in proportion to the context, so 256 reads 1.28x the tokens of 512 in the same minutes
-# and ends lower on the same held-out tokens (README, "A shorter context").
+# and ends lower on the same held-out tokens (docs/LOG.md, "A shorter context"). Measured with and
+# without the kind condition (n_kinds=3): docs/LOG.md, 2026-12-02; not adopted.
 data_dir = "data/classical"
 out_dir = "out/classical"
 block_size = 256

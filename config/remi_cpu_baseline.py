@@ -1,8 +1,9 @@
 # The CPU recipe as it was before the modern levers (the seed's architecture, AdamW): the baseline
 # that ablate.py measures every lever against. The shipped recipe is config/remi_cpu.py.
-#   python prepare.py --midi_dir ../shared/midi/piano-midi --midi_dir ../shared/midi/classical-keyboard --out_dir data/classical
+#   python prepare.py --midi_dir ../shared/midi/piano-midi --midi_dir ../shared/midi/classical-keyboard \
+#                     --midi_dir ../shared/midi/asap-performed --out_dir data/classical
 #   python train.py config/remi_cpu_baseline.py
-# Chosen by the experiments in the README ("Composer style: levers tried"): no label smoothing,
+# Chosen by the experiments in docs/LOG.md ("Composer style: levers tried"): no label smoothing,
 # no transposition (a composer's keys are part of the style), composer-balanced sampling 0.3,
 # the seed's additive composer embedding; a time budget, so every CPU ends its schedule.
 data_dir = "data/classical"

@@ -2,7 +2,7 @@
 clearly different period styles, one folder per style (the "composers").
 
 It is synthetic. It exists so a fresh checkout with no data and no network can run the
-whole pipeline; for real music pass --midi_dir (see the README's "Using real data").
+whole pipeline; for real music pass --midi_dir (see the README's real-music path).
 
     python -m pianogpt.democorpus --out_dir data/demo-midi --pieces_per_style 50
 

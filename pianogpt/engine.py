@@ -138,7 +138,7 @@ def guided_logits(logits, guidance, kinds=None):
     kinds (a type id per vocabulary entry, e.g. remi.token_kinds): guidance only chooses within
     a token type (which pitch, duration, position); how likely each type is (another note in
     this chord, or move on in time) stays the conditional model's, so guidance cannot thicken
-    or thin the texture by itself. The outside judge rates it level with plain guidance (README)."""
+    or thin the texture by itself. The outside judge rates it level with plain guidance (docs/LOG.md)."""
     cond, uncond = logits.float().chunk(2)
     mixed = uncond + guidance * (cond - uncond)
     if kinds is None:
