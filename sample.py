@@ -147,7 +147,7 @@ def parse_args(argv):
                              "natively, else float32; float32 for a model of at most 2M parameters on a CPU)")
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                         help="torch.compile the one-token decode step (CUDA graphs on a GPU); auto: where the compile "
-                             "time pays back within --max_new_tokens on this device (docs/LOG.md, "Sampling speed")")
+                             "time pays back within --max_new_tokens on this device (docs/LOG.md, 'Sampling speed')")
     parser.add_argument("--audio", default=True, action=argparse.BooleanOptionalAction,
                         help="write <name>.wav beside every .mid (default on): through --soundfont, else a SoundFont "
                              f"named by ${SOUNDFONT_ENV} or found in {', '.join(SOUNDFONT_FOLDERS)}, else the built-in "
