@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 
-from pianogpt.cli import Parser, atomic_write_bytes, atomic_write_text, fail, positive_float, positive_int, read_jsonl
+from pianogpt.cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, positive_float, positive_int,
+                          read_jsonl, run_program, write_or_fail)
 from pianogpt.pictures import chart, png_bytes
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -48,9 +49,48 @@ def run_recipe(name, overrides, args):
                f"--out_dir={out}", f"--max_minutes={args.minutes}", "--max_iters=1000000",
                f"--eval_interval={args.eval_interval}", "--save_every_min=0", *args.extra, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else dict(os.environ)
-    os.makedirs(out, exist_ok=True)
-    log = open(os.path.join(out, "stdout.txt"), "w")
-    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        os.makedirs(out, exist_ok=True)
+        log = open(os.path.join(out, "stdout.txt"), "w")
+    except OSError as e:
+        raise CliError(f"cannot write {out}/stdout.txt: {e.strerror or e}") from None
+    with log:  # the child holds its own copy of the file
+        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def run_recipes(names, args, finished):
+    """Train every recipe, `args.parallel` at a time; `finished` collects the names that exited 0.
+    On Ctrl-C / SIGTERM (or any error) every running child is stopped the way train.py stops:
+    SIGTERM, a checkpoint, exit; killed if it has not gone within a minute."""
+    start, queue, running = time.perf_counter(), list(names), []
+    try:
+        while queue or running:
+            while queue and len(running) < args.parallel:
+                name = queue.pop(0)
+                print(f"[{time.perf_counter() - start:6.0f} s] start {name}", flush=True)
+                running.append((name, run_recipe(name, args.table[name], args)))
+            time.sleep(1)
+            for name, proc in list(running):
+                if proc.poll() is not None:
+                    running.remove((name, proc))
+                    print(f"[{time.perf_counter() - start:6.0f} s] {name} exited {proc.returncode}", flush=True)
+                    if proc.returncode == 0:
+                        finished.append(name)
+    except BaseException:
+        stop_children([proc for _, proc in running])
+        raise
+
+
+def stop_children(procs, grace_s=60.0):
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def summarise(name, out_dir, overrides):
@@ -69,7 +109,7 @@ def summarise(name, out_dir, overrides):
 def report(names, args):
     rows = [row for row in (summarise(name, args.out_dir, args.table[name]) for name in names) if row]
     if not rows:
-        fail("ablate.py", f"no finished runs in {args.out_dir}")
+        raise CliError(f"no finished runs in {args.out_dir}")
     base = next((r for r in rows if r["recipe"] == "baseline"), None)
     lines = [f"| recipe | overrides | final val NLL | vs baseline | tokens/s | iterations |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -83,11 +123,11 @@ def report(names, args):
     series = [(label, xs[1:], ys[1:]) for label, xs, ys in series]
     image = chart(series, f"VAL NLL ({os.path.basename(os.path.normpath(args.data_dir)).upper()})", "MINUTES",
                   width=900, height=520)
-    atomic_write_bytes(os.path.join(args.out_dir, "ablation.png"), png_bytes(image))
-    atomic_write_text(os.path.join(args.out_dir, "ablation.md"), table)
-    atomic_write_text(os.path.join(args.out_dir, "ablation.json"),
-                      json.dumps({"data_dir": args.data_dir, "minutes": args.minutes, "config": args.config,
-                                  "extra": args.extra, "recipes": rows}, indent=1))
+    write_or_fail(atomic_write_bytes, os.path.join(args.out_dir, "ablation.png"), png_bytes(image))
+    write_or_fail(atomic_write_text, os.path.join(args.out_dir, "ablation.md"), table)
+    write_or_fail(atomic_write_text, os.path.join(args.out_dir, "ablation.json"),
+                  json.dumps({"data_dir": args.data_dir, "minutes": args.minutes, "config": args.config,
+                              "extra": args.extra, "recipes": rows}, indent=1))
     print(table)
     print(f"wrote {args.out_dir}/ablation.md, ablation.json, ablation.png")
 
@@ -119,19 +159,19 @@ def main(argv=None):
         fail(parser.prog, f"unknown recipe {unknown[0]!r}; valid recipes: {', '.join(args.table)}")
     if not os.path.isfile(args.config):
         fail(parser.prog, f"config file not found: {args.config}")
-    if not args.report_only:
-        start, queue, running = time.perf_counter(), list(names), []
-        while queue or running:
-            while queue and len(running) < args.parallel:
-                name = queue.pop(0)
-                print(f"[{time.perf_counter() - start:6.0f} s] start {name}", flush=True)
-                running.append((name, run_recipe(name, args.table[name], args)))
-            time.sleep(1)
-            for name, proc in list(running):
-                if proc.poll() is not None:
-                    running.remove((name, proc))
-                    print(f"[{time.perf_counter() - start:6.0f} s] {name} exited {proc.returncode}", flush=True)
-    report(names, args)
+    finished = []
+
+    def body():
+        if not args.report_only:
+            run_recipes(names, args, finished)
+        report(names, args)
+
+    def kept():
+        done = ", ".join(finished) or "none"
+        return (f"the running recipes were stopped (each keeps the checkpoint train.py saved on the signal); "
+                f"complete: {done}; `python ablate.py --report_only --out_dir {args.out_dir}` tabulates what is there")
+
+    run_program(parser.prog, body, kept)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from pianogpt.cli import Parser, config_file_values, fail, positive_int
+from pianogpt.cli import CliError, Parser, config_file_values, fail, positive_int, run_program
 from pianogpt.engine import guided_logits, sample_next
 from model import ModelConfig, ModelOptions, MusicTransformer
 from pianogpt.devices import autocast_context, cpu_description, measure_matmul_peak, resolve_device, resolve_dtype
@@ -147,17 +147,33 @@ def hf_gpt2_step_seconds(cfg, batch_size, device, repeats):
     return timed(step, device, repeats)
 
 
-def loop_tokens_per_s(data_dir, iters, threads=None):
+def run_child(command, **kwargs):
+    """Run one of this project's programs; its own one-line error (a full disk, a bad dataset) becomes
+    ours, so a failed case never prints a traceback."""
+    try:
+        subprocess.run(command, check=True, capture_output=True, **kwargs)
+    except subprocess.CalledProcessError as e:
+        lines = (e.stderr or b"").decode(errors="replace").strip().splitlines() or [f"exit status {e.returncode}"]
+        raise CliError(f"{os.path.basename(command[1])} failed: {lines[-1]}") from None
+
+
+def temp_folder(prefix):
+    try:
+        return tempfile.mkdtemp(prefix=prefix)
+    except OSError as e:
+        raise CliError(f"cannot create a temp folder in {tempfile.gettempdir()}: {e.strerror or e}") from None
+
+
+def loop_tokens_per_s(data_dir, iters):
     """Median tokens/s that train.py logs over `iters` iterations of config/remi_cpu.py on data_dir
     (the first logged interval, which holds the start-up, left out); None without the dataset."""
     if not os.path.isdir(data_dir):
         return None
-    out = tempfile.mkdtemp(prefix="bench-loop-")
+    out = temp_folder("bench-loop-")
     try:
-        subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "remi_cpu.py"),
-                        f"--data_dir={data_dir}", f"--out_dir={out}", f"--max_iters={iters}", "--max_minutes=0",
-                        "--eval_interval=1000000", "--log_interval=10", "--save_every_min=0"],
-                       check=True, capture_output=True, cwd=ROOT)
+        run_child([sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "remi_cpu.py"),
+                   f"--data_dir={data_dir}", f"--out_dir={out}", f"--max_iters={iters}", "--max_minutes=0",
+                   "--eval_interval=1000000", "--log_interval=10", "--save_every_min=0"], cwd=ROOT)
         with open(os.path.join(out, "log.jsonl")) as f:
             rates = [r["tokens_per_s"] for r in map(json.loads, f) if "tokens_per_s" in r][1:]
         return sorted(rates)[len(rates) // 2] if rates else None
@@ -306,11 +322,11 @@ def bench_prepare(midi_dir, workers_all):
     """prepare.py, run as a program, on midi_dir with 1 worker and with every core."""
     n = sum(name.lower().endswith((".mid", ".midi")) for _, _, names in os.walk(midi_dir) for name in names)
     for workers in sorted({1, workers_all}):
-        out = tempfile.mkdtemp(prefix="bench-prepare-")
+        out = temp_folder("bench-prepare-")
         try:
             start = time.perf_counter()
-            subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--midi_dir", str(midi_dir), "--out_dir",
-                            os.path.join(out, "data"), "--workers", str(workers)], check=True, capture_output=True)
+            run_child([sys.executable, os.path.join(ROOT, "prepare.py"), "--midi_dir", str(midi_dir), "--out_dir",
+                       os.path.join(out, "data"), "--workers", str(workers)])
             seconds = time.perf_counter() - start
         finally:
             shutil.rmtree(out, ignore_errors=True)
@@ -340,6 +356,12 @@ def main(argv=None):
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         fail(parser.prog, f"unknown case {unknown[0]!r}; valid cases: {', '.join(CASES)}")
+    run_program(parser.prog, lambda: run_cases(args, cases),
+                kept=lambda: "bench.py keeps nothing on disk; the records printed above are complete")
+
+
+def run_cases(args, cases):
+    """Each chosen case in turn, one JSON record per measurement on stdout."""
     device = resolve_device(args.device)
     device_type = "cuda" if device.startswith("cuda") else device
     dtype = resolve_dtype("auto", device_type)

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from pianogpt.checkpoints import load_trained
-from pianogpt.cli import CliError, Parser, atomic_write_text, fail, positive_int
-from pianogpt.dataset import KIND_IDS, RENDER_AS, WindowSampler, composer_key, open_dataset
+from pianogpt.cli import (CliError, Parser, atomic_write_text, fail, non_negative_int, positive_int, run_program,
+                          write_or_fail)
+from pianogpt.dataset import KIND_IDS, RENDER_AS, WindowSampler, composer_key, merge_composer_tables, open_dataset
 from pianogpt.devices import autocast_context, device_type_of, resolve_dtype
 from pianogpt.copies import CopyFinder, note_events
 from pianogpt.judge import Judge, note_arrays, note_features
@@ -307,6 +308,25 @@ def comparison_set(train_counts, min_train_pieces):
     return sorted(c for c, n in train_counts.items() if c != 0 and n > 0), "every composer with a training piece"
 
 
+def checkpoint_ids(checkpoint_composers, dataset_composers, data_dir):
+    """The checkpoint's id of each of the dataset's composer ids, matched by name (a dataset
+    prepared from other folders, or the data of a fine-tune, numbers its composers its own way)."""
+    table, ids, _ = merge_composer_tables(checkpoint_composers, dataset_composers)
+    unknown = [name for name in table if name not in checkpoint_composers]
+    if unknown:
+        raise CliError(f"{data_dir} holds composers the checkpoint does not know ({', '.join(unknown[:5])})")
+    return ids
+
+
+def composer_train_counts(checkpoint, train_split):
+    """{composer id: training pieces}: what the checkpoint records it learned from, else the
+    dataset's training split."""
+    if "composer_train_pieces" in checkpoint:
+        return {checkpoint["composers"][name]: n for name, n in checkpoint["composer_train_pieces"].items()}
+    files = train_split.index[~train_split.renditions, 2]  # not the renditions prepare.py adds
+    return {int(c): int(n) for c, n in zip(*np.unique(files, return_counts=True))}
+
+
 def excerpts(split, rows, length, per_piece, seed):
     """[(tokens, composer id, kind id)]: per_piece seeded excerpts of `length` tokens from each
     piece row of a WindowSampler."""
@@ -341,6 +361,8 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     if real_dir:
         results["real_dir"] = real_dir_measures(e, real_dir)
         progress.say(f"pieces of {real_dir} scored")
+    if samples_per_composer == 0:  # identification and NLL only: no judge, no copy index, no samples
+        return results
     judge, val_scores, results["judge"] = fit_outside_judge(e, sample_tokens, judge_excerpts)
     progress.say("outside judge fitted")
     copies = CopyFinder([note_events(decode_sample(e.tokenizer, p)[1]) for p in e.train_pieces])
@@ -370,15 +392,21 @@ def set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composer
     data_dir = data_dir or checkpoint["train_config"]["data_dir"]
     dataset = open_dataset(data_dir)
     meta = dataset.meta
-    if meta["vocab_size"] != model.config.vocab_size or meta["n_composers"] != model.config.n_composers:
-        raise CliError(f"{data_dir} (vocab {meta['vocab_size']}, {meta['n_composers']} composer ids) does not match "
-                       f"the checkpoint (vocab {model.config.vocab_size}, {model.config.n_composers} composer ids)")
+    if meta["vocab_size"] != model.config.vocab_size:
+        raise CliError(f"{data_dir} (vocab {meta['vocab_size']}) does not match the checkpoint (vocab "
+                       f"{model.config.vocab_size})")
     window = min(window or model.config.block_size, model.config.block_size)
     val, train_split = WindowSampler(dataset, "val", window), WindowSampler(dataset, "train", window)
     if len(val) == 0:
         raise CliError(f"{data_dir} has no val pieces")
-    train_counts = {int(c): int(n) for c, n in zip(*np.unique(train_split.index[:, 2], return_counts=True))}
+    composer_ids = checkpoint_ids(checkpoint["composers"], dataset.composers, data_dir)
+    val.relabel_composers(composer_ids)
+    train_split.relabel_composers(composer_ids)
+    train_counts = composer_train_counts(checkpoint, train_split)
     candidates, rule = comparison_set(train_counts, min_train_pieces)
+    new = [checkpoint["composers"][name] for name in checkpoint.get("new_composers", [])]
+    if new:  # composers taught by fine-tuning are compared however few pieces taught them
+        candidates, rule = sorted(set(candidates) | set(new)), rule + " and the fine-tuned composers"
     several_sources = isinstance(meta.get("source"), list)
     return SimpleNamespace(
         model=model, tokenizer=tokenizer, checkpoint=checkpoint, data_dir=data_dir, dataset=dataset, meta=meta,
@@ -458,9 +486,11 @@ def features(scores):
 
 
 def fit_outside_judge(e, sample_tokens, judge_excerpts):
-    """The judge fitted on excerpts of training pieces of the comparison set; (judge, decoded
-    real val excerpts, its accuracy on them overall and by kind)."""
-    train_rows = [r for r in range(len(e.train_split)) if int(e.train_split.index[r, 2]) in e.candidates]
+    """The judge fitted on excerpts of training files of the comparison set (not renditions: the
+    judge learns from real music only); (judge, decoded real val excerpts, its accuracy on them
+    overall and by kind)."""
+    train_rows = [r for r in range(len(e.train_split))
+                  if int(e.train_split.index[r, 2]) in e.candidates and not e.train_split.renditions[r]]
     val_rows = [r for r in range(len(e.val)) if int(e.val.index[r, 2]) in e.candidates]
     train_ex = excerpts(e.train_split, train_rows, sample_tokens, judge_excerpts, e.seed)
     val_ex = excerpts(e.val, val_rows, sample_tokens, judge_excerpts, e.seed + 1)
@@ -553,6 +583,8 @@ def print_report(r):
         print_pieces(f"--real_dir {r['real_dir']['dir']}", r["real_dir"])
         if r["real_dir"]["ignored"]:
             print(f"  ignored: {len(r['real_dir']['ignored'])} ({', '.join(list(r['real_dir']['ignored'])[:6])} ...)")
+    if "judge" not in r:
+        return
     j, cp = r["judge"], r["copying"]
     print(f"\noutside judge (note statistics, never sees the model): {j['accuracy_on_real_val']:.3f} on "
           f"{j['val_excerpts']} real val excerpts, {j['balanced_accuracy_on_real_val']:.3f} balanced over their "
@@ -588,7 +620,9 @@ def main(argv=None):
     parser.add_argument("--guidance", default="0,1,5", help="comma-separated guidance values for the samples")
     parser.add_argument("--guidance_mode", default="within_types", choices=GUIDANCE_MODES,
                         help="as sample.py's: guidance within token types (default) or on every logit (plain)")
-    parser.add_argument("--samples_per_composer", type=positive_int, default=2)
+    parser.add_argument("--samples_per_composer", type=non_negative_int, default=2,
+                        help="samples per compared composer and guidance; 0: no samples, no judge, no copy check "
+                             "(identification and NLL only, much faster)")
     parser.add_argument("--sample_tokens", type=positive_int, default=512)
     parser.add_argument("--max_composers", type=positive_int, default=None, help="sample only the first N composers")
     parser.add_argument("--seed", type=int, default=0)
@@ -610,17 +644,19 @@ def main(argv=None):
             raise ValueError
     except ValueError:
         fail(parser.prog, f"--guidance expects comma-separated numbers >= 0, got {args.guidance!r}")
-    try:
+
+    def body():
         results = evaluate(args.ckpt, args.data_dir, args.num_windows, args.window, guidances, args.samples_per_composer,
                            args.sample_tokens, args.seed, args.device, args.max_composers, args.real_dir,
                            args.min_train_pieces, args.max_windows, args.judge_excerpts, args.dtype,
                            args.guidance_mode)
-    except CliError as e:
-        fail(parser.prog, str(e))
-    print_report(results)
-    if args.json:
-        atomic_write_text(args.json, json.dumps(results, indent=1))
-        print(f"\nwrote {args.json}", file=sys.stderr)
+        print_report(results)
+        if args.json:
+            write_or_fail(atomic_write_text, args.json, json.dumps(results, indent=1))
+            print(f"\nwrote {args.json}", file=sys.stderr)
+
+    written = f"; --json {args.json} is written only at the end" if args.json else ""
+    run_program(parser.prog, body, kept=lambda: f"nothing was written{written}")
 
 
 if __name__ == "__main__":

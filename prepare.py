@@ -12,14 +12,18 @@ import importlib.metadata
 import hashlib
 import os
 import re
+import signal
 import sys
 import time
+import zlib
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from pianogpt.cli import CliError, FolderLock, Parser, fail, fraction_in, non_negative_int, positive_float, positive_int
+from pianogpt.cli import (CliError, FolderLock, Parser, fraction_in, non_negative_int, positive_float, positive_int,
+                          run_program)
+from pianogpt.rendition import performed_rendition
 from pianogpt.dataset import UNCONDITIONAL, composer_key, verify_dataset, write_dataset
 from pianogpt.remi import (KINDS, PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks,
                   note_match, onset_token_ids, piece_kind, pitch_sequence, pitch_token_ids, top_voice)
@@ -121,7 +125,12 @@ def assign_composers_and_splits(midi_dir, relpaths, layout, val_fraction):
 _worker = {}
 
 
-def _init_worker(min_tokens, check_notes, max_memory_mb=0):
+def _init_pool_worker(*limits):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops the run
+    _init_worker(*limits)
+
+
+def _init_worker(min_tokens, check_notes, max_memory_mb=0, renditions=0):
     _worker["tokenizer"] = build_tokenizer()
     if max_memory_mb:  # after the imports: a huge file fails its allocation, not the worker's start-up
         import resource
@@ -130,6 +139,7 @@ def _init_worker(min_tokens, check_notes, max_memory_mb=0):
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     _worker["min_tokens"] = min_tokens
     _worker["check_notes"] = check_notes
+    _worker["renditions"] = renditions
 
 
 def encode_file(path):
@@ -154,6 +164,10 @@ def encode_file(path):
             return {"reason": "too_short", "detail": f"{len(ids)} tokens < min_tokens {_worker['min_tokens']}"}
         kind, share = piece_kind(merged)
         result = {"ids": ids, "kind": kind, "grid_share": round(share, 3)}
+        if kind == "sequenced" and _worker["renditions"]:
+            seed = zlib.crc32(os.path.basename(path).encode())
+            result["renditions"] = [encode_merged(tokenizer, performed_rendition(merged, seed + i))
+                                    for i in range(_worker["renditions"])]
         if _worker["check_notes"]:
             result["notes"] = note_match(merged, tokenizer.decode([ids.tolist()]))
         return result
@@ -164,25 +178,26 @@ def encode_file(path):
 
 
 def encode_all(midi_dir, relpaths, workers, min_tokens, check_notes, isolate=True, file_timeout=300.0,
-               max_memory_mb=4096):
+               max_memory_mb=4096, renditions=0):
     """{relpath: result} for every file, with a progress bar.
 
     isolate: parse in worker processes, so a file that crashes the parser (a segfault in
     C++), runs past file_timeout seconds or needs more than max_memory_mb is skipped with
     that reason instead of taking the run down. isolate=False encodes in this process.
+    renditions: also encode that many performed renditions of each sequenced piece.
     """
     from tqdm import tqdm
 
     bar = tqdm(total=len(relpaths), desc="encoding", unit="file", file=sys.stdout, disable=None)
     results = {}
     if not isolate:
-        _init_worker(min_tokens, check_notes)
+        _init_worker(min_tokens, check_notes, renditions=renditions)
         for rel in relpaths:
             results[rel] = encode_file(os.path.join(midi_dir, rel))
             bar.update()
     else:
         pending = list(reversed(relpaths))  # pop() from the end keeps the input order
-        limits = (min_tokens, check_notes, max_memory_mb)
+        limits = (min_tokens, check_notes, max_memory_mb, renditions)
         while pending:
             suspects = _run_pool(midi_dir, pending, workers, limits, file_timeout, results, bar)
             for rel in suspects:  # the files in flight when the pool died: try each alone
@@ -201,7 +216,7 @@ def _run_pool(midi_dir, pending, workers, limits, file_timeout, results, bar):
     from concurrent.futures.process import BrokenProcessPool
 
     # spawn, not fork: torch/OpenMP state in the parent must not leak into workers
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=limits)
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_pool_worker, initargs=limits)
     in_flight = {}  # future -> (relpath, time it was first seen running, or None)
     try:
         while pending or in_flight:
@@ -223,11 +238,18 @@ def _run_pool(midi_dir, pending, workers, limits, file_timeout, results, bar):
         return []
     except (BrokenProcessPool, TimeoutError):
         suspects = [rel for rel, _ in in_flight.values()]
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.kill()  # a stalled worker must not outlive its pool
+        kill_workers(pool)  # a stalled worker must not outlive its pool
         return suspects
+    except BaseException:  # Ctrl-C, SIGTERM: no worker outlives the run
+        kill_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def kill_workers(pool):
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
 
 
 # ----------------------------------------------------------------------------- writing
@@ -309,15 +331,15 @@ def shared_runs(seqs, k, max_sharing=8):
     grams, owners = grams[order], owners[order]
     starts = np.flatnonzero(np.r_[True, grams[1:] != grams[:-1]])
     counts = np.diff(np.r_[starts, len(grams)])
+    shareable = (counts > 1) & (counts <= max_sharing)
     pairs = []
-    for start, count in zip(starts[(counts > 1) & (counts <= max_sharing)], counts[(counts > 1) & (counts <= max_sharing)]):
-        members = owners[start:start + count]
-        for a in range(count):
-            for b in range(a + 1, count):
-                pairs.append(members[a] * n + members[b])
+    for count in np.unique(counts[shareable]):  # every run held by `count` pieces: their pairs, all at once
+        members = owners[starts[shareable & (counts == count)][:, None] + np.arange(count)]
+        a, b = np.triu_indices(count, 1)
+        pairs.append((members[:, a] * n + members[:, b]).ravel())
     if not pairs:
         return np.empty((0, 2), np.int64), np.empty(0, np.int64), sizes
-    keys, shared = np.unique(np.array(pairs, np.int64), return_counts=True)
+    keys, shared = np.unique(np.concatenate(pairs), return_counts=True)
     return np.stack(np.divmod(keys, n), axis=1), shared, sizes
 
 
@@ -398,11 +420,12 @@ def read_folder(midi_dir, layout, val_fraction):
 
 
 def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, min_tokens=64, check_notes=False,
-            isolate=True, file_timeout=300.0, max_memory_mb=4096):
+            isolate=True, file_timeout=300.0, max_memory_mb=4096, renditions=0):
     """Build the dataset from one MIDI folder or a list of them; returns meta (also written
     to out_dir/meta.json). With several folders, paths in pieces.jsonl start with the
     folder's name, composers are matched across folders by name, and a piece found twice
-    is kept once."""
+    is kept once. renditions: add that many performed renditions of every sequenced training
+    piece (rendition.py) as training pieces of kind "performed"."""
     start = time.time()
     midi_dirs = [Path(d) for d in (midi_dir if isinstance(midi_dir, (list, tuple)) else [midi_dir])]
     for folder in midi_dirs:
@@ -410,11 +433,11 @@ def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, m
     out_dir = Path(out_dir)
     with FolderLock(out_dir.parent / f".{out_dir.name}.lock", f"--out_dir {out_dir}"):
         return build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate,
-                             file_timeout, max_memory_mb, start)
+                             file_timeout, max_memory_mb, renditions, start)
 
 
 def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate, file_timeout,
-                  max_memory_mb, start):
+                  max_memory_mb, renditions, start):
     labels = folder_labels(midi_dirs) if len(midi_dirs) > 1 else [""]
     folders = [read_folder(folder, layout, val_fraction) for folder in midi_dirs]
     workers = workers or os.cpu_count() or 1
@@ -422,7 +445,7 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
     pitch_ids = pitch_token_ids(tokenizer)
     pitch_lo, pitch_hi = int(pitch_ids[0]), int(pitch_ids[-1])
     kept, skipped, n_files = encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes, isolate,
-                                            file_timeout, max_memory_mb)
+                                            file_timeout, max_memory_mb, renditions)
     kept = drop_duplicates(kept, skipped, pitch_lo, pitch_hi)
     reasons = {}
     for s in skipped:
@@ -431,22 +454,8 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
         raise CliError(f"no piece could be encoded from {n_files} files ("
                        + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + "); nothing was written")
     n_moved, n_played_linked = keep_works_in_one_split(kept, pitch_lo, pitch_hi, onset_token_ids(tokenizer))
-    counts = {}
-    for piece in kept:
-        if piece["composer"]:
-            counts[piece["composer"]] = counts.get(piece["composer"], 0) + 1
-    canonical, merged = merge_composer_names(counts)
-    for name, others in merged:
-        print(f"composer names merged: {name} = {' = '.join(others)}")
-    names = sorted(set(canonical.values()))
-    composers = {name: i + 1 for i, name in enumerate(names)}
-    pieces = []
-    for piece in kept:
-        name = canonical.get(piece["composer"], "")
-        ids = piece["result"]["ids"]
-        pieces.append({"path": piece["path"], "composer": name, "composer_id": composers.get(name, 0),
-                       "split": piece["split"], "n_tokens": int(len(ids)), "kind": piece["result"]["kind"],
-                       "grid_share": piece["result"]["grid_share"], "ids": ids})
+    composers, pieces, merged = number_composers(kept)
+    pieces += rendition_pieces(pieces, kept)
     lengths = [p["n_tokens"] for p in pieces]
     split_rule = (f"val if int(sha1(work inside its folder)[:8], 16) / 2**32 < {val_fraction} "
                   "(a work: <Work> of <Work>__<performer>.mid, else the file)")
@@ -473,6 +482,7 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
                                          "joins the split of its first copy"),
         "works_moved_to_one_split": n_moved,
         "performances_linked_to_a_score": n_played_linked,
+        "renditions_per_sequenced_train_piece": renditions,
         "composer_names_merged": {name: others for name, others in merged},
         "miditok_version": importlib.metadata.version("miditok"),
         "seconds": None,
@@ -485,15 +495,37 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
     return meta
 
 
+def number_composers(kept):
+    """({composer: id 1..N}, the pieces as pieces.jsonl rows with their tokens): composer names
+    merged across spellings, ids in name order."""
+    counts = {}
+    for piece in kept:
+        if piece["composer"]:
+            counts[piece["composer"]] = counts.get(piece["composer"], 0) + 1
+    canonical, merged = merge_composer_names(counts)
+    for name, others in merged:
+        print(f"composer names merged: {name} = {' = '.join(others)}")
+    composers = {name: i + 1 for i, name in enumerate(sorted(set(canonical.values())))}
+    pieces = []
+    for piece in kept:
+        name = canonical.get(piece["composer"], "")
+        ids = piece["result"]["ids"]
+        pieces.append({"path": piece["path"], "composer": name, "composer_id": composers.get(name, 0),
+                       "split": piece["split"], "n_tokens": int(len(ids)), "kind": piece["result"]["kind"],
+                       "grid_share": piece["result"]["grid_share"], "ids": ids})
+    return composers, pieces, merged
+
+
 def encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes, isolate, file_timeout,
-                   max_memory_mb):
+                   max_memory_mb, renditions):
     """(pieces encoded, inputs skipped with their reason, files seen) over every MIDI folder."""
     kept, skipped, n_files = [], [], 0
     for folder, label, (folder_layout, assigned) in zip(midi_dirs, labels, folders):
         relpaths = [relpath for relpath, _, _ in assigned]
         n_files += len(relpaths)
         print(f"encoding {len(relpaths)} files from {folder} with {workers} worker(s)")
-        results = encode_all(folder, relpaths, workers, min_tokens, check_notes, isolate, file_timeout, max_memory_mb)
+        results = encode_all(folder, relpaths, workers, min_tokens, check_notes, isolate, file_timeout, max_memory_mb,
+                             renditions)
         for relpath, composer, split in assigned:
             path, result = f"{label}/{relpath}" if label else relpath, results[relpath]
             if "ids" in result:
@@ -503,6 +535,19 @@ def encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes,
                 skipped.append({"path": path, "reason": result["reason"],
                                 **({"detail": result["detail"]} if "detail" in result else {})})
     return kept, skipped, n_files
+
+
+def rendition_pieces(pieces, kept):
+    """The performed renditions of the sequenced training pieces, as training pieces of their own
+    ("<path>#performed<i>"); val keeps only real files, so every figure measured on it is real."""
+    out = []
+    for piece, source in zip(pieces, kept):
+        if piece["split"] != "train":
+            continue
+        for i, ids in enumerate(source["result"].get("renditions", [])):
+            out.append({**piece, "path": f"{piece['path']}#performed{i}", "n_tokens": int(len(ids)), "kind": "performed",
+                        "grid_share": None, "rendition_of": piece["path"], "ids": ids})
+    return out
 
 
 def note_check_summary(kept):
@@ -560,6 +605,10 @@ def print_summary(out_dir, meta, n_composers):
           f"{meta['performances_linked_to_a_score']} performances linked to a written copy")
     print(f"  tokens   train {meta['n_tokens']['train']:,}, val {meta['n_tokens']['val']:,}; "
           f"length min {s['min']} / median {s['median']:.0f} / mean {s['mean']:.0f} / max {s['max']}")
+    if meta["renditions_per_sequenced_train_piece"]:
+        n = meta["n_pieces_by_kind"]["train"]["performed"]
+        print(f"  renders  {meta['renditions_per_sequenced_train_piece']} performed rendition(s) of each sequenced "
+              f"training piece (counted in performed train: {n})")
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(meta["skipped"].items())) or "none"
     print(f"  skipped  {sum(meta['skipped'].values())} ({skipped}); reasons in skipped.jsonl")
     if "note_check" in meta:
@@ -606,19 +655,22 @@ def main(argv=None):
     parser.add_argument("--check_notes", action="store_true", help="decode every piece and compare its notes to the MIDI")
     parser.add_argument("--file_timeout", type=positive_float, default=300.0, help="seconds per file before it is skipped")
     parser.add_argument("--max_memory_mb", type=positive_int, default=4096, help="memory cap of each encoding worker")
+    parser.add_argument("--renditions", type=non_negative_int, default=0,
+                        help="performed renditions added per sequenced training piece (one tempo, played onsets, "
+                             "pedal, struck velocities), so the composers are also seen as performances")
     parser.add_argument("--verify", metavar="DATA_DIR", help="check a prepared dataset (sizes, index, ids, tokenizer, "
                                                              "sha256 of every file) and exit")
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         if args.verify:
-            verify(args.verify)
-            return
+            return verify(args.verify)
         midi_dirs = [Path(d) for d in args.midi_dir] if args.midi_dir else [default_midi_dir()]
         out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(midi_dirs)
         prepare(midi_dirs, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes,
-                file_timeout=args.file_timeout, max_memory_mb=args.max_memory_mb)
-    except CliError as e:
-        fail(parser.prog, str(e))
+                file_timeout=args.file_timeout, max_memory_mb=args.max_memory_mb, renditions=args.renditions)
+
+    run_program(parser.prog, body, kept=lambda: "nothing was written; the previous dataset (if any) is intact")
 
 
 if __name__ == "__main__":

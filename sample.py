@@ -12,12 +12,14 @@ ids), and rewrites samples/index.html: a page listing every sample in the folder
 The tokenizer and composer names come from the checkpoint itself.
 """
 import argparse
+import base64
+import contextlib
 import difflib
 import json
 import math
 import os
-import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -25,14 +27,14 @@ import torch
 
 from pianogpt.audio import SOUNDFONT_ENV, SOUNDFONT_FOLDERS, find_soundfont, render, wav_bytes
 from pianogpt.checkpoints import load_trained
-from pianogpt.cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, fraction_in, non_negative_int,
-                 positive_float, positive_int)
+from pianogpt.cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fraction_in, non_negative_int,
+                          positive_float, positive_int, run_program)
 from pianogpt.dataset import RENDER_AS, UNCONDITIONAL
 from pianogpt.devices import device_type_of, resolve_device, resolve_dtype
 from pianogpt.gallery import write_gallery
 from pianogpt.pictures import piano_roll, png_bytes
-from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, decode_sample, encode_score,
-                  guidance_kinds)
+from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, bar_line_seconds,
+                          decode_sample, encode_score, guidance_kinds)
 
 
 # ----------------------------------------------------------------------------- composers
@@ -131,7 +133,14 @@ def parse_args(argv):
                         help="the texture of the new piece, for a model trained with a kind condition (n_kinds=3): "
                              "a score (metronomic, as written) or a performance (as played: rubato, pedal, dynamics); "
                              "any: the model's own mix")
-    parser.add_argument("--max_new_tokens", type=positive_int, default=2048)
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--bars", type=bounded(positive_int, MAX_BARS), help="length in bars: stop at the bar line that "
+                        f"ends the N-th bar after the prompt (at most {MAX_BARS})")
+    length.add_argument("--seconds", type=bounded(positive_float, MAX_SECONDS), help="length in time: stop at the "
+                        f"first bar line at least this many seconds into the piece (at most {MAX_SECONDS})")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=None,
+                        help=f"length in tokens (default {DEFAULT_NEW_TOKENS}); with --bars or --seconds, the most "
+                             f"tokens a sample may take to get there (default {MAX_TOKENS_FOR_A_LENGTH})")
     parser.add_argument("--num_samples", type=positive_int, default=1)
     parser.add_argument("--seed", type=non_negative_int, default=1337)
     parser.add_argument("--prompt", help="a .mid to continue (default: start from BOS)")
@@ -153,9 +162,28 @@ def parse_args(argv):
                              f"named by ${SOUNDFONT_ENV} or found in {', '.join(SOUNDFONT_FOLDERS)}, else the built-in "
                              "numpy piano voice")
     parser.add_argument("--soundfont", help="a .sf2/.sf3 file for the audio, or 'builtin' for the built-in voice")
+    parser.add_argument("--serve", action="store_true", help="start the studio: a local web page to pick composers, "
+                        "generate, listen and download (the other flags are its defaults)")
+    parser.add_argument("--host", default="127.0.0.1", help="--serve: the address to listen on (default: this "
+                        "machine only; 0.0.0.0 opens it to the network)")
+    parser.add_argument("--port", type=non_negative_int, default=8000, help="--serve: the port (0: any free one)")
     parser.add_argument("--render", metavar="FILE.mid", help="render a MIDI file (real music, to compare) through the "
                         "same voice into --out_dir, and exit; needs no checkpoint")
     return parser, parser.parse_args(argv)
+
+
+DEFAULT_NEW_TOKENS = 2048
+MAX_TOKENS_FOR_A_LENGTH = 16384
+MAX_BARS, MAX_SECONDS = 1000, 3600
+
+
+def bounded(parse, most):
+    def parse_bounded(text):
+        value = parse(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"at most {most}, got {text}")
+        return value
+    return parse_bounded
 
 
 def guidance_list(text):
@@ -168,10 +196,37 @@ def guidance_list(text):
     return values
 
 
+class StopAtBarLine:
+    """Ends every sample at a bar line: once `bars` bars after the prompt are complete, or at the
+    first bar line `seconds` or more into the piece. cut[row]: the tokens that row keeps (its
+    closing bar line and anything after it are dropped)."""
+
+    def __init__(self, tokenizer, bars=None, seconds=None):
+        self.tokenizer, self.bars, self.seconds = tokenizer, bars, seconds
+        self.bar_id = tokenizer.vocab["Bar_None"]
+        self.bar_lines, self.cut = {}, {}
+
+    def __call__(self, seq):
+        for row, token in enumerate(seq[:, -1].tolist()):
+            if row in self.cut or token != self.bar_id:
+                continue
+            self.bar_lines[row] = self.bar_lines.get(row, 0) + 1
+            if self.reached(row, seq[row]):
+                self.cut[row] = seq.size(1) - 1
+        return len(self.cut) == seq.size(0)
+
+    def reached(self, row, ids):
+        if self.bars is not None:  # the first bar line opens bar 1 (or closes the prompt's last bar)
+            return self.bar_lines[row] > self.bars
+        return bar_line_seconds(self.tokenizer, ids.tolist()) >= self.seconds
+
+
 def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
                      guidance, seed, constrained, device, progress=True, compile=False, guidance_mode="within_types",
-                     kind=None):
-    """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces."""
+                     kind=None, stop=None, on_token=None):
+    """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces; with stop (a
+    StopAtBarLine) each ends at its bar line, or at max_new_tokens if it got no further.
+    on_token(step) follows the progress (the studio's progress bar)."""
     from tqdm import tqdm
 
     idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)
@@ -181,10 +236,11 @@ def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_t
     out = model.generate(idx, composer, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
                          guidance=guidance, generator=generator,
                          logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT) if constrained else None,
-                         on_step=lambda *_: bar.update(), compile=compile,
-                         guidance_kinds=guidance_kinds(tokenizer, guidance_mode), kind=kind)
+                         on_step=lambda step, *_: (bar.update(), on_token and on_token(step)), compile=compile,
+                         guidance_kinds=guidance_kinds(tokenizer, guidance_mode), kind=kind, stop=stop)
     bar.close()
-    return [row[1:] for row in out.tolist()]
+    cut = stop.cut if stop is not None else {}
+    return [row[1:cut.get(i, len(row))] for i, row in enumerate(out.tolist())]
 
 
 SMALL_MODEL_PARAMS = 2_000_000  # float32 weights of at most 8 MB: they stay in a CPU's caches
@@ -193,8 +249,8 @@ SMALL_MODEL_PARAMS = 2_000_000  # float32 weights of at most 8 MB: they stay in 
 def sampling_dtype(choice, model, device_type):
     """The weights' precision while sampling. auto: as training's (bf16 where the device has it
     natively), except a small model on a CPU, whose float32 weights stay in the caches: there
-    float32 matmuls beat bf16 at the default guidance (two rows; the shipped CPU config: 276 / 235 vs
-    244 / 227 tokens/s, Zen 4); at guidance 1 the one-row bf16 GEMV ties (439 / 455 vs 475 / 470)."""
+    float32 matmuls beat bf16 at the default guidance's two rows and tie at one (docs/LOG.md,
+    "Sampling speed")."""
     if choice == "auto" and device_type == "cpu" and model.num_params() <= SMALL_MODEL_PARAMS:
         return "float32"
     return resolve_dtype(choice, device_type)
@@ -205,8 +261,8 @@ def compile_pays(choice, model, device, new_tokens):
     On a GPU a one-token step is bound by kernel launches, which CUDA graphs remove (the
     gpt-fast result; not yet measured here): compile from 256 tokens. On a CPU it is bound
     by memory traffic, and the compiled step (static shapes: attention over every cache slot)
-    decoded slower than the eager one with prepacked weights (0.69x, bench.py, docs/LOG.md
-    "Sampling speed"), so auto leaves it eager."""
+    decoded slower than the eager one with prepacked weights (bench.py, docs/LOG.md "Sampling
+    speed"), so auto leaves it eager."""
     if choice != "auto":
         return choice == "on"
     return str(device).startswith("cuda") and new_tokens >= 256
@@ -305,14 +361,6 @@ def render_file(args):
           f"(+ .mid, .png, .json; {args.out_dir}/index.html)")
 
 
-class StopSignal(Exception):
-    """SIGTERM, raised wherever the program is, as Ctrl-C raises KeyboardInterrupt."""
-
-
-def raise_stop(signum, frame):
-    raise StopSignal()
-
-
 def make_out_dir(folder):
     try:
         os.makedirs(folder, exist_ok=True)
@@ -344,19 +392,18 @@ def main(argv=None):
     traceback, every finished sample kept and listed, nothing partial on disk."""
     parser, args = parse_args(argv)
     kept = []  # stems of the samples written whole
-    previous = signal.signal(signal.SIGTERM, raise_stop)
-    try:
-        run(args, kept)
-    except CliError as e:
-        refresh_gallery(args.out_dir, kept)
-        fail(parser.prog, str(e) + (f"; {kept_line(kept, args.out_dir)}" if kept else ""))
-    except (KeyboardInterrupt, StopSignal) as e:
-        refresh_gallery(args.out_dir, kept)
-        name, code = ("SIGTERM", 143) if isinstance(e, StopSignal) else ("SIGINT", 130)
-        print(f"\n{parser.prog}: {name}: stopped; {kept_line(kept, args.out_dir)}", file=sys.stderr)
-        sys.exit(code)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+
+    def body():
+        try:
+            run(args, kept)
+        except CliError as e:
+            refresh_gallery(args.out_dir, kept)
+            raise CliError(str(e) + (f"; {kept_line(kept, args.out_dir)}" if kept else "")) from None
+        except BaseException:
+            refresh_gallery(args.out_dir, kept)
+            raise
+
+    run_program(parser.prog, body, kept=lambda: kept_line(kept, args.out_dir))
 
 
 def resolve_condition(args, composers):
@@ -395,58 +442,184 @@ def run(args, kept):
     model, checkpoint, tokenizer = load_trained(args.ckpt, device)
     dtype = sampling_dtype(args.dtype, model, device_type_of(device))
     model.to(getattr(torch, dtype))
-    composers = checkpoint["composers"]
     if args.list_composers:
-        for name, i in sorted(composers.items(), key=lambda kv: kv[1]):
+        for name, i in sorted(checkpoint["composers"].items(), key=lambda kv: kv[1]):
             print(f"{i:4d}  {name}")
         return
-    condition, composer_id, composer_name = resolve_condition(args, composers)
+    soundfont = find_soundfont(args.soundfont) if args.audio else None
+    if args.serve:
+        make_out_dir(args.out_dir)
+        return serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept)
+    request = resolve_request(args, model, checkpoint, tokenizer)
+    print_request(args, request)
+    make_out_dir(args.out_dir)
+    compiled = compile_pays(args.compile, model, device, request["max_new_tokens"] * len(args.guidance))
+    print(f"decode step: {'compiled' if compiled else 'eager'} (--compile {args.compile}), {dtype} on {device}")
+    tokens, elapsed, summaries = make_samples(args, model, tokenizer, request, device, compiled, soundfont, kept)
+    print(f"{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s); audio: "
+          f"{', '.join(sorted({s['voice'] for s in summaries})) if args.audio else 'off (--no-audio)'}; "
+          f"listen: {os.path.join(args.out_dir, 'index.html')}")
+
+
+def serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept):
+    """--serve: the studio page; each request from it is sample.py's own arguments with the page's
+    choices, checked as the command line is, and generated and kept as the command line does."""
+    from pianogpt.studio import serve
+
+    def check(choices):  # a bad request is a CliError, answered on the page; nothing runs
+        job_args = studio_arguments(args, choices)
+        with uploaded_prompt(choices) as prompt_path:
+            job_args.prompt = prompt_path
+            try:
+                request = resolve_request(job_args, model, checkpoint, tokenizer)
+            except CliError as e:  # name the upload as the user knows it, not by its temporary path
+                raise CliError(str(e).replace(f"--prompt {prompt_path}", str(choices.get("prompt_name")))) from None
+        job_args.prompt = choices.get("prompt_name") or None
+        return job_args, request
+
+    def run_job(job, on_token):
+        job_args, request = job
+        compiled = compile_pays(job_args.compile, model, device, request["max_new_tokens"])
+        return make_samples(job_args, model, tokenizer, request, device, compiled, soundfont, kept, on_token)[2][0]
+
+    composers = sorted(name for name, i in checkpoint["composers"].items() if i != UNCONDITIONAL_ID)
+    info = {"composers": composers, "render_as": bool(model.config.n_kinds), "max_bars": MAX_BARS,
+            "max_seconds": MAX_SECONDS, "guidance": args.guidance[0], "temperature": args.temperature,
+            "checkpoint": args.ckpt}
+    write_gallery(args.out_dir)  # the page's list of earlier pieces, also when there are none yet
+    serve(args.host, args.port, args.out_dir, info, check, run_job)
+
+
+UNCONDITIONAL_ID = 0
+STUDIO_LIMITS = {"guidance": (0.0, 20.0), "temperature": (0.05, 5.0)}
+
+
+def studio_arguments(args, choices):
+    """A copy of the server's arguments with the page's choices: composer (or a mix of two),
+    guidance, temperature, length in bars or seconds, rendering, seed."""
+    job = argparse.Namespace(**vars(args))
+    composer, other = str(choices.get("composer") or "").strip(), str(choices.get("mix_with") or "").strip()
+    if not composer:
+        raise CliError("choose a composer")
+    share = studio_number(choices, "mix_share", 0.5, (0.0, 1.0)) if other else 0.0
+    job.composer_id, job.composer = None, (f"{composer}:{1 - share:g},{other}:{share:g}" if other and 0 < share < 1
+                                           else other if other and share >= 1 else composer)
+    job.guidance = [studio_number(choices, "guidance", args.guidance[0], STUDIO_LIMITS["guidance"])]
+    job.temperature = studio_number(choices, "temperature", args.temperature, STUDIO_LIMITS["temperature"])
+    unit = choices.get("unit", "bars")
+    if unit not in ("bars", "seconds"):
+        raise CliError(f"length unit must be bars or seconds, got {unit!r}")
+    most = MAX_BARS if unit == "bars" else MAX_SECONDS
+    length = studio_number(choices, "length", 16, (1, most))
+    job.bars, job.seconds = (int(length), None) if unit == "bars" else (None, length)
+    job.max_new_tokens, job.num_samples, job.name = None, 1, None
+    job.render_as = choices.get("render_as") or "any"
+    if job.render_as not in ("any",) + tuple(RENDER_AS):
+        raise CliError(f"render as must be one of any, {', '.join(RENDER_AS)}; got {job.render_as!r}")
+    job.seed = int(studio_number(choices, "seed", int.from_bytes(os.urandom(2), "big"), (0, 2**31 - 1)))
+    return job
+
+
+def studio_number(choices, key, default, bounds):
+    value = choices.get(key, default)
+    try:
+        value = float(default if value in (None, "") else value)
+    except (TypeError, ValueError):
+        raise CliError(f"{key} must be a number, got {value!r}") from None
+    if not (math.isfinite(value) and bounds[0] <= value <= bounds[1]):
+        raise CliError(f"{key} must be between {bounds[0]:g} and {bounds[1]:g}, got {value:g}")
+    return value
+
+
+@contextlib.contextmanager
+def uploaded_prompt(choices):
+    """The page's MIDI file to continue, as a temporary file (None when there is none); a file
+    that is not MIDI is a CliError naming it."""
+    data = choices.get("prompt_b64")
+    if not data:
+        yield None
+        return
+    name = choices.get("prompt_name") or "the uploaded file"
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (ValueError, TypeError):
+        raise CliError(f"{name} did not arrive whole (not base64)") from None
+    if not raw.startswith(b"MThd"):
+        raise CliError(f"{name} is not a MIDI file (a .mid starts with MThd)")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "prompt.mid")
+        with open(path, "wb") as f:
+            f.write(raw)
+        yield path
+
+
+def make_samples(args, model, tokenizer, request, device, compiled, soundfont, kept, on_token=None):
+    """Generate the request at each guidance value and keep every sample whole (its stem joins
+    `kept` as soon as it is); the listening page lists them. (new tokens, seconds, summaries)."""
+    tokens, elapsed, summaries = 0, 0.0, []
+    for guidance in args.guidance:
+        start = time.time()
+        stop = StopAtBarLine(tokenizer, args.bars, args.seconds) if args.bars or args.seconds else None
+        samples = generate_samples(model, tokenizer, request["condition"], request["prompt"], args.num_samples,
+                                   request["max_new_tokens"], args.temperature, args.top_k, args.top_p, guidance,
+                                   args.seed, args.constrained, device, compile=compiled,
+                                   guidance_mode=args.guidance_mode, kind=request["kind"], stop=stop,
+                                   on_token=on_token)
+        elapsed += time.time() - start
+        tokens += sum(len(ids) for ids in samples) - args.num_samples * (len(request["prompt"]) - 1)
+        if stop is not None and len(stop.cut) < len(samples):
+            print(f"  {len(samples) - len(stop.cut)} sample(s) reached {request['max_new_tokens']} new tokens before "
+                  f"their bar line (raise --max_new_tokens)")
+        for i, ids in enumerate(samples):
+            summary = keep_sample(os.path.join(args.out_dir, sample_name(args, request, guidance, i)), ids, tokenizer,
+                                  sample_settings(args, request, guidance, i), soundfont, args.audio)
+            kept.append(summary["stem"])
+            summaries.append(summary)
+    write_gallery(args.out_dir)
+    return tokens, elapsed, summaries
+
+
+def resolve_request(args, model, checkpoint, tokenizer):
+    """What to generate, checked against the checkpoint: condition, names, kind, prompt, length."""
+    condition, composer_id, composer_name = resolve_condition(args, checkpoint["composers"])
     if args.render_as != "any" and not model.config.n_kinds:
         raise CliError(f"--render_as {args.render_as} needs a model trained with a kind condition (n_kinds=3); "
                        f"{args.ckpt} has none: use --render_as any")
-    kind = RENDER_AS.get(args.render_as)
-    soundfont = find_soundfont(args.soundfont) if args.audio else None
     bos = tokenizer.vocab["BOS_None"]
     prompt = load_prompt(args.prompt, tokenizer, args.prompt_tokens, bos) if args.prompt else [bos]
     if len(prompt) >= model.config.block_size:
         prompt = [bos] + prompt[-(model.config.block_size - 1):]
-    guidances = ", ".join(f"{g:g}" for g in args.guidance)
-    print(f"{composer_name} ({'a mix' if composer_id is None else f'id {composer_id}'}), "
-          f"guidance {guidances} ({args.guidance_mode}), "
-          f"temperature {args.temperature}, top_k {args.top_k}, top_p {args.top_p}, {args.num_samples} x "
-          f"{args.max_new_tokens} tokens, {'constrained' if args.constrained else 'unconstrained'}, "
-          f"rendered as {args.render_as}, "
-          f"prompt {len(prompt)} tokens")
-    make_out_dir(args.out_dir)
-    safe = "".join(c if c.isalnum() else "_" for c in composer_name).strip("_") or "unconditional"
-    stem_base = args.name or f"{safe}_{args.seed}"
-    compiled = compile_pays(args.compile, model, device, args.max_new_tokens * len(args.guidance))
-    print(f"decode step: {'compiled' if compiled else 'eager'} (--compile {args.compile}), {dtype} on {device}")
-    tokens, elapsed, voices = 0, 0.0, set()
-    for guidance in args.guidance:
-        start = time.time()
-        samples = generate_samples(model, tokenizer, condition, prompt, args.num_samples, args.max_new_tokens,
-                                   args.temperature, args.top_k, args.top_p, guidance, args.seed, args.constrained,
-                                   device, compile=compiled, guidance_mode=args.guidance_mode, kind=kind)
-        elapsed += time.time() - start
-        tokens += args.num_samples * args.max_new_tokens
-        tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
-        for i, ids in enumerate(samples):
-            name = f"{stem_base}{tag}_{i}" if args.num_samples > 1 else f"{stem_base}{tag}"
-            settings = {"composer": composer_name, "composer_id": composer_id, "guidance": guidance,
-                        "guidance_mode": args.guidance_mode, "render_as": args.render_as,
-                        **({"mix": {str(k): w for k, w in condition.items()}} if isinstance(condition, dict) else {}),
-                        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-                        "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt,
-                        "prompt": args.prompt, "prompt_tokens": len(prompt) - 1}
-            summary = keep_sample(os.path.join(args.out_dir, name), ids, tokenizer, settings, soundfont, args.audio)
-            kept.append(summary["stem"])
-            voices.add(summary["voice"])
-    write_gallery(args.out_dir)
-    print(f"{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s); "
-          f"audio: {', '.join(sorted(voices)) if args.audio else 'off (--no-audio)'}; "
-          f"listen: {os.path.join(args.out_dir, 'index.html')}")
+    musical_length = args.bars or args.seconds
+    max_new_tokens = args.max_new_tokens or (MAX_TOKENS_FOR_A_LENGTH if musical_length else DEFAULT_NEW_TOKENS)
+    return {"condition": condition, "composer_id": composer_id, "composer_name": composer_name,
+            "kind": RENDER_AS.get(args.render_as), "prompt": prompt, "max_new_tokens": max_new_tokens}
 
+
+def print_request(args, request):
+    length = (f"{args.bars} bars" if args.bars else f"{args.seconds:g} s" if args.seconds else "") or \
+        f"{request['max_new_tokens']} tokens"
+    composer = "a mix" if request["composer_id"] is None else f"id {request['composer_id']}"
+    print(f"{request['composer_name']} ({composer}), guidance {', '.join(f'{g:g}' for g in args.guidance)} "
+          f"({args.guidance_mode}), temperature {args.temperature}, top_k {args.top_k}, top_p {args.top_p}, "
+          f"{args.num_samples} x {length}, {'constrained' if args.constrained else 'unconstrained'}, "
+          f"rendered as {args.render_as}, prompt {len(request['prompt'])} tokens")
+
+
+def sample_name(args, request, guidance, i):
+    safe = "".join(c if c.isalnum() else "_" for c in request["composer_name"]).strip("_") or "unconditional"
+    tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
+    return f"{args.name or f'{safe}_{args.seed}'}{tag}" + (f"_{i}" if args.num_samples > 1 else "")
+
+
+def sample_settings(args, request, guidance, i):
+    """What the sample's .json records: everything needed to make it again."""
+    condition = request["condition"]
+    return {"composer": request["composer_name"], "composer_id": request["composer_id"], "guidance": guidance,
+            "guidance_mode": args.guidance_mode, "render_as": args.render_as,
+            **({"mix": {str(k): w for k, w in condition.items()}} if isinstance(condition, dict) else {}),
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+            "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt, "bars": args.bars,
+            "seconds": args.seconds, "prompt": args.prompt, "prompt_tokens": len(request["prompt"]) - 1}
 
 if __name__ == "__main__":
     main()

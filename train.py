@@ -4,6 +4,7 @@
     python train.py config/remi_8layer.py --batch_size=4    # the seed's run (GPU)
     torchrun --nproc_per_node=4 train.py config/remi_8layer.py
     python train.py config/remi_cpu.py --init_from=resume   # continue from out_dir/ckpt.pt
+    python train.py config/finetune.py --init_from=out/classical/ckpt.pt --data_dir=data/mine  # a new composer
 
 Config: a plain-Python file of assignments, then --key=value overrides; every key is a
 field of TrainConfig below (an unknown key is an error).
@@ -21,9 +22,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from pianogpt.checkpoints import load_checkpoint, save_checkpoint
+from pianogpt.checkpoints import load_checkpoint, save_checkpoint, with_composer_rows
 from pianogpt.cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
-from pianogpt.dataset import WindowSampler, open_dataset
+from pianogpt.dataset import WindowSampler, merge_composer_tables, open_dataset
+from pianogpt.remi import tokenizer_from_json
 from pianogpt.devices import (autocast_context, cpu_description, device_type_of, measure_matmul_peak, resolve_device,
                      resolve_dtype)
 from model import ModelConfig, ModelOptions, MusicTransformer, load_state
@@ -38,7 +40,13 @@ class TrainConfig(ModelOptions):
     ...) and the run's, below."""
     data_dir: str = "data/piano-midi"
     out_dir: str = "out"
-    init_from: str = "scratch"  # scratch | resume (from out_dir/ckpt.pt)
+    init_from: str = "scratch"  # scratch | resume (from out_dir/ckpt.pt) | a checkpoint's path (fine-tune it)
+    # fine-tuning (init_from=<path>): the model keeps its shape and its composers' ids; data_dir's new
+    # composers get new rows. replay_share of every batch comes from replay_dir (default: the dataset
+    # the checkpoint learned from), so the old composers are not forgotten (docs/LOG.md, "Fine-tuning")
+    replay_dir: str = ""
+    replay_share: float = 0.5
+    finetune: str = "all"  # all: every weight learns | new_rows: only the new composers' rows (the rest frozen)
     # length of training: max_iters if > 0, else epochs (one random crop per training piece per epoch)
     max_iters: int = 0
     epochs: float = 1.0
@@ -79,8 +87,12 @@ class TrainConfig(ModelOptions):
                 raise CliError(f"{key} must be > 0, got {getattr(self, key)}")
         if self.max_iters < 0 or self.epochs <= 0 and self.max_iters == 0:
             raise CliError("set max_iters > 0 or epochs > 0")
-        if self.init_from not in ("scratch", "resume"):
-            raise CliError(f"init_from must be one of scratch, resume; got {self.init_from!r}")
+        if self.init_from not in ("scratch", "resume") and not os.path.isfile(self.init_from):
+            raise CliError(f"init_from must be scratch, resume or a checkpoint file; {self.init_from!r} is not a file")
+        if self.finetune not in ("all", "new_rows"):
+            raise CliError(f"finetune must be one of all, new_rows; got {self.finetune!r}")
+        if not 0 <= self.replay_share < 1:
+            raise CliError(f"replay_share must be in [0, 1), got {self.replay_share}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise CliError(f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -280,7 +292,8 @@ class Run:
         return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "iter": it, "best_val_loss": self.best_val,
                 "train_seconds": self.train_seconds(), "model_config": asdict(self.model_cfg),
-                "train_config": asdict(self.cfg), "tokenizer": self.tokenizer_json, "composers": self.composers}
+                "train_config": asdict(self.cfg), "tokenizer": self.tokenizer_json, "composers": self.composers,
+                "composer_train_pieces": self.composer_train_pieces, "new_composers": self.new_composers}
 
     def save(self, name, it):
         save_checkpoint(os.path.join(self.cfg.out_dir, name), self.checkpoint_state(it))
@@ -302,6 +315,9 @@ def train(cfg):
 def set_up(cfg, stack):
     """Processes, device and precision; data; model, optimizer and the resumed state; the log."""
     run = Run(cfg)
+    run.base = base_checkpoint(cfg)
+    if is_fine_tune(cfg, run.base):
+        run.cfg = cfg = adopt_base_model(cfg, run.base)
     set_up_device(run)
     set_up_data(run)
     if run.master:  # one run per folder, held for the whole run (a resume into a live run's folder too)
@@ -352,7 +368,12 @@ def set_up_data(run):
     run.val_data = WindowSampler(dataset, "val", cfg.block_size)
     if len(run.train_data) == 0:
         raise CliError(f"{cfg.data_dir} has no training pieces")
+    run.new_composers, run.replay_data = [], None
+    if is_fine_tune(cfg, run.base):
+        join_composer_tables(run, dataset)
+        run.replay_data = open_replay(run)
     run.piece_weights = composer_balanced_weights(run.train_data.index[:, 2], cfg.composer_balance)
+    run.composer_train_pieces = composer_train_pieces(run)
     samples_per_iter = cfg.batch_size * cfg.grad_accum
     run.max_iters = cfg.max_iters or math.ceil(cfg.epochs * len(run.train_data) / samples_per_iter)
     run.tokens_per_iter = samples_per_iter * cfg.block_size
@@ -362,14 +383,20 @@ def set_up_model(run):
     """The model (the same initial weights on every rank and run), its optimizer and scaler, the
     state of the checkpoint it resumes, and the compiled / DDP wrappers the steps call."""
     cfg = run.cfg
-    run.model_cfg = model_config_of(cfg, run.meta)
+    run.model_cfg = model_config_of(cfg, {**run.meta, "n_composers": len(run.composers)})
     torch.manual_seed(cfg.seed)
     model = MusicTransformer(run.model_cfg)
     checkpoint = resumed_checkpoint(run) if cfg.init_from == "resume" else None
     if checkpoint:
         load_state(model, checkpoint["model"])
+    elif run.base is not None:  # fine-tuning: the base's weights, with a row for each new composer
+        load_state(model, with_composer_rows(run.base["model"], run.model_cfg.n_composers))
     model.to(run.device)
-    run.optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+    weight_decay = cfg.weight_decay
+    if is_fine_tune(cfg, run.base) and cfg.finetune == "new_rows":
+        learn_new_rows_only(model, len(run.composers) - len(run.new_composers))
+        weight_decay = 0.0  # decay would shrink the frozen rows
+    run.optimizer = model.configure_optimizers(weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                                run.device_type, cfg.optimizer)
     run.scaler = torch.amp.GradScaler(run.device_type, enabled=run.dtype == "float16")
     if checkpoint:
@@ -390,12 +417,8 @@ def set_up_model(run):
 
 def resumed_checkpoint(run):
     """out_dir/ckpt.pt, checked against this run's model config, optimizer and length."""
-    cfg, path = run.cfg, os.path.join(run.cfg.out_dir, "ckpt.pt")
-    try:
-        checkpoint = load_checkpoint(path, "cpu")
-        saved = ModelConfig.from_dict(checkpoint["model_config"])
-    except (FileNotFoundError, ValueError) as e:
-        raise CliError(f"cannot resume: {e}") from None
+    cfg, checkpoint, path = run.cfg, run.base, run.base["path"]
+    saved = ModelConfig.from_dict(checkpoint["model_config"])
     if saved != run.model_cfg:
         diff = [f"{f.name} {getattr(saved, f.name)} -> {getattr(run.model_cfg, f.name)}"
                 for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(run.model_cfg, f.name)]
@@ -407,6 +430,108 @@ def resumed_checkpoint(run):
         raise CliError(f"cannot resume {path}: it is at iteration {checkpoint['iter']}, past max_iters "
                        f"{run.max_iters}; raise max_iters to train further")
     return checkpoint
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def base_checkpoint(cfg):
+    """The checkpoint a run starts from: out_dir/ckpt.pt to resume, init_from's file to fine-tune;
+    None from scratch."""
+    if cfg.init_from == "scratch":
+        return None
+    resume = cfg.init_from == "resume"
+    path = os.path.join(cfg.out_dir, "ckpt.pt") if resume else cfg.init_from
+    try:
+        checkpoint = load_checkpoint(path, "cpu")
+        ModelConfig.from_dict(checkpoint["model_config"])
+        if not resume and "composers" not in checkpoint:
+            raise ValueError(f"{path} is not a checkpoint of this project (missing composers)")
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(f"cannot {'resume' if resume else 'fine-tune'}: {e}") from None
+    return {**checkpoint, "path": path}
+
+
+def is_fine_tune(cfg, base):
+    """A run on top of another run's checkpoint: init_from=<path>, or the resume of such a run."""
+    if base is None:
+        return False
+    return cfg.init_from != "resume" or base.get("train_config", {}).get("init_from") not in ("scratch", "resume")
+
+
+def adopt_base_model(cfg, base):
+    """A fine-tune keeps the checkpoint's network (every model option, so the weights fit) and
+    replays the data the checkpoint learned from, unless replay_dir names other data."""
+    saved, trained = base["model_config"], base.get("train_config", {})
+    options = {f.name: saved[f.name] for f in dataclasses.fields(ModelOptions) if f.name in saved}
+    replay_dir = cfg.replay_dir or (trained.get("replay_dir", "") if cfg.init_from == "resume"
+                                    else trained.get("data_dir", ""))
+    return dataclasses.replace(cfg, **options, replay_dir=replay_dir)
+
+
+def join_composer_tables(run, dataset):
+    """The run's composers: the checkpoint's, with their ids, and data_dir's new ones after them;
+    the samplers' composer ids follow (matched by name, as prepare.py matches folders)."""
+    check_same_tokenizer(run.base["tokenizer"], dataset, run.cfg.data_dir)
+    table, ids, matches = merge_composer_tables(run.base["composers"], dataset.composers)
+    for mine, theirs in matches:
+        run.say(f"composer {mine!r} of {run.cfg.data_dir} is the checkpoint's {theirs!r}")
+    new = [name for name in table if name not in run.base["composers"]]
+    run.composers, run.new_composers = table, run.base.get("new_composers", []) + new
+    run.train_data.relabel_composers(ids)
+    run.val_data.relabel_composers(ids)
+    if run.cfg.init_from != "resume":
+        run.say(f"fine-tuning {run.base['path']}: {len(table) - 1 - len(new)} composers kept, {len(new)} new "
+                f"({', '.join(new) or 'none'}); replaying {run.cfg.replay_share:.0%} of every batch from "
+                f"{run.cfg.replay_dir or 'nothing'}")
+
+
+def learn_new_rows_only(model, first_new):
+    """finetune=new_rows: every weight frozen but the composer rows from first_new on (their
+    gradient reaches no other row), so the network and the old composers stay exactly as they were."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    rows = model.wce.weight
+    rows.requires_grad_(True)
+    keep_old = torch.ones(rows.shape[0], 1, device=rows.device)
+    keep_old[:first_new] = 0
+    rows.register_hook(lambda grad: grad * keep_old)
+
+
+def check_same_tokenizer(tokenizer_json, dataset, data_dir):
+    if tokenizer_from_json(tokenizer_json).vocab != dataset.tokenizer.vocab:
+        raise CliError(f"{data_dir} was prepared with another tokenizer than the checkpoint's; prepare it with this "
+                       f"version of prepare.py")
+
+
+def open_replay(run):
+    """The training windows of replay_dir (its composer ids mapped to the run's), or None."""
+    cfg = run.cfg
+    if cfg.replay_share == 0:
+        return None
+    if not cfg.replay_dir:
+        raise CliError("replay_share > 0 needs replay_dir: the checkpoint names no dataset (or set replay_share=0)")
+    replay = open_dataset(cfg.replay_dir)
+    check_same_tokenizer(run.tokenizer_json, replay, cfg.replay_dir)
+    table, ids, _ = merge_composer_tables(run.composers, replay.composers)
+    if len(table) != len(run.composers):
+        unknown = [name for name in table if name not in run.composers]
+        raise CliError(f"replay_dir {cfg.replay_dir} holds composers the checkpoint does not know "
+                       f"({', '.join(unknown[:5])}); replay the data it learned from")
+    sampler = WindowSampler(replay, "train", cfg.block_size)
+    sampler.relabel_composers(ids)
+    run.replay_weights = composer_balanced_weights(sampler.index[:, 2], cfg.composer_balance)
+    return sampler
+
+
+def composer_train_pieces(run):
+    """{composer name: training pieces the run learned from} (replayed data included)."""
+    names = {i: name for name, i in run.composers.items()}
+    counts = {}
+    for sampler in (run.train_data, run.replay_data):  # files, not the renditions prepare.py adds
+        for composer in (sampler.index[~sampler.renditions, 2] if sampler is not None else []):
+            counts[names[int(composer)]] = counts.get(names[int(composer)], 0) + 1
+    return counts
 
 
 def say_what_runs(run):
@@ -505,10 +630,16 @@ def micro_batch(run, it, micro):
     so a resumed run draws exactly the batches the uninterrupted one would have."""
     cfg = run.cfg
     rng = np.random.default_rng([cfg.seed, run.rank, it, micro])
-    first_sample = (it * cfg.grad_accum + run.rank * run.accum + micro) * cfg.batch_size
-    pieces = train_pieces(len(run.train_data), cfg.seed, first_sample, cfg.batch_size, run.piece_weights)
-    return run.train_data.batch(pieces, rng, cfg.cond_drop, cfg.transpose, cfg.time_stretch,
-                                cfg.kind_drop if cfg.n_kinds else 0.0)
+    micro_step = it * cfg.grad_accum + run.rank * run.accum + micro
+    n_replay = round(cfg.batch_size * cfg.replay_share) if run.replay_data is not None else 0
+    n_new = cfg.batch_size - n_replay
+    pieces = train_pieces(len(run.train_data), cfg.seed, micro_step * n_new, n_new, run.piece_weights)
+    options = (cfg.cond_drop, cfg.transpose, cfg.time_stretch, cfg.kind_drop if cfg.n_kinds else 0.0)
+    batch = run.train_data.batch(pieces, rng, *options)
+    if n_replay:  # fine-tuning: the rest of the windows from the data the checkpoint learned from
+        old = train_pieces(len(run.replay_data), cfg.seed + 1, micro_step * n_replay, n_replay, run.replay_weights)
+        batch = tuple(torch.cat(pair) for pair in zip(batch, run.replay_data.batch(old, rng, *options)))
+    return batch
 
 
 def evaluate_and_save(run, it, bar):

@@ -1,7 +1,7 @@
 # The CPU recipe for real music: a small model that learns composer style in 20 minutes on a
 # 2-core CPU, on the three shared folders, scores and performances (README, the real-music path):
 #   python prepare.py --midi_dir ../shared/midi/piano-midi --midi_dir ../shared/midi/classical-keyboard \
-#                     --midi_dir ../shared/midi/asap-performed --out_dir data/classical
+#                     --midi_dir ../shared/midi/asap-performed --out_dir data/classical --renditions 1
 #   python train.py config/remi_cpu.py
 # config/remi_cpu_baseline.py is the same data recipe (no label smoothing, no transposition,
 # composer-balanced sampling 0.3, the additive composer embedding, a time budget) with the seed's
@@ -10,8 +10,11 @@
 # RMSNorm, ReLU², QK-norm, an untied head, heads of 64 (zero-init and the soft-cap did not pay here),
 # and a 256-token context in batches of 16 (the same 4,096 tokens a step): the CPU's attention costs
 # per token in proportion to the context, so 256 reads 1.28x the tokens of 512 in the same minutes
-# and ends lower on the same held-out tokens (docs/LOG.md, "A shorter context"). Measured with and
-# without the kind condition (n_kinds=3): docs/LOG.md, 2026-12-02; not adopted.
+# and ends lower on the same held-out tokens (docs/LOG.md, "A shorter context"). The kind condition
+# (n_kinds=3: score or performance, beside the composer) together with a performed rendition of
+# every sequenced training piece (prepare.py --renditions 1) won the A/B of docs/LOG.md, 2026-12-02
+# ("Renditions"): every composer is then seen in both textures, so the composer carries style and
+# the kind carries texture; sample.py --render_as chooses it.
 data_dir = "data/classical"
 out_dir = "out/classical"
 block_size = 256
@@ -34,6 +37,8 @@ norm = "rmsnorm"
 mlp = "relu2"
 qk_norm = True
 tie_head = False
+n_kinds = 3
+kind_drop = 0.1
 optimizer = "muon"
 max_minutes = 20
 max_iters = 1000000  # the time budget ends the run

@@ -30,6 +30,16 @@ def save_checkpoint(path, checkpoint):
         raise CliError(f"cannot write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
 
 
+def with_composer_rows(state, n_composers):
+    """A model state_dict with n_composers rows in its composer embedding: the saved rows as they
+    are, each new row the mean of the saved composers' rows (a composer-like start, not noise)."""
+    rows = state["wce.weight"]
+    if len(rows) >= n_composers:
+        return state
+    new = rows[1:].mean(dim=0, keepdim=True).expand(n_composers - len(rows), -1)
+    return {**state, "wce.weight": torch.cat([rows, new])}
+
+
 def load_trained(path, device="cpu"):
     """(model in eval mode, checkpoint dict, tokenizer); any problem is a CliError."""
     try:

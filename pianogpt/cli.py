@@ -1,10 +1,11 @@
-"""Small helpers shared by the top-level scripts: one-line CLI errors, typed flag
+"""Small helpers shared by the top-level scripts: one-line CLI errors and stops, typed flag
 parsers, dataclass configs filled from a Python file plus --key=value, atomic writes."""
 import argparse
 import dataclasses
 import difflib
 import json
 import os
+import signal
 import sys
 import tempfile
 
@@ -16,6 +17,40 @@ class CliError(Exception):
 def fail(prog, message):
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+class StopSignal(Exception):
+    """SIGTERM, raised wherever the program is, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def _raise_stop(signum, frame):
+    raise StopSignal()
+
+
+def run_program(prog, body, kept=lambda: "nothing partial was left"):
+    """Run body() the way every program meets a fault: a CliError (a bad request, a failed write)
+    is one line and exit 2; Ctrl-C / SIGTERM is one line saying what was kept (`kept()`) and exit
+    130 / 143. Never a traceback for either. Returns body()'s value."""
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        return body()
+    except CliError as e:
+        fail(prog, str(e))
+    except (KeyboardInterrupt, StopSignal) as e:
+        name, code = ("SIGTERM", 143) if isinstance(e, StopSignal) else ("SIGINT", 130)
+        print(f"\n{prog}: {name}: stopped; {kept()}", file=sys.stderr)
+        sys.exit(code)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def write_or_fail(write, path, *args):
+    """write(path, *args), or a CliError naming the path and the cause (no space, read-only, a
+    file where a folder should be); the writers used here leave nothing half-written."""
+    try:
+        return write(path, *args)
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 class Parser(argparse.ArgumentParser):

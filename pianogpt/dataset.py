@@ -140,18 +140,25 @@ class Dataset:
     def __init__(self, data_dir, meta, composers, tokenizer_json, tokenizer, splits):
         self.data_dir, self.meta, self.composers = str(data_dir), meta, composers
         self.tokenizer_json, self.tokenizer, self.splits = tokenizer_json, tokenizer, splits
+        self._pieces = None
 
     def pieces(self):
         """The rows of pieces.jsonl (path, composer, composer_id, split, n_tokens, kind), in index order."""
-        path = os.path.join(self.data_dir, "pieces.jsonl")
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
+        if self._pieces is None:  # read once: every sampler of the dataset asks
+            with open(os.path.join(self.data_dir, "pieces.jsonl"), encoding="utf-8") as f:
+                self._pieces = [json.loads(line) for line in f]
+        return self._pieces
 
     def kind_ids(self, split):
         """Kind id per row of a split's index: 1 sequenced, 2 performed, 0 unknown (a dataset
         prepared before kinds were detected)."""
         rows = [p for p in self.pieces() if p["split"] == split]
         return np.array([KIND_IDS.get(p.get("kind"), 0) for p in rows], dtype=np.int64)
+
+    def rendition_mask(self, split):
+        """True for each row of a split's index that is a performed rendition (prepare.py
+        --renditions), not a file of its own."""
+        return np.array([("rendition_of" in p) for p in self.pieces() if p["split"] == split], dtype=bool)
 
 
 def read_json(data_dir, name):
@@ -185,6 +192,34 @@ def composer_table_problem(composers, n_composers, expected_by):
     if len(ids) != n_composers:
         return f"{len(ids)} composer ids, {expected_by} {n_composers}"
     return None
+
+
+def merge_composer_tables(base, added):
+    """(table, ids, matches): the composers of `base` ({name: id}, kept with their ids) and those
+    of `added` that base lacks (new ids after base's), matched by composer_key as prepare.py
+    matches folders; ids[i] is the merged id of added's composer id i (ids[0] = 0); matches lists
+    (added name, base name) pairs spelled differently. Two added names that fall on one composer
+    are a CliError: they are never merged silently."""
+    table = dict(base) if base else {UNCONDITIONAL: 0}
+    by_key = {composer_key(name): name for name, i in table.items() if i != 0}
+    ids = np.zeros(max(added.values(), default=0) + 1, np.int64)
+    claimed, matches = {}, []
+    for name, i in sorted(added.items(), key=lambda kv: kv[1]):
+        if i == 0:
+            continue
+        key = composer_key(name)
+        if key in claimed:
+            raise CliError(f"composers {claimed[key]!r} and {name!r} are one composer after name matching "
+                           f"({key!r}); rename one folder or merge them in the data")
+        claimed[key] = name
+        if key in by_key:
+            ids[i] = table[by_key[key]]
+            if by_key[key] != name:
+                matches.append((name, by_key[key]))
+        else:
+            ids[i] = table[name] = len(table)
+            by_key[key] = name
+    return table, ids, matches
 
 
 def check_composers(data_dir, composers, meta):
@@ -278,10 +313,16 @@ class WindowSampler:
         self.pitch_lo, self.pitch_hi = meta["pitch_ids"]
         self.vocab = dataset.tokenizer.vocab
         self.kinds = dataset.kind_ids(split) if len(self.index) else np.zeros(0, np.int64)
+        self.renditions = dataset.rendition_mask(split) if len(self.index) else np.zeros(0, bool)
         self._stretch = None
 
     def __len__(self):
         return len(self.index)
+
+    def relabel_composers(self, ids):
+        """Give every piece the composer id ids[its dataset id] (a model with another composer table)."""
+        self.index = self.index.copy()
+        self.index[:, 2] = ids[self.index[:, 2]]
 
     def window(self, piece, rng):
         offset, length, _ = self.index[piece]

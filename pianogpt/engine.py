@@ -65,7 +65,7 @@ def can_prepack(weight):
     """Packing this weight for oneDNN pays: a CPU tensor in bf16 where the CPU has native bf16
     (a plain bf16 linear goes through oneDNN anyway, reordering every call), or a float32 one of
     at least PREPACK_MIN_FLOAT32 elements (below that MKL's plain call has less overhead than
-    oneDNN's: 32 matrices of a 128-wide model take 0.28 ms plain vs 0.72 ms packed, Zen 4)."""
+    oneDNN's packed one: docs/LOG.md, "Sampling speed")."""
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     if weight.dtype == torch.float32:
@@ -91,9 +91,9 @@ def prepacked_weights(model, rows):
 
 def gemv_pays(rows, weight):
     """One row of bf16 on a CPU: aten's own bf16 matrix-vector kernel (float32 accumulation,
-    rounded once, like oneDNN's) reads the weights faster than oneDNN's packed kernel (the seed
-    shape's 32 matrices at M = 1: 2.1 vs 2.7 ms on a Zen 4), so such decoding steps run with
-    oneDNN off (see onednn_off). With more rows aten's bf16 path is far slower than oneDNN's."""
+    rounded once, like oneDNN's) reads the weights faster than oneDNN's packed kernel (measured
+    at the seed's shape: docs/LOG.md, "Sampling speed"), so such decoding steps run with oneDNN
+    off (see onednn_off). With more rows aten's bf16 path is far slower than oneDNN's."""
     return rows == 1 and weight.device.type == "cpu" and weight.dtype == torch.bfloat16
 
 
@@ -211,10 +211,22 @@ def prefill(model, seq, keep, conditions, kind, dtype, cache_len, static):
 
 
 @torch.no_grad()
+def batched_conditions(composer, kind, batch, use_cfg, device):
+    """(composer rows, kind rows or None) of the batched forward: the conditional rows, then with
+    guidance the unconditional ones (composer 0); both halves keep the kind."""
+    conditions = torch.cat([composer, unconditional_like(composer)]) if use_cfg else composer
+    if kind is not None:
+        kind = torch.as_tensor(kind, dtype=torch.long, device=device).expand(batch)
+        kind = torch.cat([kind, kind]) if use_cfg else kind
+    return conditions, kind
+
+
 def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, top_p=0.95, guidance=1.0,
              generator=None, logits_processor=None, on_step=None, slide=None, compile=False, guidance_kinds=None,
-             prepack=True, kind=None):
-    """Continue idx [B, T] by max_new_tokens sampled tokens; returns [B, T + max_new_tokens].
+             prepack=True, kind=None, stop=None):
+    """Continue idx [B, T] by max_new_tokens sampled tokens; returns [B, T + max_new_tokens], or
+    fewer when stop(seq [B, L]) -> True ends the run early (it reads the tokens, so each call
+    waits for the device: only a length in musical units needs it).
 
     guidance g != 1 runs the conditional rows and unconditional (composer 0) rows in ONE batched
     forward and samples from uncond + g * (cond - uncond); guidance_kinds (see guided_logits)
@@ -238,10 +250,7 @@ def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, to
     use_cfg = guidance != 1.0
     if guidance_kinds is not None:
         guidance_kinds = guidance_kinds.to(idx.device)
-    conditions = torch.cat([composer, unconditional_like(composer)]) if use_cfg else composer
-    if kind is not None:
-        kind = torch.as_tensor(kind, dtype=torch.long, device=idx.device).expand(idx.size(0))
-        kind = torch.cat([kind, kind]) if use_cfg else kind
+    conditions, kind = batched_conditions(composer, kind, idx.size(0), use_cfg, idx.device)
     # the KV cache (and so attention) stays float32 on a CPU even under bf16 weights: one query
     # against thousands of cached keys runs far slower in the CPU's bf16 attention than in float32
     dtype = torch.float32 if idx.device.type == "cpu" else next(model.parameters()).dtype
@@ -268,6 +277,9 @@ def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, to
                 on_step(i, mixed, start)
             next_token = sample_next(mixed, temperature, top_k, top_p, generator)
             out[:, prompt_len + i] = next_token[:, 0]
+            if stop is not None and stop(out[:, :prompt_len + i + 1]):
+                out = out[:, :prompt_len + i + 1]
+                break
             if i == max_new_tokens - 1:
                 break
             if length == block:  # window full: slide and re-prefill

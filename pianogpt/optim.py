@@ -115,7 +115,7 @@ def configure_optimizers(model, weight_decay, learning_rate, betas=(0.9, 0.95), 
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
-    if optimizer == "adamw":
+    if optimizer == "adamw" or not hidden:  # nothing for Muon (every block frozen): AdamW alone
         return adamw
     # match_rms_adamw scales each update to AdamW's RMS, so the AdamW learning rate carries over
     muon = Muon(hidden, lr=learning_rate, weight_decay=weight_decay, momentum=0.95,

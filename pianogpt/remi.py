@@ -285,6 +285,18 @@ def encode_merged(tokenizer, merged):
     return np.asarray(ids, dtype=np.uint16)
 
 
+def bar_line_seconds(tokenizer, ids):
+    """Seconds from the start of a piece to the bar line its last token (a Bar) opens, through the
+    piece's own tempos and rests: miditok decodes the tokens with one probe note on that bar's
+    first position, and the probe's onset is the answer."""
+    vocab = tokenizer.vocab
+    probe = [vocab["Position_0"], vocab["Pitch_60"], next(i for t, i in vocab.items() if t.startswith("Velocity_")),
+             next(i for t, i in vocab.items() if t.startswith("Duration_"))]
+    special = {vocab["PAD_None"], vocab["BOS_None"]}
+    score = tokenizer.decode([[int(i) for i in ids if int(i) not in special] + probe])
+    return float(max(track.notes.numpy()["time"].max() for track in score.to("second").tracks if len(track.notes)))
+
+
 def note_match(reference, decoded):
     """Greedy one-to-one match of notes by exact pitch and onset within 1/16 quarter note.
 

@@ -81,6 +81,42 @@ def make_no_notes(path):
     return write_midi(path, score)
 
 
+def tiny_model(block_size=32, vocab_size=64, n_composers=4, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **options):
+    """The shared tiny network for tests of the model and the engine: seeded, in eval mode."""
+    import torch
+
+    from model import ModelConfig, MusicTransformer
+
+    torch.manual_seed(0)
+    return MusicTransformer(ModelConfig(block_size=block_size, vocab_size=vocab_size, n_composers=n_composers,
+                                        n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout,
+                                        **options)).eval()
+
+
+def tiny_train_config(data_dir, out_dir, **overrides):
+    """The shared tiny training run for tests of train.py (on tiny_dataset): a few seconds."""
+    from train import TrainConfig
+
+    values = dict(data_dir=str(data_dir), out_dir=str(out_dir), block_size=32, n_layer=1, n_head=2, n_embd=32,
+                  batch_size=4, grad_accum=1, max_iters=8, eval_interval=4, eval_iters=2, log_interval=1,
+                  learning_rate=3e-3, warmup_frac=0.0, device="cpu", dtype="float32", dropout=0.1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def decode_png(data):
+    """[H, W, 3] uint8 pixels of an 8-bit RGB PNG as pictures.png_bytes writes it (one IDAT, filter 0)."""
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    idat = data.index(b"IDAT")
+    length = int.from_bytes(data[idat - 4:idat], "big")
+    rows = np.frombuffer(zlib.decompress(data[idat + 4:idat + 4 + length]), np.uint8).reshape(height, 1 + 3 * width)
+    assert (rows[:, 0] == 0).all()  # filter type "none" on every row
+    return rows[:, 1:].reshape(height, width, 3)
+
+
 @pytest.fixture
 def folder_corpus(tmp_path):
     """3 composers x 3 pieces in <Composer>/ folders."""
@@ -108,10 +144,9 @@ def tiny_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_dataset, tmp_path_factory):
     """A checkpoint of a tiny model trained briefly on tiny_dataset."""
-    from train import TrainConfig, train
+    from train import train
 
     out = tmp_path_factory.mktemp("run")
-    train(TrainConfig(data_dir=str(tiny_dataset), out_dir=str(out), block_size=64, n_layer=1, n_head=2, n_embd=32,
-                      batch_size=4, grad_accum=1, max_iters=40, eval_interval=40, eval_iters=2, log_interval=10,
-                      learning_rate=3e-3, device="cpu", dtype="float32", dropout=0.0))
+    train(tiny_train_config(tiny_dataset, out, block_size=64, max_iters=40, eval_interval=40, log_interval=10,
+                            warmup_frac=0.05, dropout=0.0))
     return out / "ckpt.pt"

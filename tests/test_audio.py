@@ -4,11 +4,11 @@ import io
 import json
 import os
 import wave
-import zlib
 
 import numpy as np
 import pytest
 
+from conftest import decode_png, tiny_train_config
 from pianogpt import audio
 from pianogpt.pictures import chart, png_bytes
 
@@ -136,30 +136,31 @@ def test_render_plays_a_real_midi_file_through_the_same_voice(tmp_path, capsys):
     assert "cannot read --render" in capsys.readouterr().err
 
 
-def decode_png(data):
-    """(width, height, rows) of an 8-bit RGB PNG written by pictures.png_bytes."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    idat = data.index(b"IDAT")
-    length = int.from_bytes(data[idat - 4:idat], "big")
-    raw = zlib.decompress(data[idat + 4:idat + 4 + length])
-    assert len(raw) == height * (1 + 3 * width)
-    return width, height, raw
+def test_png_bytes_round_trip_every_pixel():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    assert np.array_equal(decode_png(png_bytes(rgb)), rgb)
 
 
 def test_training_writes_a_curves_png_that_decodes(tiny_dataset, tmp_path):
-    from train import TrainConfig, train
+    from train import train
 
-    train(TrainConfig(data_dir=str(tiny_dataset), out_dir=str(tmp_path), block_size=32, n_layer=1, n_head=2,
-                      n_embd=32, batch_size=4, grad_accum=1, max_iters=6, eval_interval=3, eval_iters=1,
-                      log_interval=1, device="cpu", dtype="float32"))
-    width, height, raw = decode_png((tmp_path / "curves.png").read_bytes())
-    assert width > 1000 and height > 200
-    assert len(set(raw)) > 10, "lines and labels, not a blank image"
+    train(tiny_train_config(tiny_dataset, tmp_path, max_iters=6, eval_interval=3, eval_iters=1))
+    pixels = decode_png((tmp_path / "curves.png").read_bytes())
+    assert pixels.shape[1] > 1000 and pixels.shape[0] > 200
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 3, "coloured lines and labels, not a blank image"
 
 
-def test_a_chart_draws_its_lines():
-    image = chart([("A", [0, 1, 2], [3.0, 2.0, 1.0]), ("B", [0, 2], [1.0, float("nan")])], "T", "X")
-    assert image.shape == (300, 520, 3) and (image != 255).any()
-    width, height, _ = decode_png(png_bytes(image))
-    assert (width, height) == (520, 300)
+def test_a_chart_draws_each_series_where_its_values_are():
+    from pianogpt.pictures import COLOURS
+
+    image = chart([("A", [0, 1, 2], [3.0, 2.0, 1.0]), ("B", [0, 1, 2], [1.0, 2.0, float("nan")])], "T", "X")
+    assert image.shape == (300, 520, 3)
+    plot = image[34:260, 72:490]  # inside the axes, left of the legend (at x >= 496)
+    for colour, falls in ((COLOURS[0], True), (COLOURS[1], False)):
+        rows, cols = np.nonzero((plot == colour).all(axis=-1))
+        assert len(cols) > 100, "each series is drawn as a line, not a dot"
+        left, right = rows[cols < cols.min() + 10].mean(), rows[cols > cols.max() - 10].mean()
+        assert (left < right) == falls  # A falls from 3 to 1 (down the image), B rises from 1 to 2
+    b_cols = np.nonzero((plot == COLOURS[1]).all(axis=-1))[1]
+    a_cols = np.nonzero((plot == COLOURS[0]).all(axis=-1))[1]
+    assert b_cols.max() < a_cols.max() - 100  # B's NaN point is left out: its line stops at x = 1

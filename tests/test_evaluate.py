@@ -196,3 +196,10 @@ def test_note_features_have_one_length_for_any_excerpt():
                 [(0, 1, 60, 80), (1, 2, 64, 90), (1.5, 0.25, 72, 100)]]
     lengths = {len(note_features(score_of(notes))) for notes in excerpts}
     assert lengths == {66}
+
+
+def test_no_samples_scores_the_val_pieces_only(tiny_checkpoint, tiny_dataset, capsys):
+    r = evaluate(tiny_checkpoint, str(tiny_dataset), num_windows=2, samples_per_composer=0)
+    assert "val_pieces" in r and not {"judge", "copying", "samples"} & set(r)
+    print_report(r)
+    assert "identification" in capsys.readouterr().out

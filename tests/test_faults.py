@@ -1,5 +1,6 @@
-"""sample.py meets a full disk and an interrupt as train.py and prepare.py do: one line, the
-documented exit code, no traceback, every finished sample kept and listed, nothing partial."""
+"""Every program meets a full disk and an interrupt the same way: one line, the documented exit
+code (2 for a failed write, 130 for Ctrl-C, 143 for SIGTERM), no traceback, nothing partial on
+disk; sample.py keeps and lists every sample it had finished; ablate.py stops its child runs."""
 import errno
 import os
 import signal
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, make_score, write_midi
 
 
 def stems_on_disk(folder):
@@ -95,3 +96,111 @@ def test_sigterm_during_generation_exits_143_without_a_traceback(tiny_checkpoint
     assert process.returncode == 143, err
     assert "Traceback" not in err and "SIGTERM: stopped; no sample was finished" in err
     assert stems_on_disk(out) == []
+
+
+def start(args, **kwargs):
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+
+
+def wait_for_line(process, text, timeout=120, stream="stdout"):
+    """Read the program's stdout (or stderr) until a line holds `text`: it is then at that stage."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = getattr(process, stream).readline()
+        if text in line:
+            return
+        assert line, f"the program ended before printing {text!r}: {process.communicate()[1]}"
+    raise AssertionError(f"no {text!r} within {timeout} s")
+
+
+def one_stop_line(process, code, progress=False):
+    """The one line a stopped program prints last on stderr (after its progress lines, if it has any)."""
+    _, err = process.communicate(timeout=120)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert process.returncode == code, err
+    assert "Traceback" not in err and (progress or len(lines) == 1), err
+    return lines[-1]
+
+
+def test_ctrl_c_while_prepare_encodes_leaves_the_previous_dataset(tmp_path):
+    for i in range(40):
+        write_midi(str(tmp_path / "midi" / "Bach" / f"p{i}.mid"), make_score(seed=i, n_bars=24))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.json").write_text("the previous dataset")
+    # Ctrl-C in a terminal reaches the whole process group: the encoding workers as well
+    process = start(["prepare.py", "--midi_dir", str(tmp_path / "midi"), "--out_dir", str(data), "--workers", "2"],
+                    start_new_session=True)
+    wait_for_line(process, "encoding 40 files")
+    os.killpg(process.pid, signal.SIGINT)
+    line = one_stop_line(process, 130)
+    assert "SIGINT: stopped; nothing was written; the previous dataset (if any) is intact" in line
+    assert os.listdir(data) == ["meta.json"] and (data / "meta.json").read_text() == "the previous dataset"
+    assert sorted(os.listdir(tmp_path)) == ["data", "midi"]  # no temp folder, no lock left
+
+
+def test_sigterm_stops_evaluate_and_a_failed_report_write_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    import evaluate
+
+    process = start(["evaluate.py", "--ckpt", str(tiny_checkpoint), "--samples_per_composer", "50",
+                     "--sample_tokens", "400", "--json", str(tmp_path / "eval.json")])
+    wait_for_line(process, "val windows scored", stream="stderr")  # its progress goes to stderr
+    process.send_signal(signal.SIGTERM)
+    line = one_stop_line(process, 143, progress=True)
+    assert "SIGTERM: stopped; nothing was written" in line and not (tmp_path / "eval.json").exists()
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--ckpt", str(tiny_checkpoint), "--num_windows", "2", "--samples_per_composer", "1",
+                       "--sample_tokens", "8", "--guidance", "1", "--json", str(blocker / "eval.json")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err  # its progress lines, then the one line
+    assert f"cannot write {blocker / 'eval.json'}" in err.strip().splitlines()[-1]
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_bench_stops_on_sigint_and_names_a_temp_folder_it_cannot_make(tmp_path, monkeypatch, capsys):
+    import bench
+
+    process = start(["bench.py", "--quick", "--cases", "matmul,train,sample"])
+    wait_for_line(process, '"case": "machine"')
+    process.send_signal(signal.SIGINT)
+    assert "SIGINT: stopped; bench.py keeps nothing on disk" in one_stop_line(process, 130)
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    monkeypatch.setattr(bench.tempfile, "tempdir", str(blocker))
+    write_midi(str(tmp_path / "midi" / "Bach" / "p.mid"), make_score())
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--quick", "--cases", "prepare", "--midi_dir", str(tmp_path / "midi")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"cannot create a temp folder in {blocker}" in err
+
+
+def test_sigterm_stops_ablate_and_its_running_recipes(tiny_dataset, tmp_path):
+    out = tmp_path / "ablation"
+    process = start(["ablate.py", "--recipes", "baseline,rope", "--parallel", "1", "--minutes", "5",
+                     "--data_dir", str(tiny_dataset), "--out_dir", str(out), "--threads", "1",
+                     "--extra=--block_size=64", "--extra=--n_layer=1", "--extra=--n_embd=32", "--extra=--batch_size=2"])
+    wait_for_line(process, "start baseline")
+    deadline = time.time() + 120
+    while not (out / "baseline" / "log.jsonl").exists() and time.time() < deadline:  # the child is training
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    line = one_stop_line(process, 143)
+    assert "SIGTERM: stopped; the running recipes were stopped" in line and "complete: none" in line
+    children = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert children == []  # no training run outlives ablate.py
+    assert (out / "baseline" / "ckpt.pt").exists()  # train.py saved its state on the signal
+    assert not (out / "rope").exists()  # the queued recipe never started
+
+
+def test_preparing_in_this_process_leaves_ctrl_c_to_the_caller(folder_corpus, tmp_path):
+    from prepare import prepare
+
+    before = signal.getsignal(signal.SIGINT)
+    prepare(folder_corpus, tmp_path / "data", workers=1, isolate=False)
+    assert signal.getsignal(signal.SIGINT) is before  # only encoding *workers* leave Ctrl-C to their parent

@@ -6,6 +6,7 @@ import torch
 
 from pianogpt.checkpoints import load_checkpoint
 from pianogpt.engine import filter_logits, new_caches, sample_next
+from conftest import tiny_model
 from model import ModelConfig, MusicTransformer
 
 
@@ -21,16 +22,11 @@ LEVERS = {  # the modern recipe's architecture options (tests/test_recipe.py tes
 }
 
 
-def tiny(block_size=32, n_composers=4, dropout=0.0, **kw):
-    torch.manual_seed(0)
-    cfg = ModelConfig(block_size=block_size, vocab_size=64, n_composers=n_composers, n_layer=2, n_head=2,
-                      n_embd=32, dropout=dropout, **kw)
-    return MusicTransformer(cfg).eval()
 
 
 @pytest.mark.parametrize("lever", LEVERS)
 def test_future_tokens_never_change_past_logits(lever):
-    model = tiny(**LEVERS[lever])
+    model = tiny_model(**LEVERS[lever])
     idx = torch.randint(2, 64, (2, 20))
     composer = torch.tensor([1, 2])
     base, _ = model(idx, composer, all_logits=True)
@@ -44,7 +40,7 @@ def test_future_tokens_never_change_past_logits(lever):
 
 @pytest.mark.parametrize("lever", ["seed", "rope", "all", "kinds"])
 def test_kv_cache_logits_equal_full_forward_at_every_step_and_across_slides(lever):
-    model = tiny(block_size=16, **LEVERS[lever])
+    model = tiny_model(block_size=16, **LEVERS[lever])
     prompt = torch.randint(2, 64, (2, 5))
     composer = torch.tensor([1, 3])
     seen = []
@@ -61,7 +57,7 @@ def test_kv_cache_logits_equal_full_forward_at_every_step_and_across_slides(leve
 
 @pytest.mark.parametrize("lever", LEVERS)
 def test_cache_filled_in_chunks_equals_full_forward(lever):
-    model = tiny(**LEVERS[lever])
+    model = tiny_model(**LEVERS[lever])
     idx = torch.randint(2, 64, (2, 20))
     composer = torch.tensor([1, 2])
     full, _ = model(idx, composer, all_logits=True)
@@ -72,7 +68,7 @@ def test_cache_filled_in_chunks_equals_full_forward(lever):
 
 
 def test_guidance_one_is_exactly_the_conditional_model():
-    model = tiny()
+    model = tiny_model()
     prompt = torch.ones(3, 1, dtype=torch.long)
     composer = torch.tensor([1, 2, 3])
     out = model.generate(prompt, composer, 12, temperature=0.8, top_k=10, top_p=0.9, guidance=1.0,
@@ -87,7 +83,7 @@ def test_guidance_one_is_exactly_the_conditional_model():
 
 @pytest.mark.parametrize("guidance", [0.0, 3.0])
 def test_guidance_mixes_conditional_and_unconditional_logits(guidance):
-    model = tiny()
+    model = tiny_model()
     prompt = torch.randint(2, 64, (2, 4))
     composer = torch.tensor([2, 3])
     seen = []
@@ -121,7 +117,7 @@ def test_guidance_within_kinds_keeps_the_conditional_kind_odds_and_guides_inside
 
 
 def test_composer_changes_logits_and_row_zero_is_trained():
-    model = tiny().train()
+    model = tiny_model().train()
     idx = torch.randint(2, 64, (2, 10))
     a, _ = model(idx, torch.tensor([1, 1]))
     b, _ = model(idx, torch.tensor([2, 2]))
@@ -133,7 +129,7 @@ def test_composer_changes_logits_and_row_zero_is_trained():
 
 
 def test_head_is_tied_to_token_embedding_and_param_count_matches_formula():
-    model = tiny()
+    model = tiny_model()
     assert model.lm_head.weight is model.wte.weight
     assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
     V, K, T, L, C = 64, 4, 32, 2, 32
@@ -169,14 +165,14 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     ({"guidance": -2.0}, "guidance"),
 ])
 def test_bad_sampling_arguments_are_rejected(kwargs, message):
-    model = tiny()
+    model = tiny_model()
     with pytest.raises(ValueError, match=message):
         model.generate(torch.ones(1, 1, dtype=torch.long), torch.tensor([1]), 3, **kwargs)
 
 
 def test_tiny_model_overfits_one_sequence():
     torch.manual_seed(0)
-    model = tiny(label_smoothing=0.0).train()
+    model = tiny_model(label_smoothing=0.0).train()
     seq = torch.randint(2, 64, (1, 33))
     composer = torch.tensor([1])
     optimizer = model.configure_optimizers(0.0, 3e-3)
@@ -189,7 +185,7 @@ def test_tiny_model_overfits_one_sequence():
 
 
 def test_pad_targets_do_not_count_in_the_loss():
-    model = tiny()
+    model = tiny_model()
     idx = torch.randint(2, 64, (1, 10))
     targets = torch.randint(2, 64, (1, 10))
     _, loss_short = model(idx[:, :6], torch.tensor([1]), targets=targets[:, :6])
@@ -202,7 +198,7 @@ def test_pad_targets_do_not_count_in_the_loss():
 def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for flag in (False, True):
-        model = tiny(grad_checkpoint=flag).train()
+        model = tiny_model(grad_checkpoint=flag).train()
         idx = torch.randint(2, 64, (2, 16))
         torch.manual_seed(1)
         idx = torch.randint(2, 64, (2, 16))
@@ -215,7 +211,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     from dataclasses import asdict
 
-    model = tiny()
+    model = tiny_model()
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "model_config": asdict(model.config)}, path)
     loaded = MusicTransformer.from_checkpoint(path)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REAL_MIDI, make_score, write_midi
+from conftest import REAL_MIDI, make_score, tiny_model, write_midi
 
 ASAP = os.path.join(os.path.dirname(REAL_MIDI), "asap-performed")
 
@@ -93,11 +93,7 @@ def test_the_kind_detector_on_real_performances_and_scores():
 
 
 def tiny(n_kinds):
-    from model import ModelConfig, MusicTransformer
-
-    torch.manual_seed(0)
-    return MusicTransformer(ModelConfig(block_size=16, vocab_size=64, n_composers=4, n_layer=1, n_head=2, n_embd=16,
-                                        dropout=0.0, n_kinds=n_kinds)).eval()
+    return tiny_model(block_size=16, n_layer=1, n_embd=16, n_kinds=n_kinds)
 
 
 def test_the_kind_condition_changes_the_prediction_and_none_means_unknown():

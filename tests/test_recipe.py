@@ -4,16 +4,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_model
 from model import ModelConfig, MusicTransformer
 from pianogpt.optim import MuonWithAdamW
 from pianogpt.remi import build_tokenizer, stretch_table, token_values
 
 
-def tiny(block_size=32, **kw):
-    torch.manual_seed(0)
-    cfg = ModelConfig(block_size=block_size, vocab_size=64, n_composers=4, n_layer=2, n_head=2, n_embd=32,
-                      dropout=0.0, **kw)
-    model = MusicTransformer(cfg).eval()
+def tiny(**options):
+    """tiny_model with every weight non-zero: zero-initialised weights would hide differences."""
+    model = tiny_model(**options)
     with torch.no_grad():  # zero-initialised weights would hide differences: give every weight a value
         for p in model.parameters():
             if p.abs().sum() == 0:

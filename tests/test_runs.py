@@ -12,18 +12,15 @@ import torch
 
 import train as train_module
 from pianogpt.cli import CliError, FolderLock
-from conftest import ROOT
+from conftest import ROOT, tiny_train_config
 from prepare import prepare
 from sample import claim_stem
-from train import TrainConfig, TrainingStopped, train
+from train import TrainingStopped, train
 
 
 def tiny(data_dir, out_dir, **overrides):
-    values = dict(data_dir=str(data_dir), out_dir=str(out_dir), block_size=32, n_layer=1, n_head=2, n_embd=32,
-                  batch_size=4, grad_accum=1, max_iters=12, eval_interval=100000, eval_iters=2, log_interval=1,
-                  learning_rate=3e-3, warmup_frac=0.0, device="cpu", dtype="float32", dropout=0.1, transpose=2)
-    values.update(overrides)
-    return TrainConfig(**values)
+    """The shared tiny run, longer, with transposition on: resume must reproduce its random draws too."""
+    return tiny_train_config(data_dir, out_dir, **{"max_iters": 12, "eval_interval": 100000, "transpose": 2, **overrides})
 
 
 def as_args(cfg):
@@ -149,12 +146,27 @@ def test_folder_lock_names_its_holder_and_is_released(tmp_path):
     assert not path.exists()
 
 
-def test_sample_runs_sharing_a_folder_never_overwrite_each_other(tiny_checkpoint, tmp_path):
+def test_stems_claimed_at_the_same_moment_are_all_different(tmp_path):
+    import threading
+
+    base, n = str(tmp_path / "s"), 8
+    start, stems = threading.Barrier(n), []
+
+    def claim():
+        start.wait()  # every thread claims at once: a check-then-create claim would hand out one stem twice
+        stems.append(claim_stem(base))
+
+    threads = [threading.Thread(target=claim) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(stems) == sorted([base] + [f"{base}-{i}" for i in range(2, n + 1)])
+
+
+def test_two_sample_runs_with_one_name_keep_both_samples(tiny_checkpoint, tmp_path):
     import sample
 
-    base = str(tmp_path / "s")
-    stems = [claim_stem(base) for _ in range(3)]
-    assert stems == [base, base + "-2", base + "-3"], "a claim is atomic and exclusive"
     args = ["--ckpt", str(tiny_checkpoint), "--composer_id", "1", "--max_new_tokens", "30", "--out_dir",
             str(tmp_path / "runs"), "--name", "same"]
     sample.main(args)

@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from pianogpt.cli import CliError
 from conftest import ROOT
 from model import MusicTransformer, ModelConfig
 from pianogpt.remi import RemiGrammar, build_tokenizer, grammar_error_rate
-from pianogpt.pictures import png_bytes
 from sample import resolve_composer, resolve_mix
 
 COMPOSERS = {"<unconditional>": 0, "Bach, Johann Sebastian": 1, "Chopin, Frédéric": 2, "Schubert": 3,
@@ -121,19 +119,6 @@ def test_token_kinds_group_the_vocabulary_by_token_type():
     names = {token.split("_", 1)[0] for token in vocab}
     assert len(set(kinds.tolist())) == len(names) and set(type_index) == names
     assert kinds[vocab["Bar_None"]] != pitches[0] and kinds[vocab["Position_0"]] != kinds[vocab["Bar_None"]]
-
-def test_png_writer_makes_a_valid_image():
-    rgb = np.zeros((5, 7, 3), dtype=np.uint8)
-    rgb[2, 3] = (255, 10, 20)
-    data = png_bytes(rgb)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (7, 5)
-    idat_length = int.from_bytes(data[33:37], "big")
-    raw = zlib.decompress(data[41:41 + idat_length])
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(5, 1 + 7 * 3)
-    assert (rows[:, 0] == 0).all() and tuple(rows[2, 1 + 3 * 3:1 + 4 * 3]) == (255, 10, 20)
-
 
 def run_sample(*args):
     return subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), *args], cwd=ROOT,
@@ -258,3 +243,28 @@ def test_auto_sampling_precision_keeps_a_small_model_in_float32_on_a_cpu():
     big = MusicTransformer(ModelConfig(block_size=32, vocab_size=64, n_composers=4, n_layer=4, n_head=8, n_embd=512))
     from pianogpt.devices import resolve_dtype
     assert big.num_params() > SMALL_MODEL_PARAMS and sampling_dtype("auto", big, "cpu") == resolve_dtype("auto", "cpu")
+
+
+def bar_lines(ids, tokenizer):
+    return [i for i, token in enumerate(ids) if token == tokenizer.vocab["Bar_None"]]
+
+
+def test_bars_16_gives_16_bars(tiny_checkpoint, tmp_path):
+    result = run_sample("--ckpt", str(tiny_checkpoint), "--composer_id", "2", "--bars", "16", "--no-audio",
+                        "--out_dir", str(tmp_path))
+    assert result.returncode == 0 and "before their bar line" not in result.stdout, result.stderr
+    sample = json.load(open(tmp_path / "Bach_1337.json"))
+    assert len(bar_lines(sample["token_ids"], build_tokenizer())) == 16 and sample["bars"] == 16
+
+
+def test_seconds_stop_at_the_first_bar_line_past_that_time(tiny_checkpoint, tmp_path):
+    from pianogpt.remi import bar_line_seconds
+
+    tokenizer = build_tokenizer()
+    result = run_sample("--ckpt", str(tiny_checkpoint), "--composer_id", "2", "--seconds", "20", "--no-audio",
+                        "--out_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    ids = json.load(open(tmp_path / "Bach_1337.json"))["token_ids"]
+    closing = bar_line_seconds(tokenizer, ids + [tokenizer.vocab["Bar_None"]])  # where the sample was cut
+    last_kept = bar_line_seconds(tokenizer, ids[:bar_lines(ids, tokenizer)[-1] + 1])
+    assert last_kept < 20 <= closing

@@ -11,18 +11,12 @@ import pytest
 import torch
 
 from pianogpt.cli import CliError, load_config
-from conftest import ROOT
+from conftest import ROOT, tiny_train_config
 from pianogpt.dataset import WindowSampler, open_dataset
 import train as train_module
 from train import TrainConfig, composer_balanced_weights, lr_at, train, train_pieces
 
 
-def tiny_config(data_dir, out_dir, **overrides):
-    values = dict(data_dir=str(data_dir), out_dir=str(out_dir), block_size=32, n_layer=1, n_head=2, n_embd=32,
-                  batch_size=4, grad_accum=1, max_iters=8, eval_interval=4, eval_iters=2, log_interval=1,
-                  learning_rate=3e-3, warmup_frac=0.0, device="cpu", dtype="float32", dropout=0.1)
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def read_log(out_dir):
@@ -109,7 +103,7 @@ def test_composer_balance_evens_out_composers_as_asked():
 
 
 def test_a_time_budget_warms_up_decays_to_min_lr_and_stops_the_run(tiny_dataset, tmp_path):
-    cfg = tiny_config(tiny_dataset, tmp_path, warmup_frac=0.1, max_minutes=0.02, max_iters=100000, eval_interval=100000)
+    cfg = tiny_train_config(tiny_dataset, tmp_path, warmup_frac=0.1, max_minutes=0.02, max_iters=100000, eval_interval=100000)
     assert lr_at(0, cfg, 100000, time_progress=0.05) == pytest.approx(cfg.learning_rate / 2)
     assert lr_at(0, cfg, 100000, time_progress=0.1) == pytest.approx(cfg.learning_rate)
     assert lr_at(0, cfg, 100000, time_progress=1.0) == pytest.approx(cfg.min_lr)
@@ -123,7 +117,7 @@ def test_a_time_budget_warms_up_decays_to_min_lr_and_stops_the_run(tiny_dataset,
 
 
 def test_a_few_iterations_lower_the_loss(tiny_dataset, tmp_path):
-    train(tiny_config(tiny_dataset, tmp_path, max_iters=30, eval_interval=30, dropout=0.0))
+    train(tiny_train_config(tiny_dataset, tmp_path, max_iters=30, eval_interval=30, dropout=0.0))
     log = read_log(tmp_path)
     vals = [r["val_loss"] for r in log if "val_loss" in r]
     assert vals[-1] < vals[0] - 1.0
@@ -142,14 +136,14 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path, recipe,
     """Exact on CPU float32: data, dropout and LR are functions of the iteration; Muon's
     momentum and AdamW's moments travel in the checkpoint."""
     full = tmp_path / "full"
-    train(tiny_config(tiny_dataset, full, transpose=2, **recipe))
+    train(tiny_train_config(tiny_dataset, full, transpose=2, **recipe))
     part = tmp_path / "part"
     steps = iter(range(1000))  # Ctrl-C arrives during iteration 3: the loop stops before iteration 4
     with monkeypatch.context() as patch:
         patch.setattr(train_module.StopRequest, "agreed", lambda self, ddp: signal.SIGINT if next(steps) == 4 else 0)
         with pytest.raises(train_module.TrainingStopped):
-            train(tiny_config(tiny_dataset, part, transpose=2, **recipe))
-    train(tiny_config(tiny_dataset, part, transpose=2, init_from="resume", **recipe))
+            train(tiny_train_config(tiny_dataset, part, transpose=2, **recipe))
+    train(tiny_train_config(tiny_dataset, part, transpose=2, init_from="resume", **recipe))
     losses = lambda out: {r["iter"]: r["loss"] for r in read_log(out) if "loss" in r}  # noqa: E731
     a, b = losses(full), losses(part)
     assert set(a) == set(b) == set(range(8))
@@ -161,9 +155,9 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path, recipe,
 
 
 def test_a_fresh_run_moves_an_earlier_run_aside_instead_of_overwriting_it(tiny_dataset, tmp_path):
-    train(tiny_config(tiny_dataset, tmp_path, max_iters=2, eval_interval=2))
+    train(tiny_train_config(tiny_dataset, tmp_path, max_iters=2, eval_interval=2))
     first = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    train(tiny_config(tiny_dataset, tmp_path, max_iters=4, eval_interval=4, seed=5))
+    train(tiny_train_config(tiny_dataset, tmp_path, max_iters=4, eval_interval=4, seed=5))
     previous = [p for p in os.listdir(tmp_path) if p.startswith("previous-")]
     assert len(previous) == 1
     kept = torch.load(tmp_path / previous[0] / "ckpt.pt", weights_only=True)
@@ -174,7 +168,7 @@ def test_a_fresh_run_moves_an_earlier_run_aside_instead_of_overwriting_it(tiny_d
 
 
 def test_checkpoint_holds_everything_sampling_and_resume_need(tiny_dataset, tmp_path):
-    train(tiny_config(tiny_dataset, tmp_path, max_iters=2, eval_interval=2))
+    train(tiny_train_config(tiny_dataset, tmp_path, max_iters=2, eval_interval=2))
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert {"model", "optimizer", "scaler", "iter", "best_val_loss", "model_config", "train_config", "tokenizer",
             "composers"} <= set(ckpt)
@@ -192,7 +186,7 @@ def test_non_finite_loss_skips_the_step_and_keeps_the_weights(tiny_dataset, tmp_
         return logits, (loss * float("nan") if self.training and loss is not None else loss)
 
     monkeypatch.setattr(MusicTransformer, "forward", poisoned)
-    train(tiny_config(tiny_dataset, tmp_path, max_iters=3, eval_interval=100))
+    train(tiny_train_config(tiny_dataset, tmp_path, max_iters=3, eval_interval=100))
     log = read_log(tmp_path)
     assert sum("skipped" in r for r in log) == 3
     first = torch.load(tmp_path / "best.pt", weights_only=True)["model"]  # saved at iter 0
@@ -210,7 +204,7 @@ def free_port():
 
 
 def cli_args(data_dir, out_dir, **overrides):
-    cfg = tiny_config(data_dir, out_dir, **overrides)
+    cfg = tiny_train_config(data_dir, out_dir, **overrides)
     return [f"--{k}={v}" for k, v in vars(cfg).items()]
 
 
@@ -261,7 +255,7 @@ def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path,
     (["--batch_size=0"], "batch_size must be > 0"),
     (["--dropout=1.5"], "dropout must be in [0, 1)"),
     (["--dtype=float8"], "dtype must be one of"),
-    (["--init_from=gpt2"], "init_from must be one of"),
+    (["--init_from=gpt2"], "init_from must be scratch, resume or a checkpoint file"),
     (["--compile=maybe"], "expects true/false"),
     (["no_such_config.py"], "config file not found"),
     (["--composer_mode=block"], "unknown config key 'composer_mode'"),

@@ -1,0 +1,244 @@
+"""The studio: a local web page to pick a composer (or a mix of two), generate, and hear the result.
+
+Standard library only (http.server). `sample.py --serve` owns the model and passes two callbacks:
+check(choices) -> job (a CliError for a bad request: nothing runs) and run_job(job, on_token) ->
+the kept sample's summary. One generation runs at a time; a request that comes while one runs
+is answered "busy". Every sample is written by sample.py's own writer (whole or not at all) into
+out_dir, whose listening page lists the earlier ones. Imports nothing of this project but cli.
+"""
+import json
+import mimetypes
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from pianogpt.cli import CliError
+
+MAX_REQUEST_BYTES = 8 * 2**20  # a MIDI file to continue, base64 in JSON
+SERVED = (".mid", ".wav", ".png", ".json", ".html")
+
+
+class Studio:
+    """The server's state: what the page may choose from, the callbacks, and the one job."""
+
+    def __init__(self, out_dir, info, check, run_job):
+        self.out_dir, self.info, self.check, self.run_job = out_dir, info, check, run_job
+        self.lock = threading.Lock()
+        self.finished = threading.Condition()
+        self.status = {"state": "idle", "job": 0}
+
+    def status_after(self, wait_s):
+        """The job's status, once it has changed state or after wait_s seconds (a long poll: the page
+        asks again at once, so it learns of the end without polling fast)."""
+        with self.finished:
+            if self.status["state"] == "running":
+                self.finished.wait(timeout=wait_s)
+            return dict(self.status)
+
+    def start(self, choices):
+        """(HTTP code, answer) for a generation request: 202 started, 400 a bad request, 409 busy."""
+        try:
+            job = self.check(choices)
+        except CliError as e:
+            return 400, {"error": str(e)}
+        if not self.lock.acquire(blocking=False):
+            return 409, {"error": "busy: another piece is being generated (one at a time); press Generate again "
+                                  "when it is done"}
+        number = self.status["job"] + 1
+        self.status = {"state": "running", "job": number, "tokens": 0, "started": time.time()}
+        threading.Thread(target=self.work, args=(job, number), daemon=True).start()
+        return 202, {"job": number}
+
+    def work(self, job, number):
+        try:
+            summary = self.run_job(job, lambda step: self.status.update(tokens=step + 1))
+            stem = os.path.basename(summary["stem"])
+            files = {ext: f"/files/{stem}.{ext}" for ext in ("mid", "wav", "png", "json")
+                     if os.path.exists(os.path.join(self.out_dir, f"{stem}.{ext}"))}
+            self.status = {"state": "done", "job": number, "stem": stem, "files": files,
+                           "notes": summary["notes"], "seconds": round(summary["seconds"], 1)}
+        except CliError as e:  # a failed write: the request gets the one line, the server serves on
+            self.status = {"state": "error", "job": number, "error": str(e)}
+        except Exception as e:  # never leave the studio stuck "running"
+            self.status = {"state": "error", "job": number, "error": f"{type(e).__name__}: {e}"}
+        finally:
+            self.lock.release()
+            with self.finished:
+                self.finished.notify_all()
+
+
+def handler_for(studio):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # the terminal shows what matters: requests are not it
+            pass
+
+        def answer(self, code, body, content_type="application/json"):
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            path = self.path.split("?", 1)[0]
+            if path == "/":
+                return self.answer(200, PAGE.encode(), "text/html; charset=utf-8")
+            if path == "/api/info":
+                return self.answer(200, studio.info)
+            if path == "/api/status":
+                return self.answer(200, studio.status_after(1.0 if "wait" in self.path else 0.0))
+            if path.startswith("/files/"):
+                return self.send_file(path[len("/files/"):])
+            return self.answer(404, {"error": f"no page {path}"})
+
+        def send_file(self, name):
+            from urllib.parse import unquote
+
+            name = unquote(name)
+            full = os.path.join(studio.out_dir, name)
+            if "/" in name or name.startswith(".") or not name.endswith(SERVED) or not os.path.isfile(full):
+                return self.answer(404, {"error": f"no file {name}"})
+            with open(full, "rb") as f:
+                data = f.read()
+            kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            self.answer(200, data, kind + ("; charset=utf-8" if kind.startswith("text/") else ""))
+
+        def do_POST(self):
+            if self.path != "/api/generate":
+                return self.answer(404, {"error": f"no action {self.path}"})
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_REQUEST_BYTES:
+                return self.answer(413, {"error": f"the request is over {MAX_REQUEST_BYTES // 2**20} MB; "
+                                                  f"continue a shorter MIDI file"})
+            try:
+                choices = json.loads(self.rfile.read(length) or b"{}")
+                if not isinstance(choices, dict):
+                    raise ValueError
+            except ValueError:
+                return self.answer(400, {"error": "the request is not a JSON object"})
+            self.answer(*studio.start(choices))
+
+    return Handler
+
+
+def serve(host, port, out_dir, info, check, run_job):
+    """Serve the studio until Ctrl-C / SIGTERM (which the caller turns into its one line)."""
+    studio = Studio(out_dir, info, check, run_job)
+    try:
+        server = ThreadingHTTPServer((host, port), handler_for(studio))
+    except OSError as e:
+        raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    server.daemon_threads = True
+    where = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{server.server_address[1]}/"
+    reach = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else f"anyone who can reach {host}"
+    print(f"studio: {where} (open it in a browser; {reach}); samples go to {out_dir}/; Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>pianogpt studio</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:0;background:#fafafa;color:#222}
+header{background:#222;color:#eee;padding:.8em 2em}header h1{margin:0;font-size:1.3em}
+main{display:grid;grid-template-columns:minmax(300px,380px) 1fr;gap:2em;padding:1.5em 2em}
+fieldset{border:1px solid #ddd;border-radius:6px;background:#fff;margin:0 0 1em 0}
+label{display:block;margin:.5em 0 .2em 0;font-size:.9em;color:#444}
+input,select,button{font:inherit}select,input[type=text],input[type=number]{width:100%;box-sizing:border-box}
+button{background:#1f77b4;color:#fff;border:0;border-radius:5px;padding:.6em 1.4em;cursor:pointer}
+button:disabled{background:#999}#message{margin:.8em 0;min-height:1.3em}
+.error{color:#b00020;font-weight:600}.roll{max-width:100%;image-rendering:pixelated;background:#181818}
+progress{width:100%}audio{display:block;margin:.6em 0}iframe{width:100%;height:60vh;border:1px solid #ddd;border-radius:6px;background:#fff}
+</style></head>
+<body><header><h1>pianogpt studio</h1><span id="checkpoint"></span></header>
+<main><section>
+<fieldset><legend>Style</legend>
+<label for="search">Composer (type to search)</label><input id="search" type="text" placeholder="search">
+<select id="composer" size="8"></select>
+<label for="mix_with">Mixed with (optional)</label><select id="mix_with"><option value="">nobody</option></select>
+<label for="mix_share">Share of the second composer: <span id="share_value">0.5</span></label>
+<input id="mix_share" type="range" min="0" max="1" step="0.05" value="0.5">
+<div id="render_box" hidden><label for="render_as">Texture</label><select id="render_as">
+<option value="any">the model's own mix</option><option value="score">a score (as written)</option>
+<option value="performance">a performance (as played)</option></select></div>
+</fieldset>
+<fieldset><legend>Sound</legend>
+<label for="guidance">Guidance (1 = off; higher follows the composer more)</label>
+<input id="guidance" type="number" min="0" max="20" step="0.5">
+<label for="temperature">Temperature</label><input id="temperature" type="number" min="0.05" max="5" step="0.05">
+<label for="length">Length</label><div style="display:flex;gap:.5em"><input id="length" type="number" min="1" value="16">
+<select id="unit"><option value="bars">bars</option><option value="seconds">seconds</option></select></div>
+<label for="prompt">A MIDI file to continue (optional)</label><input id="prompt" type="file" accept=".mid,.midi">
+<label for="seed">Seed (empty: a new one each time)</label><input id="seed" type="number" min="0">
+</fieldset>
+<button id="generate">Generate</button><div id="message"></div><progress id="progress" hidden></progress>
+</section>
+<section><div id="result"></div><h2>Earlier pieces</h2><iframe id="gallery" title="earlier pieces"
+src="/files/index.html"></iframe></section></main>
+<script>
+const $ = (id) => document.getElementById(id);
+let info = null;
+function say(text, isError) { $("message").textContent = text; $("message").className = isError ? "error" : ""; }
+function fillComposers(filter) {
+  const keep = $("composer").value, f = filter.toLowerCase();
+  $("composer").innerHTML = "";
+  for (const name of info.composers.filter((n) => n.toLowerCase().includes(f))) {
+    $("composer").add(new Option(name, name, false, name === keep));
+  }
+  if (!$("composer").value && $("composer").options.length) $("composer").selectedIndex = 0;
+}
+async function load() {
+  info = await (await fetch("/api/info")).json();
+  $("checkpoint").textContent = info.checkpoint + " \\u00b7 " + info.composers.length + " composers";
+  fillComposers("");
+  for (const name of info.composers) $("mix_with").add(new Option(name, name));
+  $("guidance").value = info.guidance; $("temperature").value = info.temperature;
+  $("render_box").hidden = !info.render_as;
+  const query = new URLSearchParams(location.search);  // ?composer=...&length=...&go=1 fills the form
+  for (const [key, value] of query) if ($(key) && key !== "go") $(key).value = value;
+  fillComposers($("search").value);
+  if (query.get("composer")) $("composer").value = query.get("composer");
+  if (query.get("go")) generate();
+}
+function readFile(file) {
+  return new Promise((resolve, reject) => { const r = new FileReader();
+    r.onload = () => resolve(r.result.split(",")[1] || ""); r.onerror = reject; r.readAsDataURL(file); });
+}
+async function generate() {
+  const choices = {composer: $("composer").value || $("search").value, mix_with: $("mix_with").value,
+    mix_share: $("mix_share").value, guidance: $("guidance").value, temperature: $("temperature").value,
+    length: $("length").value, unit: $("unit").value, render_as: $("render_as").value, seed: $("seed").value};
+  const file = $("prompt").files[0];
+  if (file) { choices.prompt_b64 = await readFile(file); choices.prompt_name = file.name; }
+  const response = await fetch("/api/generate", {method: "POST", body: JSON.stringify(choices)});
+  const answer = await response.json();
+  if (!response.ok) { say(answer.error, true); return; }
+  $("generate").disabled = true; $("progress").hidden = false; say("generating...", false);
+  let status = null;
+  do {  // a long poll: the server answers when the piece is done, or after a second with the progress
+    status = await (await fetch("/api/status?wait=1")).json();
+    if (status.state === "running") say("generating: " + status.tokens + " tokens", false);
+  } while (status.state === "running");
+  $("generate").disabled = false; $("progress").hidden = true;
+  if (status.state === "error") { say(status.error, true); return; }
+  say("done: " + status.notes + " notes, " + status.seconds + " s", false);
+  const f = status.files, parts = [];
+  if (f.png) parts.push('<img class="roll" alt="piano roll" src="' + f.png + '">');
+  if (f.wav) parts.push('<audio id="player" controls src="' + f.wav + '"></audio>');
+  parts.push('<p id="downloads">' + ["mid", "wav", "json"].filter((k) => f[k]).map((k) =>
+    '<a download href="' + f[k] + '">' + k.toUpperCase() + "</a>").join(" \\u00b7 ") + "</p>");
+  $("result").innerHTML = "<h2>" + status.stem + "</h2>" + parts.join("");
+  $("result").dataset.done = status.stem;
+  $("gallery").src = "/files/index.html?" + Date.now();
+}
+$("search").addEventListener("input", () => fillComposers($("search").value));
+$("mix_share").addEventListener("input", () => { $("share_value").textContent = $("mix_share").value; });
+$("generate").addEventListener("click", generate);
+load();
+</script></body></html>
+"""

@@ -1,0 +1,136 @@
+"""Fine-tuning a trained checkpoint on a folder with a new composer: the old composers keep their
+ids and rows, the new one gets a row, the batches replay the old data, and the result is an
+ordinary checkpoint that samples, evaluates and resumes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_score, tiny_train_config, write_midi
+from pianogpt.cli import CliError
+
+
+@pytest.fixture(scope="module")
+def new_composer_data(tmp_path_factory):
+    """Satie (new to tiny_checkpoint) and "bach" (the checkpoint's Bach, spelled otherwise)."""
+    from prepare import prepare
+
+    root = tmp_path_factory.mktemp("mine")
+    for i in range(4):
+        write_midi(str(root / "midi" / "Satie" / f"g{i}.mid"), make_score(seed=500 + i, n_bars=12))
+    write_midi(str(root / "midi" / "bach" / "extra.mid"), make_score(seed=600, n_bars=12))
+    prepare(root / "midi", root / "data", workers=1, isolate=False, val_fraction=0.25)
+    return root / "data"
+
+
+def fine_tune(tiny_checkpoint, data, out, **overrides):
+    from train import train
+
+    cfg = tiny_train_config(data, out, init_from=str(tiny_checkpoint), max_iters=6, eval_interval=3, **overrides)
+    train(cfg)
+    return torch.load(out / "ckpt.pt", weights_only=True)
+
+
+def test_old_composers_keep_their_ids_and_a_new_one_gets_a_row(tiny_checkpoint, new_composer_data, tmp_path):
+    base = torch.load(tiny_checkpoint, weights_only=True)
+    tuned = fine_tune(tiny_checkpoint, new_composer_data, tmp_path)
+    assert tuned["composers"] == {**base["composers"], "Satie": len(base["composers"])}
+    assert tuned["new_composers"] == ["Satie"]
+    assert tuned["model"]["wce.weight"].shape[0] == len(base["composers"]) + 1
+    assert tuned["model_config"] == {**base["model_config"], "n_composers": len(base["composers"]) + 1}
+    pieces = tuned["composer_train_pieces"]
+    assert pieces["Satie"] == 3 and pieces["Bach"] > 1  # the replayed data counts too
+
+
+def test_the_new_row_starts_from_the_mean_of_the_old_composers():
+    from pianogpt.checkpoints import with_composer_rows
+
+    rows = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    widened = with_composer_rows({"wce.weight": rows}, 6)["wce.weight"]
+    assert torch.equal(widened[:4], rows)
+    assert torch.equal(widened[4], rows[1:].mean(dim=0)) and torch.equal(widened[5], widened[4])
+
+
+def test_every_batch_replays_the_checkpoints_own_data(tiny_checkpoint, new_composer_data, tmp_path, monkeypatch):
+    import train as train_module
+
+    composers = []
+    real_micro_batch = train_module.micro_batch
+
+    def recording(run, it, micro):
+        batch = real_micro_batch(run, it, micro)
+        composers.append(batch[2].tolist())
+        return batch
+
+    monkeypatch.setattr(train_module, "micro_batch", recording)
+    fine_tune(tiny_checkpoint, new_composer_data, tmp_path, cond_drop=0.0)
+    satie = 4
+    for batch in composers:  # batch_size 4, replay_share 0.5: two windows of each
+        assert sum(c == satie or c == 2 for c in batch[:2]) == 2  # data_dir: Satie and bach (= Bach, id 2)
+        assert all(c in (1, 2, 3) for c in batch[2:])  # tiny_dataset's Alkan, Bach, Chopin
+
+
+def test_without_replay_only_the_new_data_is_read(tiny_checkpoint, new_composer_data, tmp_path):
+    tuned = fine_tune(tiny_checkpoint, new_composer_data, tmp_path, replay_share=0.0)
+    assert tuned["composer_train_pieces"] == {"Satie": 3, "Bach": 1}
+
+
+def test_the_fine_tuned_checkpoint_samples_the_new_composer_and_resumes(tiny_checkpoint, new_composer_data,
+                                                                         tmp_path):
+    import sample
+    from train import train
+
+    fine_tune(tiny_checkpoint, new_composer_data, tmp_path / "run")
+    sample.main(["--ckpt", str(tmp_path / "run" / "ckpt.pt"), "--composer", "satie", "--max_new_tokens", "20",
+                 "--no-audio", "--out_dir", str(tmp_path / "samples")])
+    assert json.load(open(tmp_path / "samples" / "Satie_1337.json"))["composer_id"] == 4
+    # the config a user resumes with names no architecture: the run keeps the checkpoint's
+    train(tiny_train_config(new_composer_data, tmp_path / "run", init_from="resume", max_iters=9, n_embd=64))
+    resumed = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert resumed["iter"] == 9 and resumed["new_composers"] == ["Satie"]
+
+
+def test_two_names_of_one_composer_are_refused_not_merged():
+    from pianogpt.dataset import merge_composer_tables
+
+    table, ids, matches = merge_composer_tables({"<unconditional>": 0, "Rachmaninoff": 1}, {"<unconditional>": 0,
+                                                                                            "Rachmaninov": 1, "Ravel": 2})
+    assert table == {"<unconditional>": 0, "Rachmaninoff": 1, "Ravel": 2} and ids.tolist() == [0, 1, 2]
+    assert matches == [("Rachmaninov", "Rachmaninoff")]
+    with pytest.raises(CliError, match="'Rachmaninoff' and 'Rachmaninov' are one composer"):
+        merge_composer_tables({"<unconditional>": 0}, {"<unconditional>": 0, "Rachmaninoff": 1, "Rachmaninov": 2})
+
+
+def test_a_dataset_of_another_tokenizer_is_a_one_line_error(tiny_checkpoint, new_composer_data, tmp_path):
+    from miditok import REMI, TokenizerConfig
+
+    other = REMI(TokenizerConfig(pitch_range=(21, 109), num_velocities=16, special_tokens=["PAD", "BOS"]))
+    other.save(tmp_path / "tokenizer.json")
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    checkpoint["tokenizer"] = (tmp_path / "tokenizer.json").read_text()
+    torch.save(checkpoint, tmp_path / "other.pt")
+    with pytest.raises(CliError, match="prepared with another tokenizer"):
+        fine_tune(tmp_path / "other.pt", new_composer_data, tmp_path / "run")
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
+
+
+def test_evaluate_reads_a_dataset_by_composer_name(tiny_checkpoint, new_composer_data, tmp_path):
+    from evaluate import evaluate
+
+    fine_tune(tiny_checkpoint, new_composer_data, tmp_path)
+    r = evaluate(str(tmp_path / "ckpt.pt"), str(new_composer_data), num_windows=2, guidances=(1.0,),
+                 samples_per_composer=1, sample_tokens=16)
+    assert "Satie" in r["comparison_set"]["composers"]  # a fine-tuned composer is always compared
+    assert np.isfinite(r["val_pieces"]["identification"]["accuracy"])
+
+
+def test_new_rows_only_leaves_the_network_and_the_old_composers_exactly(tiny_checkpoint, new_composer_data,
+                                                                       tmp_path):
+    base = torch.load(tiny_checkpoint, weights_only=True)["model"]
+    tuned = fine_tune(tiny_checkpoint, new_composer_data, tmp_path, finetune="new_rows", replay_share=0.0)["model"]
+    n_old = base["wce.weight"].shape[0]
+    for name, weight in base.items():
+        old = tuned[name][:n_old] if name == "wce.weight" else tuned[name]
+        assert torch.equal(old, weight), name
+    assert not torch.equal(tuned["wce.weight"][n_old], base["wce.weight"][1:].mean(dim=0))  # the new row learned
