@@ -525,10 +525,15 @@ def open_replay(run):
 
 
 def composer_train_pieces(run):
-    """{composer name: training pieces the run learned from} (replayed data included)."""
+    """{composer name: training files the model learned from}: a fine-tune adds data_dir's to what
+    its checkpoint records (a resume keeps the record; the replayed data counts only when the
+    checkpoint has none). Renditions are not files and do not count."""
+    base = run.base.get("composer_train_pieces") if is_fine_tune(run.cfg, run.base) else None
+    if base is not None and run.cfg.init_from == "resume":
+        return dict(base)
     names = {i: name for name, i in run.composers.items()}
-    counts = {}
-    for sampler in (run.train_data, run.replay_data):  # files, not the renditions prepare.py adds
+    counts = dict(base or {})
+    for sampler in (run.train_data, run.replay_data if base is None else None):
         for composer in (sampler.index[~sampler.renditions, 2] if sampler is not None else []):
             counts[names[int(composer)]] = counts.get(names[int(composer)], 0) + 1
     return counts
