@@ -1,5 +1,6 @@
 """Fixture MIDI made here with symusic: never downloaded, never committed."""
 import os
+import signal
 import sys
 
 import numpy as np
@@ -79,6 +80,13 @@ def make_no_notes(path):
     score.tempos.append(Tempo(0, 120.0))
     score.tracks.append(Track(name="empty", program=0, is_drum=False))
     return write_midi(path, score)
+
+
+@pytest.fixture(autouse=True)
+def no_signal_blocked():
+    """Every test starts with no signal blocked in this process (signal masks pass to threads'
+    children and across exec): the interrupt tests test the programs, not the tests before them."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
 def tiny_model(block_size=32, vocab_size=64, n_composers=4, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **options):

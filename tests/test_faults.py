@@ -13,6 +13,14 @@ import pytest
 from conftest import ROOT, make_score, write_midi
 
 
+def as_from_a_terminal():
+    """A child's signals as a shell gives them: none blocked, none ignored (whatever state the test
+    process is in after the tests before it), so the program's own handling is what is tested."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def stems_on_disk(folder):
     return sorted({name.rsplit(".", 1)[0] for name in os.listdir(folder) if not name.startswith(("index", "."))})
 
@@ -86,7 +94,8 @@ def test_sigterm_during_generation_exits_143_without_a_traceback(tiny_checkpoint
     out = tmp_path / "samples"
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "sample.py"), "--ckpt", str(tiny_checkpoint),
                                 "--composer_id", "1", "--max_new_tokens", "200000", "--out_dir", str(out),
-                                "--no-audio"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--no-audio"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=as_from_a_terminal)
     deadline = time.time() + 120
     while not out.exists() and time.time() < deadline:  # the folder is made just before generation starts
         time.sleep(0.2)
@@ -100,7 +109,8 @@ def test_sigterm_during_generation_exits_143_without_a_traceback(tiny_checkpoint
 
 def start(args, **kwargs):
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=as_from_a_terminal,
+                            **kwargs)
 
 
 def wait_for_line(process, text, timeout=120, stream="stdout"):

@@ -39,7 +39,8 @@ def dead_pid():
 
 def start_train(cfg):
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *as_args(cfg)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, set()))
 
 
 def wait_for_log_lines(out_dir, n, proc, timeout=120):
