@@ -2,6 +2,7 @@
 code (2 for a failed write, 130 for Ctrl-C, 143 for SIGTERM), no traceback, nothing partial on
 disk; sample.py keeps and lists every sample it had finished; ablate.py stops its child runs."""
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -214,3 +215,23 @@ def test_preparing_in_this_process_leaves_ctrl_c_to_the_caller(folder_corpus, tm
     before = signal.getsignal(signal.SIGINT)
     prepare(folder_corpus, tmp_path / "data", workers=1, isolate=False)
     assert signal.getsignal(signal.SIGINT) is before  # only encoding *workers* leave Ctrl-C to their parent
+
+
+def test_ablate_names_a_report_it_cannot_write_and_keeps_the_runs(tmp_path, monkeypatch, capsys):
+    import ablate
+
+    log = tmp_path / "ablation" / "baseline" / "log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text(json.dumps({"iter": 10, "val_loss": 3.0, "minutes": 1.0}) + "\n"
+                   + json.dumps({"iter": 20, "val_loss": 2.5, "minutes": 2.0}) + "\n")
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(ablate, "atomic_write_bytes", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        ablate.main(["--report_only", "--recipes", "baseline", "--out_dir", str(tmp_path / "ablation")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "ablation.png: No space left on device" in err
+    assert sorted(os.listdir(tmp_path / "ablation")) == ["baseline"] and log.exists()
