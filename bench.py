@@ -31,7 +31,7 @@ import torch
 from pianogpt.cli import CliError, Parser, config_file_values, fail, positive_int, run_program
 from pianogpt.engine import guided_logits, sample_next
 from model import ModelConfig, ModelOptions, MusicTransformer
-from pianogpt.devices import autocast_context, cpu_description, measure_matmul_peak, resolve_device, resolve_dtype
+from pianogpt.devices import autocast_context, cpu_description, machine_matmul_peak, resolve_device, resolve_dtype
 
 CASES = ("matmul", "train", "loop", "sample", "prepare")
 SEED_SHAPE = dict(n_layer=8, n_head=8, n_embd=512)
@@ -376,10 +376,10 @@ def run_cases(args, cases):
         seed_shape = cpu_before = dict(n_layer=1, n_head=2, n_embd=32)
         cpu_cfg = dataclasses.replace(cpu_cfg, n_layer=1, n_head=2, n_embd=32, block_size=64)
         seed_block, new_tokens, steps, points, cpu_batch = 64, 16, 1, 2, 8
-    peak = measure_matmul_peak(device, dtype)
+    peak = machine_matmul_peak(device, dtype)
     if "matmul" in cases:
         emit({"case": "matmul", "dtype": dtype, "peak_GFLOPs": round(peak / 1e9, 1),
-              **({"float32_GFLOPs": round(measure_matmul_peak(device, "float32") / 1e9, 1)} if dtype != "float32" else {})})
+              **({"float32_GFLOPs": round(machine_matmul_peak(device, "float32") / 1e9, 1)} if dtype != "float32" else {})})
     if "train" in cases:
         bench_train("seed", model_config(seed_shape, seed_block, dropout=0.1), 1 if device_type == "cpu" else 2,
                     device, dtype, peak, steps, args.compile)

@@ -201,17 +201,28 @@ def tokens_scored(n_tokens, span, max_windows):
 def identification(scores, true_ids, candidates, names, train_counts):
     """Accuracy of argmax_k log p(piece | k) over the candidate composers (ties share the
     credit, so a composer-blind model scores chance exactly), chance, the always-the-
-    commonest-composer baseline, and a confusion table {true: {predicted: pieces}}."""
+    commonest-composer baselines (of training, and of these pieces), a balanced accuracy (every
+    composer among these pieces weighs alike: a slice that is mostly one composer cannot be won by
+    naming him every time) and a confusion table {true: {predicted: pieces}}."""
     candidates = list(candidates)
     credit = tie_shared_credit(scores, [candidates.index(true) for true in true_ids], atol=1e-6)
     guesses = [candidates[int(torch.as_tensor(row).argmax())] for row in scores]
     confusion = confusion_table(zip(true_ids, guesses), names)
     commonest = max(candidates, key=lambda c: train_counts.get(c, 0))
     interval = bootstrap_mean(credit, np.ones(len(credit))) if credit else {"low": float("nan"), "high": float("nan")}
-    return {"accuracy": float(np.mean(credit)) if credit else float("nan"), "pieces": len(credit),
+    by_composer = {}
+    for true, c in zip(true_ids, credit):
+        by_composer.setdefault(true, []).append(c)
+    most_here = max(by_composer, key=lambda c: len(by_composer[c])) if credit else None
+    nan = float("nan")
+    return {"accuracy": float(np.mean(credit)) if credit else nan, "pieces": len(credit),
             "accuracy_interval": [interval["low"], interval["high"]],
+            "balanced_accuracy": float(np.mean([np.mean(v) for v in by_composer.values()])) if credit else nan,
+            "composers_here": len(by_composer),
             "chance": 1 / len(candidates), "commonest_composer": names[commonest],
-            "commonest_baseline": float(np.mean([t == commonest for t in true_ids])) if credit else float("nan"),
+            "commonest_baseline": float(np.mean([t == commonest for t in true_ids])) if credit else nan,
+            "commonest_here": names[most_here] if credit else None,
+            "commonest_here_baseline": len(by_composer[most_here]) / len(credit) if credit else nan,
             "confusion": confusion}
 
 
@@ -552,9 +563,13 @@ def print_pieces(title, p):
         print(f"  NLL {key:7s} {n[key]['mean']:.4f}  [{n[key]['low']:.4f}, {n[key]['high']:.4f}]")
     for key, label in (("uncond_minus_true", "uncond - true"), ("wrong_minus_uncond", "wrong - uncond")):
         print(f"  {label:15s} {g[key]['mean']:+.4f}  [{g[key]['low']:+.4f}, {g[key]['high']:+.4f}]")
+    here = (f", always {ident['commonest_here']} {ident['commonest_here_baseline']:.3f}"
+            if ident["commonest_here"] != ident["commonest_composer"] else "")
     print(f"  identification {ident['accuracy']:.3f} [{ident['accuracy_interval'][0]:.3f}, "
           f"{ident['accuracy_interval'][1]:.3f}] over {ident['pieces']} pieces (chance {ident['chance']:.3f}, "
-          f"always {ident['commonest_composer']} {ident['commonest_baseline']:.3f})")
+          f"always {ident['commonest_composer']} {ident['commonest_baseline']:.3f}{here}); balanced over its "
+          f"{ident['composers_here']} composers {ident['balanced_accuracy']:.3f} (any constant guess: "
+          f"{1 / max(1, ident['composers_here']):.3f})")
     for true, row in sorted(ident["confusion"].items()):
         guesses = ", ".join(f"{name} {count}" for name, count in sorted(row.items(), key=lambda kv: -kv[1])[:4])
         print(f"    {true[:18]:18s} -> {guesses}")

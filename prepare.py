@@ -10,6 +10,7 @@ checks live in dataset.py.
 import csv
 import importlib.metadata
 import hashlib
+import multiprocessing
 import os
 import re
 import signal
@@ -127,7 +128,22 @@ _worker = {}
 
 def _init_pool_worker(*limits):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops the run
+    _die_with_parent()
     _init_worker(*limits)
+
+
+def _die_with_parent():
+    """Linux: the worker gets SIGKILL when prepare.py dies, even killed outright (SIGKILL, the OOM
+    killer); otherwise it waits forever on the task queue, whose write end its siblings also hold."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a killed run may leave idle workers behind
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died while this worker started
+        os._exit(1)
 
 
 def _init_worker(min_tokens, check_notes, max_memory_mb=0, renditions=0):

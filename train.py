@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,8 +27,8 @@ from pianogpt.checkpoints import load_checkpoint, save_checkpoint, with_composer
 from pianogpt.cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
 from pianogpt.dataset import WindowSampler, merge_composer_tables, open_dataset
 from pianogpt.remi import tokenizer_from_json
-from pianogpt.devices import (autocast_context, cpu_description, device_type_of, measure_matmul_peak, resolve_device,
-                     resolve_dtype)
+from pianogpt.devices import (autocast_context, cpu_description, device_type_of, machine_matmul_peak,
+                              resolve_device, resolve_dtype)
 from model import ModelConfig, ModelOptions, MusicTransformer, load_state
 from pianogpt.optim import OPTIMIZERS, orthogonalization_dtype
 from pianogpt.pictures import chart, png_bytes, side_by_side
@@ -71,12 +72,13 @@ class TrainConfig(ModelOptions):
     cond_drop: float = 0.1  # share of windows whose composer becomes 0 (trains the CFG branch)
     kind_drop: float = 0.1  # with n_kinds: share of windows whose kind becomes 0 (a prompt of unknown kind)
     composer_balance: float = 0.0  # 0: every piece equally often; 1: every composer equally often
+    rendition_weight: float = 1.0  # how often a performed rendition (prepare --renditions) is drawn, per file drawn
     transpose: int = 0  # random pitch shift in [-transpose, transpose] semitones per window
     time_stretch: float = 0.0  # > 0: per window, tempo and note lengths scaled by factors in [1/(1+s), 1+s]
     # system
     device: str = "auto"  # auto | cpu | cuda | mps (or cuda:N)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    compile: bool = False
+    compile: str = "auto"  # auto: compile the step only where it repays its compile time in this run (measured) | on | off
     seed: int = 1337
 
     def validate(self):
@@ -106,12 +108,16 @@ class TrainConfig(ModelOptions):
         for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             if getattr(self, key) < 0:
                 raise CliError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.rendition_weight <= 10:
+            raise CliError(f"rendition_weight must be in [0, 10], got {self.rendition_weight}")
         if not 0 <= self.composer_balance <= 1:
             raise CliError(f"composer_balance must be in [0, 1], got {self.composer_balance}")
         if not 0 <= self.transpose <= 24:
             raise CliError(f"transpose must be in 0..24 semitones, got {self.transpose}")
         if not 0 <= self.time_stretch <= 1:
             raise CliError(f"time_stretch must be in [0, 1] (0.1 = up to 10% faster or slower), got {self.time_stretch}")
+        if self.compile not in ("auto", "on", "off"):
+            raise CliError(f"compile must be one of auto, on, off; got {self.compile!r}")
         if self.optimizer not in OPTIMIZERS:
             raise CliError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         try:  # the model's own options (positions, norm, mlp, rope_base, ...) check themselves
@@ -136,13 +142,14 @@ def train_pieces(n_pieces, seed, sample_start, count, weights=None):
     return np.array(out)
 
 
-def composer_balanced_weights(composer_ids, balance):
-    """Sampling weight per piece, proportional to (pieces of its composer) ** -balance:
-    0 keeps every piece equal, 1 makes every composer equal. None when balance is 0."""
-    if balance == 0:
+def piece_weights(composer_ids, renditions, balance, rendition_weight=1.0):
+    """Sampling weight per piece, proportional to (pieces of its composer) ** -balance (0 keeps
+    every piece equal, 1 makes every composer equal), a rendition's times rendition_weight.
+    None when every piece weighs the same (each epoch then visits every piece once)."""
+    if balance == 0 and (rendition_weight == 1 or not renditions.any()):
         return None
     _, inverse, counts = np.unique(composer_ids, return_inverse=True, return_counts=True)
-    weights = counts[inverse].astype(np.float64) ** -balance
+    weights = counts[inverse].astype(np.float64) ** -balance * np.where(renditions, rendition_weight, 1.0)
     return weights / weights.sum()
 
 
@@ -324,7 +331,7 @@ def set_up(cfg, stack):
         stack.enter_context(FolderLock(os.path.join(cfg.out_dir, ".lock"), f"out_dir {cfg.out_dir}"))
     run.stop_request = stack.enter_context(StopRequest())
     set_up_model(run)
-    run.peak = measure_matmul_peak(run.device, run.dtype)
+    run.peak = machine_matmul_peak(run.device, run.dtype)
     if run.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if cfg.init_from == "scratch":
@@ -372,7 +379,8 @@ def set_up_data(run):
     if is_fine_tune(cfg, run.base):
         join_composer_tables(run, dataset)
         run.replay_data = open_replay(run)
-    run.piece_weights = composer_balanced_weights(run.train_data.index[:, 2], cfg.composer_balance)
+    run.piece_weights = piece_weights(run.train_data.index[:, 2], run.train_data.renditions, cfg.composer_balance,
+                                      cfg.rendition_weight)
     run.composer_train_pieces = composer_train_pieces(run)
     samples_per_iter = cfg.batch_size * cfg.grad_accum
     run.max_iters = cfg.max_iters or math.ceil(cfg.epochs * len(run.train_data) / samples_per_iter)
@@ -405,7 +413,7 @@ def set_up_model(run):
         run.start_iter, run.best_val = checkpoint["iter"], checkpoint["best_val_loss"]
         run.seconds_before = checkpoint.get("train_seconds", 0.0)
     run.raw_model = model
-    if cfg.compile:
+    if cfg.compile == "on":
         model = torch.compile(model)
     if run.ddp:
         from torch.nn.parallel import DistributedDataParallel
@@ -413,6 +421,7 @@ def set_up_model(run):
         model = DistributedDataParallel(model, device_ids=[int(run.device.split(":")[1])]
                                         if run.device_type == "cuda" else None)
     run.model = model
+    run.compile_trial = CompileTrial(model) if cfg.compile == "auto" else None
 
 
 def resumed_checkpoint(run):
@@ -520,7 +529,8 @@ def open_replay(run):
                        f"({', '.join(unknown[:5])}); replay the data it learned from")
     sampler = WindowSampler(replay, "train", cfg.block_size)
     sampler.relabel_composers(ids)
-    run.replay_weights = composer_balanced_weights(sampler.index[:, 2], cfg.composer_balance)
+    run.replay_weights = piece_weights(sampler.index[:, 2], sampler.renditions, cfg.composer_balance,
+                                       cfg.rendition_weight)
     return sampler
 
 
@@ -576,7 +586,10 @@ def training_loop(run):
             break
         stop_if_asked(run, it, bar)
         lr = lr_at(it, cfg, run.max_iters, run.time_share())
+        step_start = time.perf_counter()
         loss, grad_norm = train_step(run, it, lr)
+        if run.compile_trial:
+            run.compile_trial.step_done(run, it, time.perf_counter() - step_start, bar)
         if not math.isfinite(grad_norm):  # the step was skipped; the same on every rank (all-reduced gradients)
             bad_steps += 1
             run.log({"iter": it, "loss": loss, "skipped": "non-finite loss or gradient"})
@@ -602,6 +615,84 @@ def training_loop(run):
     run.say(f"done: {it} iters in {run.train_seconds() / 60:.1f} min of training, best val loss {run.best_val:.4f}; "
             f"checkpoints in {cfg.out_dir}/")
     return last
+
+
+class CompileTrial:
+    """compile=auto: whether torch.compile pays for this run on this device, measured, not assumed.
+    The loop times a few eager steps; where the time left could repay a compile (COMPILE_GUESS_S,
+    by a step REPAY_SPEEDUP faster), the step is compiled, then compiled and eager steps alternate
+    (a shared VM's speed drifts for seconds at a time: alternating puts both under the same drift)
+    and the faster is kept (compiling already spent is spent). Short runs, tests and quick tries
+    never pay for a compile. Under DDP rank 0's measurement decides for every rank."""
+
+    STEPS = 3  # steps timed each way
+    COMPILE_GUESS_S = 60.0  # about what compiling this project's step takes on a CPU (docs/LOG.md)
+    REPAY_SPEEDUP = 0.1  # try only where a 10 % faster step would repay that in the time left
+
+    def __init__(self, eager_model):
+        self.eager_model, self.phase = eager_model, "warm-up"
+        self.times = {"eager": [], "compiled": []}
+
+    def step_done(self, run, it, seconds, bar):
+        """After each step until decided: record its time, choose the model of the next step."""
+        if self.phase == "warm-up":  # first-step allocations and kernel choices
+            self.phase = "eager"
+        elif self.phase == "eager":
+            self.times["eager"].append(seconds)
+            if len(self.times["eager"]) == self.STEPS:
+                self.try_compiling(run, it, bar)
+        elif self.phase == "compiling":
+            self.compile_s = seconds - statistics.median(self.times["eager"])
+            self.times, self.phase = {"eager": [], "compiled": []}, "alternating"
+            run.model = self.eager_model
+        elif self.phase == "alternating":
+            ran = "eager" if run.model is self.eager_model else "compiled"
+            self.times[ran].append(seconds)
+            if len(self.times["compiled"]) == self.STEPS:
+                self.keep_the_faster(run, it, bar)
+            else:
+                run.model = self.compiled if ran == "eager" else self.eager_model
+
+    def try_compiling(self, run, it, bar):
+        step_s = statistics.median(self.times["eager"])
+        left = seconds_left(run, it, step_s)
+        if agreed_by_rank0(run, left * self.REPAY_SPEEDUP >= self.COMPILE_GUESS_S):
+            self.compiled = run.model = torch.compile(self.eager_model)
+            self.phase = "compiling"
+        else:
+            self.decided(run, it, bar, f"eager ({step_s:.3f} s/step; the {left / 60:.1f} min left would not repay "
+                                       f"compiling, ~{self.COMPILE_GUESS_S:.0f} s)")
+
+    def keep_the_faster(self, run, it, bar):
+        eager_s, compiled_s = statistics.median(self.times["eager"]), statistics.median(self.times["compiled"])
+        keep = agreed_by_rank0(run, compiled_s < eager_s)
+        run.model = self.compiled if keep else self.eager_model
+        self.decided(run, it, bar, f"{'compiled' if keep else 'eager'} (compiled {compiled_s:.3f} s/step after "
+                                   f"{self.compile_s:.0f} s of compiling, eager {eager_s:.3f} s/step, alternating)")
+
+    def decided(self, run, it, bar, verdict):
+        self.phase = "decided"
+        run.log({"iter": it, "compile": verdict})
+        if run.master:
+            bar.write(f"compile=auto: {verdict}")
+
+
+def seconds_left(run, it, step_s):
+    """The run's remaining training time at step_s per step: iterations left, or the time budget."""
+    left = (run.max_iters - it - 1) * step_s
+    if run.cfg.max_minutes > 0:
+        left = min(left, 60 * run.cfg.max_minutes - run.train_seconds())
+    return left
+
+
+def agreed_by_rank0(run, flag):
+    """flag as rank 0 has it, on every rank (timings differ a little between ranks)."""
+    if not run.ddp:
+        return flag
+    on_gpu = torch.distributed.get_backend() == "nccl"
+    value = torch.tensor([float(flag)], device="cuda" if on_gpu else "cpu")
+    torch.distributed.broadcast(value, src=0)
+    return bool(value[0])
 
 
 def train_step(run, it, lr):

@@ -22,6 +22,6 @@ eval_iters = 20
 log_interval = 10
 dtype = "auto"  # bf16 autocast where supported, else fp16 + GradScaler
 grad_checkpoint = True
-compile = True
+compile = "on"
 # The seed's architecture and optimizer exactly: none of the modern levers (config/remi_cpu.py uses them).
 positions, norm, mlp, qk_norm, tie_head, optimizer = "learned", "layernorm", "gelu", False, True, "adamw"

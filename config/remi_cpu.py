@@ -14,7 +14,9 @@
 # (n_kinds=3: score or performance, beside the composer) together with a performed rendition of
 # every sequenced training piece (prepare.py --renditions 1) won the A/B of docs/LOG.md, 2026-12-02
 # ("Renditions"): every composer is then seen in both textures, so the composer carries style and
-# the kind carries texture; sample.py --render_as chooses it.
+# the kind carries texture; sample.py --render_as chooses it. A rendition is drawn half as often as
+# a file (rendition_weight=0.5): at the 20-minute budget that named held-out scores and ASAP's
+# performances more often than drawing them as often as files (docs/LOG.md, 2026-12-02 evening).
 data_dir = "data/classical"
 out_dir = "out/classical"
 block_size = 256
@@ -39,6 +41,7 @@ qk_norm = True
 tie_head = False
 n_kinds = 3
 kind_drop = 0.1
+rendition_weight = 0.5
 optimizer = "muon"
 max_minutes = 20
 max_iters = 1000000  # the time budget ends the run

@@ -1,11 +1,13 @@
 """Where and in what precision to run: device, dtype and autocast choice, and the measured
 matmul peak that MFU is quoted against. Shared by train, sample, evaluate and bench."""
 import contextlib
+import json
+import os
 import time
 
 import torch
 
-from pianogpt.cli import CliError
+from pianogpt.cli import CliError, atomic_write_bytes
 
 
 def resolve_device(name):
@@ -90,3 +92,30 @@ def measure_matmul_peak(device, dtype, seconds=1.0, rounds=10):
             sync()
         best = max(best, 2 * size**3 * n / (time.perf_counter() - start))
     return best
+
+
+def machine_matmul_peak(device, dtype):
+    """The MFU denominator: the best matmul peak this machine has shown for this device, dtype and
+    thread count, today's measurement included. On a shared VM a measurement can read half the
+    machine for a while (a neighbour's load, a power state) and every MFU of the run would move with
+    it; the best seen is the machine's, so runs on one machine quote MFU against one number. Kept in
+    $PIANOGPT_CACHE (default ~/.cache/pianogpt)/matmul_peak.json; a cache that cannot be read or
+    written costs only the memory of earlier runs."""
+    measured = measure_matmul_peak(device, dtype)
+    folder = os.environ.get("PIANOGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pianogpt")
+    path = os.path.join(folder, "matmul_peak.json")
+    name = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else cpu_description()
+    key = f"{name} | {dtype} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    try:
+        with open(path) as f:
+            seen = json.load(f)
+        seen = seen if isinstance(seen, dict) else {}
+    except (OSError, ValueError):
+        seen = {}
+    known = seen.get(key, 0.0) if isinstance(seen.get(key), (int, float)) else 0.0
+    if measured > known:
+        try:
+            atomic_write_bytes(path, json.dumps({**seen, key: measured}, indent=1).encode())
+        except OSError:
+            pass
+    return max(measured, known)

@@ -2,6 +2,7 @@
 import os
 import signal
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -9,6 +10,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 REAL_MIDI = os.path.join(ROOT, "..", "shared", "midi", "piano-midi")
+# the machine's matmul peak (devices.machine_matmul_peak) is remembered in a folder of the tests' own,
+# by this process and by the programs the tests start, never in the user's ~/.cache
+os.environ["PIANOGPT_CACHE"] = tempfile.mkdtemp(prefix="pianogpt-cache-")
 
 
 def make_score(seed=0, n_bars=8, tpq=480, with_changes=True, out_of_range=True, drums=False, right_hand=True):
@@ -83,10 +87,17 @@ def make_no_notes(path):
 
 
 @pytest.fixture(autouse=True)
-def no_signal_blocked():
+def signals_as_found():
     """Every test starts with no signal blocked in this process (signal masks pass to threads'
-    children and across exec): the interrupt tests test the programs, not the tests before them."""
+    children and across exec), so the interrupt tests test the programs, not the tests before them;
+    and whatever a program run in this process sets for SIGINT / SIGTERM, it puts back."""
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    changed = [signal.Signals(signum).name for signum, handler in handlers.items() if signal.getsignal(signum) != handler]
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+    assert not changed, f"the code under test left its own handler for {', '.join(changed)}"
 
 
 def tiny_model(block_size=32, vocab_size=64, n_composers=4, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **options):

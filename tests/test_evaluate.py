@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import (CopyFinder, NGram, adherence, bayes_classify, bootstrap_mean, derangement, evaluate, judge_pieces,
-                      print_report, score_under, scored_span, tokens_scored, unigram_entropy, window_starts)
+from evaluate import (CopyFinder, NGram, adherence, bayes_classify, bootstrap_mean, derangement, evaluate, identification,
+                      judge_pieces, print_report, score_under, scored_span, tokens_scored, unigram_entropy,
+                      window_starts)
 from pianogpt.judge import Judge, note_features
 from model import ModelConfig, MusicTransformer
 
@@ -135,6 +136,18 @@ def test_identification_by_a_composer_blind_model_is_chance_exactly():
     assert r["identification"]["accuracy"] == 0.25 == r["identification"]["chance"]
     assert r["identification"]["commonest_baseline"] == 2 / 6
     assert abs(r["nll_gaps"]["uncond_minus_true"]["mean"]) < 1e-9
+
+
+def test_balanced_identification_weighs_every_composer_alike():
+    names = {i: f"c{i}" for i in range(4)}
+    true_ids = [1] * 8 + [2, 3]
+    always_c1 = [[0.0, -1.0, -1.0]] * 10  # scores under candidates 1, 2, 3: always names c1
+    r = identification(always_c1, true_ids, [1, 2, 3], names, {1: 5, 2: 50, 3: 5})
+    assert r["accuracy"] == 0.8 == r["commonest_here_baseline"] and r["commonest_here"] == "c1"
+    assert r["balanced_accuracy"] == pytest.approx(1 / 3) and r["composers_here"] == 3, "a constant guess: 1/3"
+    assert r["commonest_composer"] == "c2" and r["commonest_baseline"] == 0.1, "the training prior, beside it"
+    right = [[0.0 if k == t else -1.0 for k in (1, 2, 3)] for t in true_ids]
+    assert identification(right, true_ids, [1, 2, 3], names, {1: 5})["balanced_accuracy"] == 1.0
 
 
 def test_bootstrap_is_seeded_reproducible_and_brackets_the_mean():

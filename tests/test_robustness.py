@@ -189,14 +189,34 @@ def test_very_long_and_pathological_pieces_finish_in_bounded_time(tmp_path):
           f"{meta['seconds']} s")
 
 
+def live_processes_in_group(pgid):
+    """Pids of the processes in a process group that are not zombies (Linux /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except (OSError, ValueError):
+            continue
+        state, _, group = stat.rsplit(")", 1)[1].split()[:3]
+        if int(group) == pgid and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
 def kill_while_encoding(args):
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
     for line in proc.stdout:
         if line.startswith("encoding"):
             break
     time.sleep(0.5)
     proc.kill()
     assert proc.wait() == -signal.SIGKILL, "prepare.py finished before it was killed: the test needs more files"
+    if sys.platform == "linux":
+        deadline = time.monotonic() + 10
+        while live_processes_in_group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not live_processes_in_group(proc.pid), "the encoding workers die with prepare.py"
 
 
 def test_sigkill_during_prepare_never_leaves_a_complete_looking_dataset(tmp_path):

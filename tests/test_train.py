@@ -14,7 +14,7 @@ from pianogpt.cli import CliError, load_config
 from conftest import ROOT, tiny_train_config
 from pianogpt.dataset import WindowSampler, open_dataset
 import train as train_module
-from train import TrainConfig, composer_balanced_weights, lr_at, train, train_pieces
+from train import TrainConfig, lr_at, piece_weights, train, train_pieces
 
 
 
@@ -90,16 +90,28 @@ def test_each_epoch_visits_every_training_piece_once():
 
 
 def test_composer_balance_evens_out_composers_as_asked():
-    composers = np.array([1] * 90 + [2] * 9 + [3])
-    assert composer_balanced_weights(composers, 0.0) is None
-    equal = composer_balanced_weights(composers, 1.0)
+    composers, files_only = np.array([1] * 90 + [2] * 9 + [3]), np.zeros(100, bool)
+    assert piece_weights(composers, files_only, 0.0) is None
+    equal = piece_weights(composers, files_only, 1.0)
     assert [equal[composers == c].sum() for c in (1, 2, 3)] == pytest.approx([1 / 3] * 3)
-    sqrt = composer_balanced_weights(composers, 0.5)
+    sqrt = piece_weights(composers, files_only, 0.5)
     assert [sqrt[composers == c].sum() for c in (1, 2, 3)] == pytest.approx(np.sqrt([90, 9, 1]) / np.sqrt([90, 9, 1]).sum())
     drawn = train_pieces(100, seed=0, sample_start=0, count=3000, weights=equal)
     share = np.bincount(composers[drawn], minlength=4)[1:] / 3000
     assert np.all(np.abs(share - 1 / 3) < 0.05), share
     assert np.array_equal(drawn, train_pieces(100, seed=0, sample_start=0, count=3000, weights=equal)), "seeded"
+
+
+def test_rendition_weight_sets_how_often_renditions_are_drawn_per_file():
+    composers = np.array([1] * 60 + [2] * 40)
+    renditions = np.arange(100) % 2 == 1  # every file followed by its rendition
+    assert piece_weights(composers, renditions, 0.0, 1.0) is None, "as prepared: every piece once per epoch"
+    for weight, expected in ((0.5, 1 / 3), (0.0, 0.0), (2.0, 2 / 3)):
+        weights = piece_weights(composers, renditions, 0.0, weight)
+        drawn = train_pieces(100, seed=0, sample_start=0, count=4000, weights=weights)
+        assert abs(renditions[drawn].mean() - expected) < 0.03, (weight, renditions[drawn].mean())
+    balanced = piece_weights(composers, renditions, 1.0, 0.5)
+    assert [balanced[composers == c].sum() for c in (1, 2)] == pytest.approx([0.5, 0.5]), "composers stay even"
 
 
 def test_a_time_budget_warms_up_decays_to_min_lr_and_stops_the_run(tiny_dataset, tmp_path):
@@ -125,6 +137,45 @@ def test_a_few_iterations_lower_the_loss(tiny_dataset, tmp_path):
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
     assert {"iter", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(log[1])
     assert os.path.isfile(tmp_path / "ckpt.pt") and os.path.isfile(tmp_path / "best.pt")
+
+
+def test_compile_auto_compiles_only_where_the_time_left_repays_it_and_keeps_the_faster_step(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch, "compile", lambda model: ("compiled", model))
+
+    def trial_run(max_iters, step_times, max_minutes=0.0):
+        """A run object as the loop holds it, and the CompileTrial fed those step times."""
+        eager, said = object(), []
+        run = SimpleNamespace(cfg=SimpleNamespace(max_minutes=max_minutes), max_iters=max_iters, ddp=False,
+                              master=True, model=eager, log=lambda record: None, train_seconds=lambda: 0.0)
+        trial = train_module.CompileTrial(eager)
+        for it, seconds in enumerate(step_times):
+            trial.step_done(run, it, seconds, SimpleNamespace(write=said.append))
+        return run.model, eager, [line.removeprefix("compile=auto: ") for line in said]
+
+    model, eager, said = trial_run(200, [5.0, 1.0, 1.0, 1.0])  # 196 s left: a 60 s compile cannot repay
+    assert model is eager and said[0].startswith("eager") and "would not repay" in said[0]
+    model, eager, said = trial_run(5000, [5.0, 1.0, 1.0, 1.0], max_minutes=2.0)  # the time budget counts too
+    assert model is eager and said, "two minutes left cannot repay a compile, however many iterations"
+    model, eager, said = trial_run(5000, [5.0, 1.0, 1.0, 1.0])
+    assert model == ("compiled", eager) and not said, "an hour left: compile and measure"
+    model, eager, said = trial_run(5000, [5.0, 1.0, 1.0, 1.0, 61.0])
+    assert model is eager, "then eager and compiled steps alternate, eager first"
+    model, eager, said = trial_run(5000, [5.0, 1.0, 1.0, 1.0, 61.0, 1.0])
+    assert model == ("compiled", eager)
+    faster = [5.0, 1.0, 1.0, 1.0, 61.0] + [1.0, 0.8] * 3
+    model, eager, said = trial_run(5000, faster)
+    assert model == ("compiled", eager) and said[0].startswith("compiled") and "after 60 s of compiling" in said[0]
+    drifting = [5.0, 1.0, 1.0, 1.0, 61.0] + [0.5, 0.6, 1.0, 1.2, 1.5, 1.8]  # the VM slows; eager stays ahead
+    model, eager, said = trial_run(5000, drifting + [9.0, 9.0])
+    assert model is eager and said == [said[0]] and said[0].startswith("eager (compiled 1.200"), "slower: eager"
+
+
+def test_compile_auto_leaves_a_short_run_eager_and_logs_why(tiny_dataset, tmp_path):
+    train(tiny_train_config(tiny_dataset, tmp_path, max_iters=6, compile="auto"))
+    verdicts = [r["compile"] for r in read_log(tmp_path) if "compile" in r]
+    assert len(verdicts) == 1 and verdicts[0].startswith("eager") and "would not repay" in verdicts[0]
 
 
 MODERN = dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_head=False, optimizer="muon",
@@ -256,7 +307,7 @@ def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path,
     (["--dropout=1.5"], "dropout must be in [0, 1)"),
     (["--dtype=float8"], "dtype must be one of"),
     (["--init_from=gpt2"], "init_from must be scratch, resume or a checkpoint file"),
-    (["--compile=maybe"], "expects true/false"),
+    (["--compile=maybe"], "compile must be one of auto, on, off"),
     (["no_such_config.py"], "config file not found"),
     (["--composer_mode=block"], "unknown config key 'composer_mode'"),
     (["--composer_balance=1.5"], "composer_balance must be in [0, 1]"),
