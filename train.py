@@ -623,7 +623,7 @@ class CompileTrial:
     by a step REPAY_SPEEDUP faster), the step is compiled, then compiled and eager steps alternate
     (a shared VM's speed drifts for seconds at a time: alternating puts both under the same drift)
     and the faster is kept (compiling already spent is spent). Short runs, tests and quick tries
-    never pay for a compile. Under DDP rank 0's measurement decides for every rank."""
+    never pay for a compile. Under DDP rank 0's measurement decides for every rank (rank0_value)."""
 
     STEPS = 3  # steps timed each way
     COMPILE_GUESS_S = 60.0  # about what compiling this project's step takes on a CPU (docs/LOG.md)
@@ -656,7 +656,7 @@ class CompileTrial:
     def try_compiling(self, run, it, bar):
         step_s = statistics.median(self.times["eager"])
         left = seconds_left(run, it, step_s)
-        if agreed_by_rank0(run, left * self.REPAY_SPEEDUP >= self.COMPILE_GUESS_S):
+        if rank0_value(left * self.REPAY_SPEEDUP >= self.COMPILE_GUESS_S, run.ddp):  # timings differ by rank
             self.compiled = run.model = torch.compile(self.eager_model)
             self.phase = "compiling"
         else:
@@ -665,7 +665,7 @@ class CompileTrial:
 
     def keep_the_faster(self, run, it, bar):
         eager_s, compiled_s = statistics.median(self.times["eager"]), statistics.median(self.times["compiled"])
-        keep = agreed_by_rank0(run, compiled_s < eager_s)
+        keep = bool(rank0_value(compiled_s < eager_s, run.ddp))
         run.model = self.compiled if keep else self.eager_model
         self.decided(run, it, bar, f"{'compiled' if keep else 'eager'} (compiled {compiled_s:.3f} s/step after "
                                    f"{self.compile_s:.0f} s of compiling, eager {eager_s:.3f} s/step, alternating)")
@@ -683,16 +683,6 @@ def seconds_left(run, it, step_s):
     if run.cfg.max_minutes > 0:
         left = min(left, 60 * run.cfg.max_minutes - run.train_seconds())
     return left
-
-
-def agreed_by_rank0(run, flag):
-    """flag as rank 0 has it, on every rank (timings differ a little between ranks)."""
-    if not run.ddp:
-        return flag
-    on_gpu = torch.distributed.get_backend() == "nccl"
-    value = torch.tensor([float(flag)], device="cuda" if on_gpu else "cpu")
-    torch.distributed.broadcast(value, src=0)
-    return bool(value[0])
 
 
 def train_step(run, it, lr):
@@ -777,11 +767,17 @@ def time_share(seconds, cfg, ddp):
     """Share of the max_minutes budget used (0 without a budget); under DDP rank 0's clock decides."""
     if cfg.max_minutes <= 0:
         return 0.0
-    on_gpu = ddp and torch.distributed.get_backend() == "nccl"
-    share = torch.tensor([seconds / (60 * cfg.max_minutes)], dtype=torch.float64, device="cuda" if on_gpu else "cpu")
-    if ddp:
-        torch.distributed.broadcast(share, src=0)
-    return max(float(share[0]), 1e-12)
+    return max(rank0_value(seconds / (60 * cfg.max_minutes), ddp), 1e-12)
+
+
+def rank0_value(value, ddp):
+    """A number as rank 0 has it, on every rank (each rank's clock and timings differ a little)."""
+    if not ddp:
+        return value
+    on_gpu = torch.distributed.get_backend() == "nccl"
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device="cuda" if on_gpu else "cpu")
+    torch.distributed.broadcast(tensor, src=0)
+    return float(tensor[0])
 
 
 def write_curves(out_dir):

@@ -104,20 +104,22 @@ def test_fuzzed_midi_never_crashes_prepare_and_every_file_is_accounted_for(tmp_p
           f"({sorted({s['reason'] for s in skipped})})")
 
 
-def worker_pids(parent):
-    pids = []
+def processes():
+    """(pid, state, parent pid, process group, command line) of every process (Linux /proc)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            status = open(f"/proc/{entry}/status").read()
+            stat = open(f"/proc/{entry}/stat").read()
             cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
         except OSError:
             continue
-        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-        if ppid == parent and b"spawn_main" in cmdline:
-            pids.append(int(entry))
-    return pids
+        state, ppid, group = stat.rsplit(")", 1)[1].split()[:3]  # after "pid (command name)"
+        yield int(entry), state, int(ppid), int(group), cmdline
+
+
+def worker_pids(parent):
+    return [pid for pid, _, ppid, _, cmdline in processes() if ppid == parent and b"spawn_main" in cmdline]
 
 
 def test_a_worker_killed_mid_run_does_not_lose_files(tmp_path):
@@ -190,17 +192,8 @@ def test_very_long_and_pathological_pieces_finish_in_bounded_time(tmp_path):
 
 
 def live_processes_in_group(pgid):
-    """Pids of the processes in a process group that are not zombies (Linux /proc)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            stat = open(f"/proc/{entry}/stat").read()
-        except (OSError, ValueError):
-            continue
-        state, _, group = stat.rsplit(")", 1)[1].split()[:3]
-        if int(group) == pgid and state != "Z":
-            pids.append(int(entry))
-    return pids
+    """Pids of the processes in a process group that are not zombies."""
+    return [pid for pid, state, _, group, _ in processes() if group == pgid and state != "Z"]
 
 
 def kill_while_encoding(args):
