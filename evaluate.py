@@ -360,7 +360,8 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
         raise CliError(f"--real_dir {real_dir} is not a folder")
     e = set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composers, seed, max_windows)
     results = {"ckpt": str(ckpt), "data_dir": e.data_dir, "num_windows": num_windows, "window": e.window,
-               "comparison_set": {"rule": e.rule, "composers": {e.names[c]: e.train_counts[c] for c in e.candidates}}}
+               "comparison_set": {"rule": e.rule, "composers": {e.names[c]: e.train_counts[c] for c in e.candidates},
+                                  "fine_tuned": [e.names[c] for c in e.fine_tuned]}}
     progress = Progress()
     x, y, composer, kind = (t.to(device) for t in val_windows(e.val, num_windows, seed))
     results.update(window_measures(e, x, y, composer, kind))
@@ -421,7 +422,7 @@ def set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composer
     several_sources = isinstance(meta.get("source"), list)
     return SimpleNamespace(
         model=model, tokenizer=tokenizer, checkpoint=checkpoint, data_dir=data_dir, dataset=dataset, meta=meta,
-        window=window, val=val, train_split=train_split, train_counts=train_counts, rule=rule,
+        window=window, val=val, train_split=train_split, train_counts=train_counts, rule=rule, fine_tuned=new,
         candidates=candidates[:max_composers],  # max_composers None: all
         train_pieces=[train_split.tokens[o:o + n] for o, n, _ in train_split.index],
         names={i: n for n, i in checkpoint["composers"].items()}, n_composers=model.config.n_composers,
@@ -514,11 +515,26 @@ def fit_outside_judge(e, sample_tokens, judge_excerpts):
               "accuracy_on_real_val": judge.accuracy(val_features, val_composers),
               "balanced_accuracy_on_real_val": judge.balanced_accuracy(val_features, val_composers),
               "real_val_composers": len(set(val_composers.tolist())), "chance": 1 / len(e.candidates),
-              "by_kind": {kind: {"val_excerpts": int((val_kinds == k).sum()),
-                                 "accuracy_on_real_val": judge.accuracy(val_features[val_kinds == k],
-                                                                        val_composers[val_kinds == k])}
+              "by_kind": {kind: judge_on_kind(judge, val_features[val_kinds == k], val_composers[val_kinds == k],
+                                              e.names)
                           for kind, k in KIND_IDS.items() if (val_kinds == k).any()}}
     return judge, val_scores, report
+
+
+def judge_on_kind(judge, features_of_kind, composers_of_kind, names):
+    """The judge on the real val excerpts of one kind: plain and balanced accuracy, and which
+    composers they are (samples, balanced by design, compare with the balanced figure on these)."""
+    return {"val_excerpts": len(composers_of_kind),
+            "accuracy_on_real_val": judge.accuracy(features_of_kind, composers_of_kind),
+            "balanced_accuracy_on_real_val": judge.balanced_accuracy(features_of_kind, composers_of_kind),
+            "composers": [names[c] for c in sorted(set(composers_of_kind.tolist()))]}
+
+
+def accuracy_on(confusion, composers):
+    """The share judged right among the samples requested for `composers` ({true: {guess: n}})."""
+    rows = {c: confusion[c] for c in composers if c in confusion}
+    total = sum(sum(row.values()) for row in rows.values())
+    return sum(row.get(c, 0) for c, row in rows.items()) / total if total else float("nan")
 
 
 def sample_measures(e, judge, copies, guidance, render_as, per_composer, sample_tokens, guidance_mode):
@@ -537,12 +553,16 @@ def sample_measures(e, judge, copies, guidance, render_as, per_composer, sample_
                          kinds=None if kind is None else [kind] * len(token_lists))
     sample_scores = decoded(e.tokenizer, token_lists)
     runs = [copies.longest(note_events(score)) for score, _ in sample_scores]
+    runs_by_composer = {}
+    for c, run in zip(requested.tolist(), runs):
+        runs_by_composer[e.names[c]] = max(run, runs_by_composer.get(e.names[c], 0))
     verdicts = judge.predict(features(sample_scores))
     return {"judge_accuracy": float(np.mean(verdicts == requested.cpu().numpy())),
             "judge_confusion": confusion_table(zip(requested.tolist(), verdicts.tolist()), e.names),
             "self_judged_adherence": adherence(scores, [e.candidates.index(c) + 1 for c in requested.tolist()]),
             "chance": 1 / len(e.candidates), "longest_copied_run": int(max(runs, default=0)),
             "median_copied_run": float(np.median(runs)) if runs else 0.0,
+            "longest_copied_run_by_composer": runs_by_composer,
             **mean_stats([music_stats(score, errors) for score, errors in sample_scores])}
 
 
@@ -605,7 +625,8 @@ def print_report(r):
           f"{j['val_excerpts']} real val excerpts, {j['balanced_accuracy_on_real_val']:.3f} balanced over their "
           f"{j['real_val_composers']} composers (chance {j['chance']:.3f}); samples are balanced by design")
     for kind, part in j.get("by_kind", {}).items():
-        print(f"  on {kind} val excerpts: {part['accuracy_on_real_val']:.3f} ({part['val_excerpts']} excerpts)")
+        print(f"  on {kind} val excerpts: {part['accuracy_on_real_val']:.3f} ({part['val_excerpts']} excerpts), "
+              f"{part['balanced_accuracy_on_real_val']:.3f} balanced over their {len(part['composers'])} composers")
     print(f"copying: {cp['rule']}; real val excerpts median {cp['real_val_excerpts']['median']:.0f}, "
           f"max {cp['real_val_excerpts']['max']}")
     print("\nsamples              judge   self-judged*  longest copy  notes/s  pitch range  pc H (bits)  chord  grammar")
@@ -624,6 +645,35 @@ def print_report(r):
                                                                "chord_size")))
     print("  * self-judged: the model as a Bayes classifier of its own samples; a sanity check of guidance, "
           "not evidence of style")
+    print_like_for_like(r["samples"], j.get("by_kind", {}))
+    print_fine_tuned_copies(r["samples"], r["comparison_set"].get("fine_tuned", []))
+
+
+def print_fine_tuned_copies(samples, fine_tuned):
+    """A composer taught from a few pieces may copy them: its samples' longest copied run beside the
+    other composers' (both against this dataset's training pieces)."""
+    for label, s in samples.items():
+        runs = s.get("longest_copied_run_by_composer", {})
+        taught = [runs[c] for c in fine_tuned if c in runs]
+        others = [n for c, n in runs.items() if c not in fine_tuned]
+        if taught:
+            print(f"  g {label}: longest copied run of the fine-tuned composers' samples {max(taught)}, of the "
+                  f"other composers' {max(others, default=0)}")
+
+
+def print_like_for_like(samples, judge_by_kind):
+    """Samples rendered as one kind against real val excerpts of that kind, on the composers those
+    excerpts have: the samples' accuracy (balanced by design) beside the real excerpts' balanced one."""
+    kind_of_rendering = {render_as: kind for kind, k in KIND_IDS.items()
+                         for render_as, r in RENDER_AS.items() if k == r}
+    for label, s in samples.items():
+        render_as = label.split(" ")[-1]
+        real = judge_by_kind.get(kind_of_rendering.get(render_as))
+        if "judge_confusion" not in s or real is None:
+            continue
+        print(f"  g {label} on the {len(real['composers'])} composers of the real {kind_of_rendering[render_as]} "
+              f"val excerpts: samples {accuracy_on(s['judge_confusion'], real['composers']):.3f}, "
+              f"real {real['balanced_accuracy_on_real_val']:.3f} balanced")
 
 
 def main(argv=None):

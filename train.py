@@ -27,8 +27,8 @@ from pianogpt.checkpoints import load_checkpoint, save_checkpoint, with_composer
 from pianogpt.cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
 from pianogpt.dataset import WindowSampler, merge_composer_tables, open_dataset
 from pianogpt.remi import tokenizer_from_json
-from pianogpt.devices import (autocast_context, cpu_description, device_type_of, machine_matmul_peak,
-                              resolve_device, resolve_dtype)
+from pianogpt.devices import (autocast_context, cpu_description, device_type_of, machine_key, machine_matmul_peak,
+                              recall, remember, resolve_device, resolve_dtype)
 from model import ModelConfig, ModelOptions, MusicTransformer, load_state
 from pianogpt.optim import OPTIMIZERS, orthogonalization_dtype
 from pianogpt.pictures import chart, png_bytes, side_by_side
@@ -421,7 +421,16 @@ def set_up_model(run):
         model = DistributedDataParallel(model, device_ids=[int(run.device.split(":")[1])]
                                         if run.device_type == "cuda" else None)
     run.model = model
-    run.compile_trial = CompileTrial(model) if cfg.compile == "auto" else None
+    run.compile_trial = CompileTrial(model, compile_memory_key(run)) if cfg.compile == "auto" else None
+
+
+def compile_memory_key(run):
+    """What compiling this run's step costs and saves depends on the machine and on the step's
+    shape: the key under which an earlier run's measurement is remembered."""
+    m, cfg = run.model_cfg, run.cfg
+    learning = cfg.finetune if is_fine_tune(cfg, run.base) else "all"
+    return (f"{machine_key(run.device, run.dtype)} | {m.n_layer} layers x {m.n_embd}, context {cfg.block_size}, "
+            f"batch {cfg.batch_size}, {cfg.optimizer}, learning {learning}")
 
 
 def resumed_checkpoint(run):
@@ -619,18 +628,21 @@ def training_loop(run):
 
 class CompileTrial:
     """compile=auto: whether torch.compile pays for this run on this device, measured, not assumed.
-    The loop times a few eager steps; where the time left could repay a compile (COMPILE_GUESS_S,
-    by a step REPAY_SPEEDUP faster), the step is compiled, then compiled and eager steps alternate
-    (a shared VM's speed drifts for seconds at a time: alternating puts both under the same drift)
-    and the faster is kept (compiling already spent is spent). Short runs, tests and quick tries
-    never pay for a compile. Under DDP rank 0's measurement decides for every rank (rank0_value)."""
+    The loop times a few eager steps; where the time left could repay a compile, the step is
+    compiled, then compiled and eager steps alternate (a shared VM's speed drifts for seconds at a
+    time: alternating puts both under the same drift) and the faster is kept (compiling already
+    spent is spent). What compiling cost and saved is remembered for this machine and step shape
+    (memory_key; devices.remember), so the next such run decides by it; with nothing remembered the
+    guess is a COMPILE_GUESS_S compile for a step REPAY_SPEEDUP faster. Short runs, tests and quick
+    tries never pay for a compile. Under DDP rank 0's measurement decides for every rank."""
 
     STEPS = 3  # steps timed each way
-    COMPILE_GUESS_S = 60.0  # about what compiling this project's step takes on a CPU (docs/LOG.md)
+    COMPILE_GUESS_S = 60.0  # about what a first compile of this project's step takes on a CPU (docs/LOG.md)
     REPAY_SPEEDUP = 0.1  # try only where a 10 % faster step would repay that in the time left
+    MEMORY = "compile.json"
 
-    def __init__(self, eager_model):
-        self.eager_model, self.phase = eager_model, "warm-up"
+    def __init__(self, eager_model, memory_key=None):
+        self.eager_model, self.phase, self.memory_key = eager_model, "warm-up", memory_key
         self.times = {"eager": [], "compiled": []}
 
     def step_done(self, run, it, seconds, bar):
@@ -656,17 +668,31 @@ class CompileTrial:
     def try_compiling(self, run, it, bar):
         step_s = statistics.median(self.times["eager"])
         left = seconds_left(run, it, step_s)
-        if rank0_value(left * self.REPAY_SPEEDUP >= self.COMPILE_GUESS_S, run.ddp):  # timings differ by rank
+        compile_s, saving, source = self.expected()
+        if rank0_value(saving > 0 and left * saving >= compile_s, run.ddp):  # timings differ by rank
             self.compiled = run.model = torch.compile(self.eager_model)
             self.phase = "compiling"
+        elif saving <= 0:
+            self.decided(run, it, bar, f"eager ({step_s:.3f} s/step; the compiled step was no faster {source})")
         else:
             self.decided(run, it, bar, f"eager ({step_s:.3f} s/step; the {left / 60:.1f} min left would not repay "
-                                       f"compiling, ~{self.COMPILE_GUESS_S:.0f} s)")
+                                       f"compiling, ~{compile_s:.0f} s {source})")
+
+    def expected(self):
+        """(compile seconds, share of a step saved, where those come from): this machine's earlier
+        measurement for this step shape where there is one, else the guess."""
+        known = recall(self.MEMORY, self.memory_key) if self.memory_key else None
+        if isinstance(known, dict) and all(isinstance(known.get(k), (int, float)) and math.isfinite(known[k])
+                                           for k in ("compile_s", "speedup")) and known["speedup"] > 0:
+            return max(known["compile_s"], 0.0), 1 - 1 / known["speedup"], "(measured here before)"
+        return self.COMPILE_GUESS_S, self.REPAY_SPEEDUP, "(a guess)"
 
     def keep_the_faster(self, run, it, bar):
         eager_s, compiled_s = statistics.median(self.times["eager"]), statistics.median(self.times["compiled"])
         keep = bool(rank0_value(compiled_s < eager_s, run.ddp))
         run.model = self.compiled if keep else self.eager_model
+        if self.memory_key and run.master:
+            remember(self.MEMORY, self.memory_key, {"compile_s": self.compile_s, "speedup": eager_s / compiled_s})
         self.decided(run, it, bar, f"{'compiled' if keep else 'eager'} (compiled {compiled_s:.3f} s/step after "
                                    f"{self.compile_s:.0f} s of compiling, eager {eager_s:.3f} s/step, alternating)")
 

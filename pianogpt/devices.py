@@ -94,28 +94,54 @@ def measure_matmul_peak(device, dtype, seconds=1.0, rounds=10):
     return best
 
 
-def machine_matmul_peak(device, dtype):
-    """The MFU denominator: the best matmul peak this machine has shown for this device, dtype and
-    thread count, today's measurement included. On a shared VM a measurement can read half the
-    machine for a while (a neighbour's load, a power state) and every MFU of the run would move with
-    it; the best seen is the machine's, so runs on one machine quote MFU against one number. Kept in
-    $PIANOGPT_CACHE (default ~/.cache/pianogpt)/matmul_peak.json; a cache that cannot be read or
-    written costs only the memory of earlier runs."""
-    measured = measure_matmul_peak(device, dtype)
-    folder = os.environ.get("PIANOGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pianogpt")
-    path = os.path.join(folder, "matmul_peak.json")
+def machine_key(device, dtype):
+    """This machine as its remembered measurements name it: the device, the dtype, the thread count
+    and torch's version (any of them changes what a measurement would read)."""
     name = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else cpu_description()
-    key = f"{name} | {dtype} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    return f"{name} | {dtype} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def memory_path(file_name):
+    folder = os.environ.get("PIANOGPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pianogpt")
+    return os.path.join(folder, file_name)
+
+
+def recall(file_name, key):
+    """What an earlier run on this machine remembered under key in $PIANOGPT_CACHE (default
+    ~/.cache/pianogpt)/file_name, or None; a file that cannot be read remembers nothing."""
+    try:
+        with open(memory_path(file_name)) as f:
+            seen = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return seen.get(key) if isinstance(seen, dict) else None
+
+
+def remember(file_name, key, value):
+    """Keep value under key for later runs; a cache that cannot be written costs only the memory."""
+    path = memory_path(file_name)
     try:
         with open(path) as f:
             seen = json.load(f)
         seen = seen if isinstance(seen, dict) else {}
     except (OSError, ValueError):
         seen = {}
-    known = seen.get(key, 0.0) if isinstance(seen.get(key), (int, float)) else 0.0
+    try:
+        atomic_write_bytes(path, json.dumps({**seen, key: value}, indent=1).encode())
+    except OSError:
+        pass
+
+
+def machine_matmul_peak(device, dtype):
+    """The MFU denominator: the best matmul peak this machine has shown for this device, dtype and
+    thread count, today's measurement included. On a shared VM a measurement can read half the
+    machine for a while (a neighbour's load, a power state) and every MFU of the run would move with
+    it; the best seen is the machine's, so runs on one machine quote MFU against one number (kept
+    in matmul_peak.json of the cache, see recall)."""
+    measured = measure_matmul_peak(device, dtype)
+    key = machine_key(device, dtype)
+    known = recall("matmul_peak.json", key)
+    known = known if isinstance(known, (int, float)) else 0.0
     if measured > known:
-        try:
-            atomic_write_bytes(path, json.dumps({**seen, key: measured}, indent=1).encode())
-        except OSError:
-            pass
+        remember("matmul_peak.json", key, measured)
     return max(measured, known)

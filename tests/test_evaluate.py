@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import (CopyFinder, NGram, adherence, bayes_classify, bootstrap_mean, derangement, evaluate, identification,
-                      judge_pieces, print_report, score_under, scored_span, tokens_scored, unigram_entropy,
-                      window_starts)
+from evaluate import (CopyFinder, NGram, accuracy_on, adherence, bayes_classify, bootstrap_mean, derangement, evaluate,
+                      identification, judge_pieces, print_report, score_under, scored_span, tokens_scored,
+                      unigram_entropy, window_starts)
 from pianogpt.judge import Judge, note_features
 from model import ModelConfig, MusicTransformer
 
@@ -216,3 +216,10 @@ def test_no_samples_scores_the_val_pieces_only(tiny_checkpoint, tiny_dataset, ca
     assert "val_pieces" in r and not {"judge", "copying", "samples"} & set(r)
     print_report(r)
     assert "identification" in capsys.readouterr().out
+
+
+def test_samples_are_judged_on_the_composers_real_excerpts_of_a_kind_have():
+    confusion = {"Bach": {"Bach": 2}, "Chopin": {"Liszt": 2}, "Liszt": {"Liszt": 1, "Chopin": 1}}
+    assert accuracy_on(confusion, ["Bach", "Liszt"]) == 3 / 4
+    assert accuracy_on(confusion, ["Chopin"]) == 0
+    assert math.isnan(accuracy_on(confusion, ["Ravel"]))  # no samples of that composer: no figure

@@ -116,14 +116,21 @@ def test_a_dataset_of_another_tokenizer_is_a_one_line_error(tiny_checkpoint, new
     assert not (tmp_path / "run" / "ckpt.pt").exists()
 
 
-def test_evaluate_reads_a_dataset_by_composer_name(tiny_checkpoint, new_composer_data, tmp_path):
-    from evaluate import evaluate
+def test_evaluate_reads_a_dataset_by_composer_name_and_checks_the_new_composer_for_copies(
+        tiny_checkpoint, new_composer_data, tmp_path, capsys):
+    from evaluate import evaluate, print_report
 
     fine_tune(tiny_checkpoint, new_composer_data, tmp_path)
     r = evaluate(str(tmp_path / "ckpt.pt"), str(new_composer_data), num_windows=2, guidances=(1.0,),
                  samples_per_composer=1, sample_tokens=16)
     assert "Satie" in r["comparison_set"]["composers"]  # a fine-tuned composer is always compared
+    assert r["comparison_set"]["fine_tuned"] == ["Satie"]
     assert np.isfinite(r["val_pieces"]["identification"]["accuracy"])
+    runs = r["samples"]["1.0"]["longest_copied_run_by_composer"]  # against Satie's few training pieces
+    assert set(runs) == set(r["comparison_set"]["composers"]) and max(runs.values()) == r["samples"]["1.0"][
+        "longest_copied_run"]
+    print_report(r)
+    assert f"longest copied run of the fine-tuned composers' samples {runs['Satie']}" in capsys.readouterr().out
 
 
 def test_new_rows_only_leaves_the_network_and_the_old_composers_exactly(tiny_checkpoint, new_composer_data,

@@ -1,4 +1,9 @@
 """optim.py: Muon orthogonalises in the dtype this device runs fast, with unchanged maths."""
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -60,6 +65,18 @@ def test_orthogonalization_dtype_follows_the_cpu(monkeypatch, native):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
     assert orthogonalization_dtype("cpu") == (torch.bfloat16 if native else torch.float32)
     assert orthogonalization_dtype("cuda") == torch.bfloat16
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN's ISA limit is x86's")
+def test_a_cpu_limited_to_avx2_orthogonalises_in_float32():
+    """The real detection, not a patched one: oneDNN held to AVX2 (as on a CPU without AVX512-BF16
+    or AMX, whatever this machine has) makes bf16 emulated, and Muon then picks float32."""
+    code = "from pianogpt.optim import orthogonalization_dtype; print(orthogonalization_dtype('cpu'))"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "torch.float32"
 
 
 def test_configure_optimizers_gives_muon_the_device_dtype(monkeypatch):

@@ -162,6 +162,8 @@ def test_evaluate_reports_each_kind_and_samples_rendered_both_ways(mixed_checkpo
     print_report(r)
     out = capsys.readouterr().out
     assert "val pieces, sequenced only" in out and "val pieces, performed only" in out
+    for kind in r["judge"]["by_kind"]:  # samples of a kind beside the real excerpts of that kind, same composers
+        assert f"composers of the real {kind} val excerpts: samples" in out
 
 
 def test_sample_renders_as_a_performance_and_records_it(mixed_checkpoint, tmp_path):

@@ -139,37 +139,60 @@ def test_a_few_iterations_lower_the_loss(tiny_dataset, tmp_path):
     assert os.path.isfile(tmp_path / "ckpt.pt") and os.path.isfile(tmp_path / "best.pt")
 
 
-def test_compile_auto_compiles_only_where_the_time_left_repays_it_and_keeps_the_faster_step(monkeypatch):
+def compile_trial_run(max_iters, step_times, max_minutes=0.0, memory_key=None):
+    """A run object as the loop holds it, and a CompileTrial fed those step times (torch.compile
+    patched to mark its model); (the model of the next step, the eager one, the verdicts said)."""
     from types import SimpleNamespace
 
+    eager, said = object(), []
+    run = SimpleNamespace(cfg=SimpleNamespace(max_minutes=max_minutes), max_iters=max_iters, ddp=False,
+                          master=True, model=eager, log=lambda record: None, train_seconds=lambda: 0.0)
+    trial = train_module.CompileTrial(eager, memory_key)
+    for it, seconds in enumerate(step_times):
+        trial.step_done(run, it, seconds, SimpleNamespace(write=said.append))
+    return run.model, eager, [line.removeprefix("compile=auto: ") for line in said]
+
+
+FASTER_COMPILED = [5.0, 1.0, 1.0, 1.0, 61.0] + [1.0, 0.8] * 3  # warm-up, eager x3, compiling, alternating
+
+
+def test_compile_auto_compiles_only_where_the_time_left_repays_it_and_keeps_the_faster_step(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda model: ("compiled", model))
-
-    def trial_run(max_iters, step_times, max_minutes=0.0):
-        """A run object as the loop holds it, and the CompileTrial fed those step times."""
-        eager, said = object(), []
-        run = SimpleNamespace(cfg=SimpleNamespace(max_minutes=max_minutes), max_iters=max_iters, ddp=False,
-                              master=True, model=eager, log=lambda record: None, train_seconds=lambda: 0.0)
-        trial = train_module.CompileTrial(eager)
-        for it, seconds in enumerate(step_times):
-            trial.step_done(run, it, seconds, SimpleNamespace(write=said.append))
-        return run.model, eager, [line.removeprefix("compile=auto: ") for line in said]
-
-    model, eager, said = trial_run(200, [5.0, 1.0, 1.0, 1.0])  # 196 s left: a 60 s compile cannot repay
+    model, eager, said = compile_trial_run(200, [5.0, 1.0, 1.0, 1.0])  # 196 s left: a 60 s compile cannot repay
     assert model is eager and said[0].startswith("eager") and "would not repay" in said[0]
-    model, eager, said = trial_run(5000, [5.0, 1.0, 1.0, 1.0], max_minutes=2.0)  # the time budget counts too
+    model, eager, said = compile_trial_run(5000, [5.0, 1.0, 1.0, 1.0], max_minutes=2.0)  # the time budget counts too
     assert model is eager and said, "two minutes left cannot repay a compile, however many iterations"
-    model, eager, said = trial_run(5000, [5.0, 1.0, 1.0, 1.0])
+    model, eager, said = compile_trial_run(5000, [5.0, 1.0, 1.0, 1.0])
     assert model == ("compiled", eager) and not said, "an hour left: compile and measure"
-    model, eager, said = trial_run(5000, [5.0, 1.0, 1.0, 1.0, 61.0])
+    model, eager, said = compile_trial_run(5000, [5.0, 1.0, 1.0, 1.0, 61.0])
     assert model is eager, "then eager and compiled steps alternate, eager first"
-    model, eager, said = trial_run(5000, [5.0, 1.0, 1.0, 1.0, 61.0, 1.0])
+    model, eager, said = compile_trial_run(5000, [5.0, 1.0, 1.0, 1.0, 61.0, 1.0])
     assert model == ("compiled", eager)
-    faster = [5.0, 1.0, 1.0, 1.0, 61.0] + [1.0, 0.8] * 3
-    model, eager, said = trial_run(5000, faster)
+    model, eager, said = compile_trial_run(5000, FASTER_COMPILED)
     assert model == ("compiled", eager) and said[0].startswith("compiled") and "after 60 s of compiling" in said[0]
     drifting = [5.0, 1.0, 1.0, 1.0, 61.0] + [0.5, 0.6, 1.0, 1.2, 1.5, 1.8]  # the VM slows; eager stays ahead
-    model, eager, said = trial_run(5000, drifting + [9.0, 9.0])
+    model, eager, said = compile_trial_run(5000, drifting + [9.0, 9.0])
     assert model is eager and said == [said[0]] and said[0].startswith("eager (compiled 1.200"), "slower: eager"
+
+
+def test_compile_auto_decides_by_what_compiling_cost_and_saved_on_this_machine_before(monkeypatch, tmp_path):
+    from pianogpt.devices import recall, remember
+
+    monkeypatch.setattr(torch, "compile", lambda model: ("compiled", model))
+    monkeypatch.setenv("PIANOGPT_CACHE", str(tmp_path))
+    compile_trial_run(5000, FASTER_COMPILED, memory_key="this step")
+    assert recall("compile.json", "this step") == {"compile_s": 60.0, "speedup": 1.25}  # 61 - 1 s; 1.0 / 0.8
+    remember("compile.json", "this step", {"compile_s": 5.0, "speedup": 1.5})  # a warm compile cache, say
+    model, eager, said = compile_trial_run(200, [5.0, 1.0, 1.0, 1.0], memory_key="this step")
+    assert model == ("compiled", eager), "196 s left repay 5 s at a third of a step saved (the guess would not)"
+    model, eager, said = compile_trial_run(200, [5.0, 1.0, 1.0, 1.0], memory_key="another step")
+    assert model is eager and "(a guess)" in said[0], "another step shape is not this one"
+    remember("compile.json", "this step", {"compile_s": 5.0, "speedup": 0.8})
+    model, eager, said = compile_trial_run(5000, [5.0, 1.0, 1.0, 1.0], memory_key="this step")
+    assert model is eager and "no faster (measured here before)" in said[0], "slower here before: not again"
+    remember("compile.json", "this step", "garbled")
+    model, eager, said = compile_trial_run(200, [5.0, 1.0, 1.0, 1.0], memory_key="this step")
+    assert model is eager and "(a guess)" in said[0]
 
 
 def test_compile_auto_leaves_a_short_run_eager_and_logs_why(tiny_dataset, tmp_path):
