@@ -426,11 +426,12 @@ def set_up_model(run):
 
 def compile_memory_key(run):
     """What compiling this run's step costs and saves depends on the machine and on the step's
-    shape: the key under which an earlier run's measurement is remembered."""
+    shape: the key under which an earlier run's measurement is remembered. A fine-tune of a model
+    shares the key of its training on this machine (a short fine-tune could not afford to measure
+    for itself; its own trial still checks the compiled step is faster)."""
     m, cfg = run.model_cfg, run.cfg
-    learning = cfg.finetune if is_fine_tune(cfg, run.base) else "all"
     return (f"{machine_key(run.device, run.dtype)} | {m.n_layer} layers x {m.n_embd}, context {cfg.block_size}, "
-            f"batch {cfg.batch_size}, {cfg.optimizer}, learning {learning}")
+            f"batch {cfg.batch_size}, {cfg.optimizer}")
 
 
 def resumed_checkpoint(run):
