@@ -41,6 +41,8 @@ from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_samp
                   piece_kind)
 
 
+KIND_NAMES = {kind_id: kind for kind, kind_id in KIND_IDS.items()}  # 1: "sequenced", 2: "performed"
+
 # ----------------------------------------------------------------------------- NLL
 
 
@@ -264,13 +266,12 @@ def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bo
     MIDI folder it came from), over each source and kind under "by_source" when there are several."""
     rows = score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ctx)
     out = summarise_pieces(rows, candidates, names, train_counts, seed)
-    kinds = {kind_id: kind for kind, kind_id in KIND_IDS.items()}
-    out["by_kind"] = {kinds[k]: summarise_pieces([r for r in rows if r["kind"] == k], candidates, names, train_counts,
-                                                 seed)
-                      for k in sorted({r["kind"] for r in rows} & set(kinds))}
+    out["by_kind"] = {KIND_NAMES[k]: summarise_pieces([r for r in rows if r["kind"] == k], candidates, names,
+                                                      train_counts, seed)
+                      for k in sorted({r["kind"] for r in rows} & set(KIND_NAMES))}
     if sources and len(set(sources)) > 1:
         groups = sorted({(source, row["kind"]) for source, row in zip(sources, rows)} - {(s, 0) for s in sources})
-        out["by_source"] = {f"{source} {kinds[k]}": summarise_pieces(
+        out["by_source"] = {f"{source} {KIND_NAMES[k]}": summarise_pieces(
             [r for s, r in zip(sources, rows) if (s, r["kind"]) == (source, k)], candidates, names, train_counts, seed)
             for source, k in groups}
     return out
@@ -664,14 +665,12 @@ def print_fine_tuned_copies(samples, fine_tuned):
 def print_like_for_like(samples, judge_by_kind):
     """Samples rendered as one kind against real val excerpts of that kind, on the composers those
     excerpts have: the samples' accuracy (balanced by design) beside the real excerpts' balanced one."""
-    kind_of_rendering = {render_as: kind for kind, k in KIND_IDS.items()
-                         for render_as, r in RENDER_AS.items() if k == r}
     for label, s in samples.items():
-        render_as = label.split(" ")[-1]
-        real = judge_by_kind.get(kind_of_rendering.get(render_as))
+        kind = KIND_NAMES.get(RENDER_AS.get(label.split(" ")[-1]))
+        real = judge_by_kind.get(kind)
         if "judge_confusion" not in s or real is None:
             continue
-        print(f"  g {label} on the {len(real['composers'])} composers of the real {kind_of_rendering[render_as]} "
+        print(f"  g {label} on the {len(real['composers'])} composers of the real {kind} "
               f"val excerpts: samples {accuracy_on(s['judge_confusion'], real['composers']):.3f}, "
               f"real {real['balanced_accuracy_on_real_val']:.3f} balanced")
 

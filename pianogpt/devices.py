@@ -106,28 +106,26 @@ def memory_path(file_name):
     return os.path.join(folder, file_name)
 
 
-def recall(file_name, key):
-    """What an earlier run on this machine remembered under key in $PIANOGPT_CACHE (default
-    ~/.cache/pianogpt)/file_name, or None; a file that cannot be read remembers nothing."""
+def remembered(file_name):
+    """Everything earlier runs on this machine remembered in $PIANOGPT_CACHE (default
+    ~/.cache/pianogpt)/file_name; a file that cannot be read remembers nothing."""
     try:
         with open(memory_path(file_name)) as f:
             seen = json.load(f)
     except (OSError, ValueError):
-        return None
-    return seen.get(key) if isinstance(seen, dict) else None
+        return {}
+    return seen if isinstance(seen, dict) else {}
+
+
+def recall(file_name, key):
+    """What an earlier run on this machine remembered under key, or None."""
+    return remembered(file_name).get(key)
 
 
 def remember(file_name, key, value):
     """Keep value under key for later runs; a cache that cannot be written costs only the memory."""
-    path = memory_path(file_name)
     try:
-        with open(path) as f:
-            seen = json.load(f)
-        seen = seen if isinstance(seen, dict) else {}
-    except (OSError, ValueError):
-        seen = {}
-    try:
-        atomic_write_bytes(path, json.dumps({**seen, key: value}, indent=1).encode())
+        atomic_write_bytes(memory_path(file_name), json.dumps({**remembered(file_name), key: value}, indent=1).encode())
     except OSError:
         pass
 
