@@ -3,9 +3,10 @@
 
 token embedding + composer embedding (every position) + position embedding -> dropout ->
 n_layer pre-LN blocks (SDPA attention, GELU MLP) -> LayerNorm -> head tied to the token
-embedding. Its forward runs a chunk (into a KV cache when given one) and decode_step one token;
-how tokens are produced (cache, prefill, guidance, filters) is engine.py's, the optimizers are
-optim.py's, checkpoint files are checkpoints.py's.
+embedding (composer_layers: the composer also adds a row before every block, which a fine-tune
+gives new composers). Its forward runs a chunk (into a KV cache when given one) and decode_step
+one token; how tokens are produced (cache, prefill, guidance, filters) is engine.py's, the
+optimizers are optim.py's, checkpoint files are checkpoints.py's.
 
 The modern recipe's levers are ModelConfig options, each off by default so that the seed's
 architecture is the default: rotary positions, RMSNorm, ReLU² MLPs, QK-norm, an untied head.
@@ -48,6 +49,8 @@ class ModelOptions:
     qk_norm: bool = False  # RMS-normalise queries and keys per head (learned gains) before attention
     tie_head: bool = True  # the head shares the token embedding (the seed); False: its own matrix
     n_kinds: int = 0  # 3: a learned kind embedding beside the composer's (row 0 unknown, 1 score, 2 performance)
+    composer_layers: bool = False  # each composer also has a row added before every block (a fine-tune's new
+    # composers: the frozen network gives one input row little to say; the other rows stay zero)
 
 
 @dataclass
@@ -196,6 +199,8 @@ class MusicTransformer(nn.Module):
         self.wce = nn.Embedding(cfg.n_composers, cfg.n_embd)
         if cfg.n_kinds:  # which kind of MIDI a piece is (score or performance), so the composer need not say it
             self.wke = nn.Embedding(cfg.n_kinds, cfg.n_embd)
+        if cfg.composer_layers:  # zero: a composer without learned layer rows is exactly as without them
+            self.wcl = nn.Parameter(torch.zeros(cfg.n_layer, cfg.n_composers, cfg.n_embd))
         if cfg.positions == "learned":
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         else:  # not in the state dict: a function of the config
@@ -238,7 +243,10 @@ class MusicTransformer(nn.Module):
         if start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size {self.config.block_size}")
         x, rotary = self.embed(idx, composer, torch.arange(start_pos, start_pos + T, device=idx.device), kind)
+        layer_rows = self.composer_layer_rows(composer)
         for i, block in enumerate(self.blocks):
+            if layer_rows is not None:
+                x = x + layer_rows[i][:, None, :]
             if caches is not None:
                 x = block(x, caches[i], rotary)
             elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
@@ -267,6 +275,14 @@ class MusicTransformer(nn.Module):
             rotary = (self.rope_cos[positions], self.rope_sin[positions])
         return self.drop(x), rotary
 
+    def composer_layer_rows(self, composer):
+        """[n_layer, B, n_embd]: what composer_layers adds before each block, or None without it."""
+        if not self.config.composer_layers:
+            return None
+        if composer.is_floating_point():  # a mix: the weighted sum of the composers' rows, as composer_vectors
+            return composer.to(self.wcl.dtype) @ self.wcl
+        return self.wcl[:, composer]
+
     def head(self, x):
         return self.lm_head(x)
 
@@ -282,7 +298,10 @@ class MusicTransformer(nn.Module):
         (a one-element long tensor on the device). Every shape is static and nothing is read
         back to the host, so torch.compile can compile it once (CUDA graphs on a GPU)."""
         x, rotary = self.embed(token, composer, pos, kind)
-        for block, cache in zip(self.blocks, caches):
+        layer_rows = self.composer_layer_rows(composer)
+        for i, (block, cache) in enumerate(zip(self.blocks, caches)):
+            if layer_rows is not None:
+                x = x + layer_rows[i][:, None, :]
             x = block(x, cache, rotary, step_pos=pos)
         return self.head(self.ln_f(x))[:, -1]
 

@@ -33,6 +33,8 @@ from model import ModelConfig, ModelOptions, MusicTransformer, load_state
 from pianogpt.optim import OPTIMIZERS, orthogonalization_dtype
 from pianogpt.pictures import chart, png_bytes, side_by_side
 
+FINETUNES = ("all", "new_rows")
+
 
 @dataclass
 class TrainConfig(ModelOptions):
@@ -47,7 +49,8 @@ class TrainConfig(ModelOptions):
     # the checkpoint learned from), so the old composers are not forgotten (docs/LOG.md, "Fine-tuning")
     replay_dir: str = ""
     replay_share: float = 0.5
-    finetune: str = "all"  # all: every weight learns | new_rows: only the new composers' rows (the rest frozen)
+    finetune: str = "all"  # all: every weight learns | new_rows: only the new composers' rows, at the input and
+    # before every block (model.composer_layers); the rest frozen
     # length of training: max_iters if > 0, else epochs (one random crop per training piece per epoch)
     max_iters: int = 0
     epochs: float = 1.0
@@ -91,8 +94,8 @@ class TrainConfig(ModelOptions):
             raise CliError("set max_iters > 0 or epochs > 0")
         if self.init_from not in ("scratch", "resume") and not os.path.isfile(self.init_from):
             raise CliError(f"init_from must be scratch, resume or a checkpoint file; {self.init_from!r} is not a file")
-        if self.finetune not in ("all", "new_rows"):
-            raise CliError(f"finetune must be one of all, new_rows; got {self.finetune!r}")
+        if self.finetune not in FINETUNES:
+            raise CliError(f"finetune must be one of {', '.join(FINETUNES)}; got {self.finetune!r}")
         if not 0 <= self.replay_share < 1:
             raise CliError(f"replay_share must be in [0, 1), got {self.replay_share}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -398,7 +401,8 @@ def set_up_model(run):
     if checkpoint:
         load_state(model, checkpoint["model"])
     elif run.base is not None:  # fine-tuning: the base's weights, with a row for each new composer
-        load_state(model, with_composer_rows(run.base["model"], run.model_cfg.n_composers))
+        layer_rows_shape = tuple(model.wcl.shape) if run.model_cfg.composer_layers else None
+        load_state(model, with_composer_rows(run.base["model"], run.model_cfg.n_composers, layer_rows_shape))
     model.to(run.device)
     weight_decay = cfg.weight_decay
     if is_fine_tune(cfg, run.base) and cfg.finetune == "new_rows":
@@ -485,6 +489,8 @@ def adopt_base_model(cfg, base):
     options = {f.name: saved[f.name] for f in dataclasses.fields(ModelOptions) if f.name in saved}
     replay_dir = cfg.replay_dir or (trained.get("replay_dir", "") if cfg.init_from == "resume"
                                     else trained.get("data_dir", ""))
+    if cfg.finetune == "new_rows" and cfg.init_from != "resume":  # (a resume keeps what its checkpoint has)
+        options["composer_layers"] = True  # one input row left the frozen network little to say (docs/LOG.md)
     return dataclasses.replace(cfg, **options, replay_dir=replay_dir)
 
 
@@ -506,15 +512,18 @@ def join_composer_tables(run, dataset):
 
 
 def learn_new_rows_only(model, first_new):
-    """finetune=new_rows: every weight frozen but the composer rows from first_new on (their
-    gradient reaches no other row), so the network and the old composers stay exactly as they were."""
+    """finetune=new_rows: every weight frozen but the composer rows, at the input and before every
+    block, from first_new on (their gradient reaches no other row), so the network and the old
+    composers stay exactly as they were."""
     for p in model.parameters():
         p.requires_grad_(False)
-    rows = model.wce.weight
-    rows.requires_grad_(True)
-    keep_old = torch.ones(rows.shape[0], 1, device=rows.device)
-    keep_old[:first_new] = 0
-    rows.register_hook(lambda grad: grad * keep_old)
+    for rows in (model.wce.weight, getattr(model, "wcl", None)):
+        if rows is None:
+            continue
+        rows.requires_grad_(True)
+        keep_old = torch.ones(rows.shape[-2], 1, device=rows.device)  # the composer axis is second to last
+        keep_old[:first_new] = 0
+        rows.register_hook(lambda grad, keep_old=keep_old: grad * keep_old)
 
 
 def check_same_tokenizer(tokenizer_json, dataset, data_dir):

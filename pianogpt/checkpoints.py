@@ -30,14 +30,22 @@ def save_checkpoint(path, checkpoint):
         raise CliError(f"cannot write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
 
 
-def with_composer_rows(state, n_composers):
+def with_composer_rows(state, n_composers, layer_rows_shape=None):
     """A model state_dict with n_composers rows in its composer embedding: the saved rows as they
-    are, each new row the mean of the saved composers' rows (a composer-like start, not noise)."""
+    are, each new row the mean of the saved composers' rows (a composer-like start, not noise).
+    layer_rows_shape (n_layer, n_composers, n_embd): a model with composer_layers; its layer rows
+    start at zero for every composer the state has none for (zero adds nothing)."""
     rows = state["wce.weight"]
-    if len(rows) >= n_composers:
-        return state
-    new = rows[1:].mean(dim=0, keepdim=True).expand(n_composers - len(rows), -1)
-    return {**state, "wce.weight": torch.cat([rows, new])}
+    if len(rows) < n_composers:
+        new = rows[1:].mean(dim=0, keepdim=True).expand(n_composers - len(rows), -1)
+        state = {**state, "wce.weight": torch.cat([rows, new])}
+    if layer_rows_shape is not None:
+        layer_rows = torch.zeros(layer_rows_shape, dtype=rows.dtype)
+        saved = state.get("wcl")
+        if saved is not None:
+            layer_rows[:, :saved.shape[1]] = saved
+        state = {**state, "wcl": layer_rows}
+    return state
 
 
 def load_trained(path, device="cpu"):

@@ -210,7 +210,6 @@ def prefill(model, seq, keep, conditions, kind, dtype, cache_len, static):
     return logits[:, -1], caches, start
 
 
-@torch.no_grad()
 def batched_conditions(composer, kind, batch, use_cfg, device):
     """(composer rows, kind rows or None) of the batched forward: the conditional rows, then with
     guidance the unconditional ones (composer 0); both halves keep the kind."""
@@ -221,6 +220,7 @@ def batched_conditions(composer, kind, batch, use_cfg, device):
     return conditions, kind
 
 
+@torch.no_grad()  # no autograd graph: each step's would keep every earlier step's keys alive
 def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, top_p=0.95, guidance=1.0,
              generator=None, logits_processor=None, on_step=None, slide=None, compile=False, guidance_kinds=None,
              prepack=True, kind=None, stop=None):

@@ -82,14 +82,15 @@ def test_the_fine_tuned_checkpoint_samples_the_new_composer_and_resumes(tiny_che
     import sample
     from train import train
 
-    fine_tune(tiny_checkpoint, new_composer_data, tmp_path / "run")
+    fine_tune(tiny_checkpoint, new_composer_data, tmp_path / "run", finetune="new_rows", replay_share=0.0)
     sample.main(["--ckpt", str(tmp_path / "run" / "ckpt.pt"), "--composer", "satie", "--max_new_tokens", "20",
                  "--no-audio", "--out_dir", str(tmp_path / "samples")])
     assert json.load(open(tmp_path / "samples" / "Satie_1337.json"))["composer_id"] == 4
     # the config a user resumes with names no architecture: the run keeps the checkpoint's
-    train(tiny_train_config(new_composer_data, tmp_path / "run", init_from="resume", max_iters=9, n_embd=64))
+    train(tiny_train_config(new_composer_data, tmp_path / "run", init_from="resume", max_iters=9, n_embd=64,
+                            finetune="new_rows", replay_share=0.0))
     resumed = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
-    assert resumed["iter"] == 9 and resumed["new_composers"] == ["Satie"]
+    assert resumed["iter"] == 9 and resumed["new_composers"] == ["Satie"] and "wcl" in resumed["model"]
 
 
 def test_two_names_of_one_composer_are_refused_not_merged():
@@ -133,12 +134,27 @@ def test_evaluate_reads_a_dataset_by_composer_name_and_checks_the_new_composer_f
     assert f"longest copied run of the fine-tuned composers' samples {runs['Satie']}" in capsys.readouterr().out
 
 
-def test_new_rows_only_leaves_the_network_and_the_old_composers_exactly(tiny_checkpoint, new_composer_data,
-                                                                       tmp_path):
-    base = torch.load(tiny_checkpoint, weights_only=True)["model"]
-    tuned = fine_tune(tiny_checkpoint, new_composer_data, tmp_path, finetune="new_rows", replay_share=0.0)["model"]
-    n_old = base["wce.weight"].shape[0]
-    for name, weight in base.items():
-        old = tuned[name][:n_old] if name == "wce.weight" else tuned[name]
+def test_new_rows_learn_at_every_layer_and_leave_the_network_and_the_old_composers_exactly(
+        tiny_checkpoint, new_composer_data, tmp_path):
+    from model import MusicTransformer
+
+    base = torch.load(tiny_checkpoint, weights_only=True)
+    tuned = fine_tune(tiny_checkpoint, new_composer_data, tmp_path, finetune="new_rows", replay_share=0.0)
+    n_old = base["model"]["wce.weight"].shape[0]
+    for name, weight in base["model"].items():
+        old = tuned["model"][name][:n_old] if name == "wce.weight" else tuned["model"][name]
         assert torch.equal(old, weight), name
-    assert not torch.equal(tuned["wce.weight"][n_old], base["wce.weight"][1:].mean(dim=0))  # the new row learned
+    new_row = tuned["model"]["wce.weight"][n_old]
+    assert not torch.equal(new_row, base["model"]["wce.weight"][1:].mean(dim=0)), "the new input row learned"
+    layer_rows = tuned["model"]["wcl"]
+    assert tuned["model_config"]["composer_layers"]
+    assert layer_rows.shape[:2] == (base["model_config"]["n_layer"], n_old + 1)
+    assert torch.equal(layer_rows[:, :n_old], torch.zeros_like(layer_rows[:, :n_old]))
+    assert layer_rows[:, n_old].abs().sum(dim=-1).min() > 0, "every block's row of the new composer learned"
+    old_model = MusicTransformer.from_checkpoint_dict(base)
+    new_model = MusicTransformer.from_checkpoint_dict(tuned)
+    idx = torch.randint(2, 64, (3, 24))
+    with torch.no_grad():
+        for composer in range(n_old):  # every old composer, and unconditional row 0, predicts as before
+            ids = torch.full((3,), composer)
+            assert torch.equal(new_model(idx, ids, all_logits=True)[0], old_model(idx, ids, all_logits=True)[0])

@@ -67,6 +67,15 @@ def test_cache_filled_in_chunks_equals_full_forward(lever):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
 
 
+def test_generation_builds_no_autograd_graph_so_memory_stays_flat():
+    model = tiny_model(block_size=16)  # parameters that require grad, as a loaded model's do
+    seen = []
+    model.generate(torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 2]), 20, guidance=3.0,
+                   on_step=lambda step, logits, start: seen.append(logits))
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(logits.requires_grad for logits in seen), "each step's graph would hold every earlier key"
+
+
 def test_guidance_one_is_exactly_the_conditional_model():
     model = tiny_model()
     prompt = torch.ones(3, 1, dtype=torch.long)
@@ -126,6 +135,30 @@ def test_composer_changes_logits_and_row_zero_is_trained():
     loss.backward()
     assert model.wce.weight.grad[0].abs().sum() > 0
     assert model.wce.weight.grad[1:].abs().sum() == 0
+
+
+def test_composer_layer_rows_reach_every_block_alike_in_cache_and_full_forward():
+    plain = tiny_model(block_size=16, n_layer=3)
+    model = tiny_model(block_size=16, n_layer=3, composer_layers=True)
+    idx, composer = torch.randint(2, 64, (2, 12)), torch.tensor([1, 3])
+    assert torch.equal(model(idx, composer)[0], plain(idx, composer)[0])  # zero layer rows: exactly as without
+    with torch.no_grad():
+        model.wcl[:, 3].normal_(0, 0.5)  # composer 3 only, one row per block
+    for block in range(3):
+        one_block = tiny_model(block_size=16, n_layer=3, composer_layers=True)
+        with torch.no_grad():
+            one_block.wcl[block, 3] = model.wcl[block, 3]
+        changed = one_block(idx, composer, all_logits=True)[0]
+        unchanged = plain(idx, composer, all_logits=True)[0]
+        assert torch.equal(changed[0], unchanged[0]) and not torch.allclose(changed[1], unchanged[1]), block
+    mix = torch.nn.functional.one_hot(composer, 4).float()  # a one-hot mix is the composer itself
+    torch.testing.assert_close(model(idx, mix)[0], model(idx, composer)[0], atol=1e-5, rtol=0)
+    seen = []
+    out = model.generate(idx[:, :5], composer, 30, guidance=1.0, generator=torch.Generator().manual_seed(0),
+                         on_step=lambda step, logits, start: seen.append((step, logits.clone(), start)))
+    for step, logits, start in seen:
+        full, _ = model(out[:, start:5 + step], composer)
+        torch.testing.assert_close(logits, full[:, -1], atol=1e-4, rtol=0)
 
 
 def test_head_is_tied_to_token_embedding_and_param_count_matches_formula():
