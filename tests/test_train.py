@@ -324,7 +324,7 @@ def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path,
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--n_layers=4"], "unknown config key 'n_layers' (did you mean n_layer?)"),
+    (["--n_layers=4"], "unknown config key 'n_layers' (did you mean n_layer"),
     (["--batch_size=two"], "--batch_size expects an integer"),
     (["--batch_size=0"], "batch_size must be > 0"),
     (["--dropout=1.5"], "dropout must be in [0, 1)"),
