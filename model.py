@@ -200,7 +200,7 @@ class MusicTransformer(nn.Module):
         if cfg.n_kinds:  # which kind of MIDI a piece is (score or performance), so the composer need not say it
             self.wke = nn.Embedding(cfg.n_kinds, cfg.n_embd)
         if cfg.composer_layers:  # zero: a composer without learned layer rows is exactly as without them
-            self.wcl = nn.Parameter(torch.zeros(cfg.n_layer, cfg.n_composers, cfg.n_embd))
+            self.wcl = nn.Parameter(torch.zeros(cfg.n_composers, cfg.n_layer, cfg.n_embd))
         if cfg.positions == "learned":
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         else:  # not in the state dict: a function of the config
@@ -246,7 +246,7 @@ class MusicTransformer(nn.Module):
         layer_rows = self.composer_layer_rows(composer)
         for i, block in enumerate(self.blocks):
             if layer_rows is not None:
-                x = x + layer_rows[i][:, None, :]
+                x = x + layer_rows[:, i, None, :]
             if caches is not None:
                 x = block(x, caches[i], rotary)
             elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
@@ -264,7 +264,7 @@ class MusicTransformer(nn.Module):
     def embed(self, idx, composer, positions, kind=None):
         """The residual stream's input for tokens idx [B, T] at positions [T] (a device tensor), and
         the rotary angles of those positions (None with learned positions)."""
-        x = self.wte(idx) + composer_vectors(self.wce, composer)[:, None, :]
+        x = self.wte(idx) + composer_vectors(self.wce.weight, composer)[:, None, :]
         if self.config.n_kinds:
             kind = torch.zeros(idx.size(0), dtype=torch.long, device=idx.device) if kind is None else kind
             x = x + self.wke(kind)[:, None, :]
@@ -276,12 +276,8 @@ class MusicTransformer(nn.Module):
         return self.drop(x), rotary
 
     def composer_layer_rows(self, composer):
-        """[n_layer, B, n_embd]: what composer_layers adds before each block, or None without it."""
-        if not self.config.composer_layers:
-            return None
-        if composer.is_floating_point():  # a mix: the weighted sum of the composers' rows, as composer_vectors
-            return composer.to(self.wcl.dtype) @ self.wcl
-        return self.wcl[:, composer]
+        """[B, n_layer, n_embd]: what composer_layers adds before each block, or None without it."""
+        return composer_vectors(self.wcl, composer) if self.config.composer_layers else None
 
     def head(self, x):
         return self.lm_head(x)
@@ -301,7 +297,7 @@ class MusicTransformer(nn.Module):
         layer_rows = self.composer_layer_rows(composer)
         for i, (block, cache) in enumerate(zip(self.blocks, caches)):
             if layer_rows is not None:
-                x = x + layer_rows[i][:, None, :]
+                x = x + layer_rows[:, i, None, :]
             x = block(x, cache, rotary, step_pos=pos)
         return self.head(self.ln_f(x))[:, -1]
 
@@ -346,12 +342,12 @@ class MusicTransformer(nn.Module):
 # ---------------------------------------------------------------------- composers
 
 
-def composer_vectors(table, composer):
-    """Rows of an embedding table for composer ids [B], or their weighted sums for a mix of
-    composers given as weights [B, n_composers] (a style mix: 0.7 Chopin + 0.3 Bach)."""
-    if composer.is_floating_point():
-        return composer.to(table.weight.dtype) @ table.weight
-    return table(composer)
+def composer_vectors(rows, composer):
+    """rows [n_composers, ...] of composer ids [B], or their weighted sums for a mix of composers
+    given as weights [B, n_composers] (a style mix: 0.7 Chopin + 0.3 Bach)."""
+    flat = rows.flatten(1)  # [n_composers, every other axis]
+    picked = composer.to(rows.dtype) @ flat if composer.is_floating_point() else F.embedding(composer, flat)
+    return picked.view(len(composer), *rows.shape[1:])
 
 
 # ---------------------------------------------------------------------- sampling

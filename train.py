@@ -521,7 +521,7 @@ def learn_new_rows_only(model, first_new):
         if rows is None:
             continue
         rows.requires_grad_(True)
-        keep_old = torch.ones(rows.shape[-2], 1, device=rows.device)  # the composer axis is second to last
+        keep_old = torch.ones(len(rows), *[1] * (rows.dim() - 1), device=rows.device)  # composers come first
         keep_old[:first_new] = 0
         rows.register_hook(lambda grad, keep_old=keep_old: grad * keep_old)
 

@@ -33,7 +33,7 @@ def save_checkpoint(path, checkpoint):
 def with_composer_rows(state, n_composers, layer_rows_shape=None):
     """A model state_dict with n_composers rows in its composer embedding: the saved rows as they
     are, each new row the mean of the saved composers' rows (a composer-like start, not noise).
-    layer_rows_shape (n_layer, n_composers, n_embd): a model with composer_layers; its layer rows
+    layer_rows_shape (n_composers, n_layer, n_embd): a model with composer_layers; its layer rows
     start at zero for every composer the state has none for (zero adds nothing)."""
     rows = state["wce.weight"]
     if len(rows) < n_composers:
@@ -43,7 +43,7 @@ def with_composer_rows(state, n_composers, layer_rows_shape=None):
         layer_rows = torch.zeros(layer_rows_shape, dtype=rows.dtype)
         saved = state.get("wcl")
         if saved is not None:
-            layer_rows[:, :saved.shape[1]] = saved
+            layer_rows[:len(saved)] = saved
         state = {**state, "wcl": layer_rows}
     return state
 

@@ -148,9 +148,9 @@ def test_new_rows_learn_at_every_layer_and_leave_the_network_and_the_old_compose
     assert not torch.equal(new_row, base["model"]["wce.weight"][1:].mean(dim=0)), "the new input row learned"
     layer_rows = tuned["model"]["wcl"]
     assert tuned["model_config"]["composer_layers"]
-    assert layer_rows.shape[:2] == (base["model_config"]["n_layer"], n_old + 1)
-    assert torch.equal(layer_rows[:, :n_old], torch.zeros_like(layer_rows[:, :n_old]))
-    assert layer_rows[:, n_old].abs().sum(dim=-1).min() > 0, "every block's row of the new composer learned"
+    assert layer_rows.shape[:2] == (n_old + 1, base["model_config"]["n_layer"])
+    assert torch.equal(layer_rows[:n_old], torch.zeros_like(layer_rows[:n_old]))
+    assert layer_rows[n_old].abs().sum(dim=-1).min() > 0, "every block's row of the new composer learned"
     old_model = MusicTransformer.from_checkpoint_dict(base)
     new_model = MusicTransformer.from_checkpoint_dict(tuned)
     idx = torch.randint(2, 64, (3, 24))

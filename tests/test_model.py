@@ -143,11 +143,11 @@ def test_composer_layer_rows_reach_every_block_alike_in_cache_and_full_forward()
     idx, composer = torch.randint(2, 64, (2, 12)), torch.tensor([1, 3])
     assert torch.equal(model(idx, composer)[0], plain(idx, composer)[0])  # zero layer rows: exactly as without
     with torch.no_grad():
-        model.wcl[:, 3].normal_(0, 0.5)  # composer 3 only, one row per block
+        model.wcl[3].normal_(0, 0.5)  # composer 3 only, one row per block
     for block in range(3):
         one_block = tiny_model(block_size=16, n_layer=3, composer_layers=True)
         with torch.no_grad():
-            one_block.wcl[block, 3] = model.wcl[block, 3]
+            one_block.wcl[3, block] = model.wcl[3, block]
         changed = one_block(idx, composer, all_logits=True)[0]
         unchanged = plain(idx, composer, all_logits=True)[0]
         assert torch.equal(changed[0], unchanged[0]) and not torch.allclose(changed[1], unchanged[1]), block
