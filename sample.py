@@ -30,7 +30,7 @@ from pianogpt.checkpoints import load_trained
 from pianogpt.cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fraction_in, non_negative_int,
                           positive_float, positive_int, run_program)
 from pianogpt.dataset import RENDER_AS, UNCONDITIONAL
-from pianogpt.devices import device_type_of, resolve_device, resolve_dtype
+from pianogpt.devices import compile_problem, device_type_of, resolve_device, resolve_dtype
 from pianogpt.gallery import write_gallery
 from pianogpt.pictures import piano_roll, png_bytes
 from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, bar_line_seconds,
@@ -257,15 +257,18 @@ def sampling_dtype(choice, model, device_type):
 
 
 def compile_pays(choice, model, device, new_tokens):
-    """Whether to compile the decode step: on / off as asked; auto where it pays back.
-    On a GPU a one-token step is bound by kernel launches, which CUDA graphs remove (the
-    gpt-fast result; not yet measured here): compile from 256 tokens. On a CPU it is bound
-    by memory traffic, and the compiled step (static shapes: attention over every cache slot)
-    decoded slower than the eager one with prepacked weights (bench.py, docs/LOG.md "Sampling
-    speed"), so auto leaves it eager."""
-    if choice != "auto":
-        return choice == "on"
-    return str(device).startswith("cuda") and new_tokens >= 256
+    """Whether to compile the decode step: on / off as asked (on where torch.compile cannot run
+    is a CliError); auto where it pays back and can run. On a GPU a one-token step is bound by
+    kernel launches, which CUDA graphs remove (the gpt-fast result; not yet measured here):
+    compile from 256 tokens. On a CPU it is bound by memory traffic, and the compiled step
+    (static shapes: attention over every cache slot) decoded slower than the eager one with
+    prepacked weights (bench.py, docs/LOG.md "Sampling speed"), so auto leaves it eager."""
+    wanted = choice == "on" or choice == "auto" and str(device).startswith("cuda") and new_tokens >= 256
+    problem = compile_problem(device) if wanted else None
+    if problem and choice == "on":
+        raise CliError(f"--compile on: torch.compile cannot run on {device} here ({problem}); "
+                       "--compile auto or off decodes eager")
+    return wanted and not problem
 
 
 def claim_stem(base):
@@ -448,12 +451,13 @@ def run(args, kept):
         return
     soundfont = find_soundfont(args.soundfont) if args.audio else None
     if args.serve:
+        compile_pays(args.compile, model, device, 0)  # --compile on where it cannot run: said now, not per piece
         make_out_dir(args.out_dir)
         return serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept)
     request = resolve_request(args, model, checkpoint, tokenizer)
     print_request(args, request)
-    make_out_dir(args.out_dir)
     compiled = compile_pays(args.compile, model, device, request["max_new_tokens"] * len(args.guidance))
+    make_out_dir(args.out_dir)
     print(f"decode step: {'compiled' if compiled else 'eager'} (--compile {args.compile}), {dtype} on {device}")
     tokens, elapsed, summaries = make_samples(args, model, tokenizer, request, device, compiled, soundfont, kept)
     print(f"{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s); audio: "

@@ -27,8 +27,8 @@ from pianogpt.checkpoints import load_checkpoint, save_checkpoint, with_composer
 from pianogpt.cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
 from pianogpt.dataset import WindowSampler, merge_composer_tables, open_dataset
 from pianogpt.remi import tokenizer_from_json
-from pianogpt.devices import (autocast_context, cpu_description, device_type_of, machine_key, machine_matmul_peak,
-                              recall, remember, resolve_device, resolve_dtype)
+from pianogpt.devices import (autocast_context, compile_problem, cpu_description, device_type_of, machine_key,
+                              machine_matmul_peak, recall, remember, resolve_device, resolve_dtype)
 from model import ModelConfig, ModelOptions, MusicTransformer, load_state
 from pianogpt.optim import OPTIMIZERS, orthogonalization_dtype
 from pianogpt.pictures import chart, png_bytes, side_by_side
@@ -418,6 +418,10 @@ def set_up_model(run):
         run.seconds_before = checkpoint.get("train_seconds", 0.0)
     run.raw_model = model
     if cfg.compile == "on":
+        problem = compile_problem(run.device)
+        if problem:
+            raise CliError(f"compile=on: torch.compile cannot run on {run.device} here ({problem}); "
+                           "--compile=auto or --compile=off trains eager")
         model = torch.compile(model)
     if run.ddp:
         from torch.nn.parallel import DistributedDataParallel
@@ -638,8 +642,8 @@ def training_loop(run):
 
 class CompileTrial:
     """compile=auto: whether torch.compile pays for this run on this device, measured, not assumed.
-    The loop times a few eager steps; where the time left could repay a compile, the step is
-    compiled, then compiled and eager steps alternate (a shared VM's speed drifts for seconds at a
+    The loop times a few eager steps; where the time left could repay a compile (and torch.compile
+    can run here at all: devices.compile_problem), the step is compiled, then compiled and eager steps alternate (a shared VM's speed drifts for seconds at a
     time: alternating puts both under the same drift) and the faster is kept (compiling already
     spent is spent). What compiling cost and saved is remembered for this machine and step shape
     (memory_key; devices.remember), so the next such run decides by it; with nothing remembered the
@@ -679,9 +683,13 @@ class CompileTrial:
         step_s = statistics.median(self.times["eager"])
         left = seconds_left(run, it, step_s)
         compile_s, saving, source = self.expected()
-        if rank0_value(saving > 0 and left * saving >= compile_s, run.ddp):  # timings differ by rank
+        pays = saving > 0 and left * saving >= compile_s
+        problem = compile_problem(run.device) if pays else None
+        if rank0_value(pays and not problem, run.ddp):  # timings differ by rank
             self.compiled = run.model = torch.compile(self.eager_model)
             self.phase = "compiling"
+        elif problem:
+            self.decided(run, it, bar, f"eager ({step_s:.3f} s/step; torch.compile cannot run here: {problem})")
         elif saving <= 0:
             self.decided(run, it, bar, f"eager ({step_s:.3f} s/step; the compiled step was no faster {source})")
         else:

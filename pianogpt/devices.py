@@ -1,6 +1,7 @@
 """Where and in what precision to run: device, dtype and autocast choice, and the measured
 matmul peak that MFU is quoted against. Shared by train, sample, evaluate and bench."""
 import contextlib
+import functools
 import json
 import os
 import time
@@ -61,6 +62,22 @@ def autocast_context(device_type, dtype):
     if dtype == "float32" or device_type == "mps":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+
+
+@functools.cache
+def compile_problem(device):
+    """None where torch.compile can build code for this device, else why not, in one line.
+
+    Inductor needs a working C++ compiler for a CPU and Triton for a GPU, and many machines lack
+    them (a laptop without build tools, most Windows installs): the first compiled call then fails
+    deep inside torch. Compiling a tiny function finds out first (a few seconds, once per process;
+    only programs about to compile ask)."""
+    try:
+        torch.compile(lambda x: x * 2 + 1, fullgraph=True, dynamic=False)(torch.ones(4, device=device))
+    except Exception as e:  # torch raises several kinds here (InductorError, BackendCompilerFailed, RuntimeError)
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        return lines[0] if lines else type(e).__name__
+    return None
 
 
 def measure_matmul_peak(device, dtype, seconds=1.0, rounds=10):

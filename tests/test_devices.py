@@ -47,6 +47,46 @@ def test_compiled_model_trains_and_saves_plain_weights(tiny_dataset, tmp_path):
     MusicTransformer.from_checkpoint(tmp_path / "ckpt.pt")
 
 
+NO_COMPILER = "InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx"
+
+
+def test_without_a_cpp_compiler_compile_on_is_a_one_line_error_before_anything_is_written(tiny_dataset, tmp_path):
+    """A real machine without one, as inductor sees it: CXX names no compiler."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "train.py", f"--data_dir={tiny_dataset}", f"--out_dir={out}",
+                             "--max_iters=2", "--compile=on", "--n_layer=1", "--n_embd=32", "--block_size=32"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "CXX": "/nonexistent/c++"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert f"compile=on: torch.compile cannot run on cpu here ({NO_COMPILER}" in lines[0]
+    assert "--compile=auto or --compile=off trains eager" in lines[0]
+    assert not (out / "ckpt.pt").exists()
+
+
+def test_sample_and_bench_asked_to_compile_where_it_cannot_run_say_so_in_one_line(tiny_checkpoint, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import bench
+    import sample
+    from test_dataset import one_line_error
+
+    for program in (sample, bench):
+        monkeypatch.setattr(program, "compile_problem", lambda device: NO_COMPILER)
+    out = tmp_path / "samples"
+    err = one_line_error(capsys, lambda: sample.main(["--ckpt", str(tiny_checkpoint), "--composer_id", "1",
+                                                      "--compile", "on", "--out_dir", str(out), "--no-audio"]))
+    assert "--compile on: torch.compile cannot run on cpu here" in err and "auto or off decodes eager" in err
+    assert not out.exists()
+    assert not sample.compile_pays("auto", None, "cuda", 4096), "auto decodes eager where compiling cannot run"
+    err = one_line_error(capsys, lambda: bench.main(["--quick", "--cases", "train", "--compile"]))
+    assert "--compile: torch.compile cannot run on cpu here" in err and "leave --compile out" in err
+
+
 @needs_cuda
 def test_cuda_training_uses_bf16_or_fp16_fused_adamw_and_compile(tiny_dataset, tmp_path):
     last = tiny_run(tiny_dataset, tmp_path, device="cuda", dtype="auto", compile="on", max_iters=6, eval_interval=3)

@@ -145,7 +145,7 @@ def compile_trial_run(max_iters, step_times, max_minutes=0.0, memory_key=None):
     from types import SimpleNamespace
 
     eager, said = object(), []
-    run = SimpleNamespace(cfg=SimpleNamespace(max_minutes=max_minutes), max_iters=max_iters, ddp=False,
+    run = SimpleNamespace(cfg=SimpleNamespace(max_minutes=max_minutes), max_iters=max_iters, ddp=False, device="cpu",
                           master=True, model=eager, log=lambda record: None, train_seconds=lambda: 0.0)
     trial = train_module.CompileTrial(eager, memory_key)
     for it, seconds in enumerate(step_times):
@@ -158,6 +158,7 @@ FASTER_COMPILED = [5.0, 1.0, 1.0, 1.0, 61.0] + [1.0, 0.8] * 3  # warm-up, eager 
 
 def test_compile_auto_compiles_only_where_the_time_left_repays_it_and_keeps_the_faster_step(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda model: ("compiled", model))
+    monkeypatch.setattr(train_module, "compile_problem", lambda device: None)
     model, eager, said = compile_trial_run(200, [5.0, 1.0, 1.0, 1.0])  # 196 s left: a 60 s compile cannot repay
     assert model is eager and said[0].startswith("eager") and "would not repay" in said[0]
     model, eager, said = compile_trial_run(5000, [5.0, 1.0, 1.0, 1.0], max_minutes=2.0)  # the time budget counts too
@@ -179,6 +180,7 @@ def test_compile_auto_decides_by_what_compiling_cost_and_saved_on_this_machine_b
     from pianogpt.devices import recall, remember
 
     monkeypatch.setattr(torch, "compile", lambda model: ("compiled", model))
+    monkeypatch.setattr(train_module, "compile_problem", lambda device: None)
     monkeypatch.setenv("PIANOGPT_CACHE", str(tmp_path))
     compile_trial_run(5000, FASTER_COMPILED, memory_key="this step")
     assert recall("compile.json", "this step") == {"compile_s": 60.0, "speedup": 1.25}  # 61 - 1 s; 1.0 / 0.8
@@ -193,6 +195,18 @@ def test_compile_auto_decides_by_what_compiling_cost_and_saved_on_this_machine_b
     remember("compile.json", "this step", "garbled")
     model, eager, said = compile_trial_run(200, [5.0, 1.0, 1.0, 1.0], memory_key="this step")
     assert model is eager and "(a guess)" in said[0]
+
+
+def test_compile_auto_trains_eager_and_says_why_where_torch_compile_cannot_run(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda model: ("compiled", model))
+    asked = []
+    monkeypatch.setattr(train_module, "compile_problem",
+                        lambda device: asked.append(device) or "InvalidCxxCompiler: No working C++ compiler found")
+    model, eager, said = compile_trial_run(200, [5.0, 1.0, 1.0, 1.0])
+    assert model is eager and not asked, "a run too short to compile never pays for the probe"
+    model, eager, said = compile_trial_run(5000, [5.0, 1.0, 1.0, 1.0] + [1.0] * 8)
+    assert model is eager and said == [said[0]], "decided once, and never compiled later"
+    assert said[0].startswith("eager (1.000 s/step; torch.compile cannot run here: InvalidCxxCompiler")
 
 
 def test_compile_auto_leaves_a_short_run_eager_and_logs_why(tiny_dataset, tmp_path):
