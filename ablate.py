@@ -33,7 +33,6 @@ LEVERS = {
     "qk_norm": ["--qk_norm=True"],
     "untied": ["--tie_head=False"],
     "muon": ["--optimizer=muon"],
-    "stretch": ["--time_stretch=0.1"],
     "head64": ["--n_head=2"],  # head size 64: what AVX512 / AMX tiles and the CPU flash kernel like
 }
 CHOSEN = ["config/remi_cpu.py"]  # the shipped recipe: its own config file instead of the baseline's

@@ -77,7 +77,6 @@ class TrainConfig(ModelOptions):
     composer_balance: float = 0.0  # 0: every piece equally often; 1: every composer equally often
     rendition_weight: float = 1.0  # how often a performed rendition (prepare --renditions) is drawn, per file drawn
     transpose: int = 0  # random pitch shift in [-transpose, transpose] semitones per window
-    time_stretch: float = 0.0  # > 0: per window, tempo and note lengths scaled by factors in [1/(1+s), 1+s]
     # system
     device: str = "auto"  # auto | cpu | cuda | mps (or cuda:N)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
@@ -117,8 +116,6 @@ class TrainConfig(ModelOptions):
             raise CliError(f"composer_balance must be in [0, 1], got {self.composer_balance}")
         if not 0 <= self.transpose <= 24:
             raise CliError(f"transpose must be in 0..24 semitones, got {self.transpose}")
-        if not 0 <= self.time_stretch <= 1:
-            raise CliError(f"time_stretch must be in [0, 1] (0.1 = up to 10% faster or slower), got {self.time_stretch}")
         if self.compile not in ("auto", "on", "off"):
             raise CliError(f"compile must be one of auto, on, off; got {self.compile!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -764,7 +761,7 @@ def micro_batch(run, it, micro):
     n_replay = round(cfg.batch_size * cfg.replay_share) if run.replay_data is not None else 0
     n_new = cfg.batch_size - n_replay
     pieces = train_pieces(len(run.train_data), cfg.seed, micro_step * n_new, n_new, run.piece_weights)
-    options = (cfg.cond_drop, cfg.transpose, cfg.time_stretch, cfg.kind_drop if cfg.n_kinds else 0.0)
+    options = (cfg.cond_drop, cfg.transpose, cfg.kind_drop if cfg.n_kinds else 0.0)
     batch = run.train_data.batch(pieces, rng, *options)
     if n_replay:  # fine-tuning: the rest of the windows from the data the checkpoint learned from
         old = train_pieces(len(run.replay_data), cfg.seed + 1, micro_step * n_replay, n_replay, run.replay_weights)

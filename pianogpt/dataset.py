@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from pianogpt.cli import CliError
-from pianogpt.remi import check_tokenizer, stretch_table, transpose_pitches
+from pianogpt.remi import check_tokenizer, transpose_pitches
 
 FORMAT_VERSION = 2
 UNCONDITIONAL = "<unconditional>"  # composers.json name of id 0; real composers are 1..N by name
 SPLITS = ("train", "val")
 KIND_IDS = {"sequenced": 1, "performed": 2}  # 0: unknown (or dropped in training, like composer 0)
 RENDER_AS = {"score": KIND_IDS["sequenced"], "performance": KIND_IDS["performed"]}  # a new piece's kind, by its use
-STRETCH_STEPS = 4  # time_stretch draws from 9 factors per type: enough variety, tables built once
 CHECKSUMMED = ("train.bin", "val.bin", "train.idx.npy", "val.idx.npy", "composers.json", "tokenizer.json",
                "pieces.jsonl")
 
@@ -311,10 +310,8 @@ class WindowSampler:
         self.block_size = block_size
         self.pad_id, self.bos_id = meta["pad_id"], meta["bos_id"]
         self.pitch_lo, self.pitch_hi = meta["pitch_ids"]
-        self.vocab = dataset.tokenizer.vocab
         self.kinds = dataset.kind_ids(split) if len(self.index) else np.zeros(0, np.int64)
         self.renditions = dataset.rendition_mask(split) if len(self.index) else np.zeros(0, bool)
-        self._stretch = None
 
     def __len__(self):
         return len(self.index)
@@ -336,19 +333,9 @@ class WindowSampler:
     def transpose(self, x, semitones):
         return transpose_pitches(x, semitones, self.pitch_lo, self.pitch_hi)
 
-    def stretch_tables(self, time_stretch, steps=STRETCH_STEPS):
-        """Token maps for 2 * steps + 1 log-spaced factors in [1/(1+s), 1+s], per (tempo, length)."""
-        if self._stretch is None or self._stretch[0] != time_stretch:
-            factors = np.exp(np.linspace(-1, 1, 2 * steps + 1) * np.log1p(time_stretch))
-            tables = np.stack([stretch_table(self.vocab, f, 1.0) for f in factors]), \
-                np.stack([stretch_table(self.vocab, 1.0, f) for f in factors])
-            self._stretch = (time_stretch, tables)
-        return self._stretch[1]
-
-    def batch(self, pieces, rng, cond_drop=0.0, transpose=0, time_stretch=0.0, kind_drop=0.0):
+    def batch(self, pieces, rng, cond_drop=0.0, transpose=0, kind_drop=0.0):
         """(input [B, T], target [B, T], composer [B], kind [B]) for the given piece rows.
-        Augmentation per window: a pitch shift in [-transpose, transpose] semitones; tempo and
-        note lengths scaled by independent factors in [1/(1+time_stretch), 1+time_stretch].
+        Augmentation per window: a pitch shift in [-transpose, transpose] semitones.
         cond_drop / kind_drop: the share of windows whose composer / kind becomes 0 (unknown)."""
         import torch
 
@@ -357,9 +344,6 @@ class WindowSampler:
             x = self.window(piece, rng)
             if transpose:
                 x = self.transpose(x, int(rng.integers(-transpose, transpose + 1)))
-            if time_stretch:
-                tempo_maps, length_maps = self.stretch_tables(time_stretch)
-                x = length_maps[rng.integers(len(length_maps))][tempo_maps[rng.integers(len(tempo_maps))][x]]
             rows.append(x)
         x = torch.from_numpy(np.stack(rows))
         composer = torch.from_numpy(self.index[pieces, 2].astype(np.int64))

@@ -153,38 +153,6 @@ def guidance_kinds(tokenizer, mode):
     return token_kinds(tokenizer.vocab)[0] if mode == "within_types" else None
 
 
-def token_values(vocab, kind):
-    """(ids, numeric values) of one token type: Tempo in beats per minute, Duration in beats
-    ("1.2.8" is 1 + 2/8 beats)."""
-    ids, values = [], []
-    for token, i in vocab.items():
-        name, _, value = token.partition("_")
-        if name != kind:
-            continue
-        if kind == "Duration":
-            beats, sub, res = (int(v) for v in value.split("."))
-            values.append(beats + sub / res)
-        else:
-            values.append(float(value))
-        ids.append(i)
-    return np.array(ids, dtype=np.int64), np.array(values, dtype=np.float64)
-
-
-def stretch_table(vocab, tempo_factor, length_factor):
-    """Token-id map (an array over the vocabulary) that multiplies every Tempo by tempo_factor
-    and every Duration by length_factor, each to the nearest token of its type in log scale
-    (clipped to the type's range). Positions, bars and pitches are untouched, so the rhythm
-    on the grid stays; the piece plays faster or slower, and its notes are held longer or
-    shorter."""
-    table = np.arange(len(vocab), dtype=np.int64)
-    for kind, factor in (("Tempo", tempo_factor), ("Duration", length_factor)):
-        ids, values = token_values(vocab, kind)
-        if len(ids):
-            distance = np.abs(np.log(values[:, None] * factor) - np.log(values[None, :]))
-            table[ids] = ids[distance.argmin(axis=1)]
-    return table
-
-
 # ----------------------------------------------------------------------------- one stream per piece
 
 def notes_of(tracks):

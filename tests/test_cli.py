@@ -18,7 +18,7 @@ BAD_FLAGS = {
               ["--n_kinds=1"], ["--kind_drop=-0.5"], ["--max_minutes=-5"], ["--max_minutes=x"],
               ["--save_every_min=-1"], ["--positions=alibi"], ["--norm=batch"], ["--mlp=tanh"], ["--qk_norm=maybe"],
               ["--tie_head=x"], ["--mlp=swiglu"], ["--optimizer=sgd"],
-              ["--time_stretch=-0.1"], ["--time_stretch=2"], ["--positions=rope", "--n_embd=36", "--n_head=4"]],
+              ["--positions=rope", "--n_embd=36", "--n_head=4"]],
     "sample": [["--top_k", "-1"], ["--top_k", "x"], ["--top_p", "0"], ["--top_p", "1.5"], ["--top_p", "x"],
                ["--temperature", "0"], ["--temperature", "-1"], ["--temperature", "hot"], ["--temperature", "inf"],
                ["--guidance", "-1"], ["--guidance", "x"], ["--guidance", "nan"], ["--max_new_tokens", "0"],

@@ -7,7 +7,6 @@ import torch
 from conftest import tiny_model
 from model import ModelConfig, MusicTransformer
 from pianogpt.optim import MuonWithAdamW
-from pianogpt.remi import build_tokenizer, stretch_table, token_values
 
 
 def tiny(**options):
@@ -132,52 +131,6 @@ def test_muon_learns_and_its_state_round_trips():
     assert {g["lr"] for g in again.muon.param_groups + again.adamw.param_groups} == {1.25e-4}
     with pytest.raises(ValueError, match="Muon"):
         again.load_state_dict(model.configure_optimizers(0.0, 1e-3).state_dict())
-
-
-# ----------------------------------------------------------------------------- time stretch
-
-
-@pytest.fixture(scope="module")
-def vocab():
-    return build_tokenizer().vocab
-
-
-def test_stretch_by_one_is_the_identity_and_other_tokens_never_move(vocab):
-    assert np.array_equal(stretch_table(vocab, 1.0, 1.0), np.arange(len(vocab)))
-    table = stretch_table(vocab, 1.3, 0.7)
-    kinds = {i: token.split("_")[0] for token, i in vocab.items()}
-    for i, j in enumerate(table):
-        assert kinds[int(j)] == kinds[i], "a token stays of its type"
-        if kinds[i] not in ("Tempo", "Duration"):
-            assert j == i
-
-
-def test_stretch_scales_tempo_and_note_lengths_to_the_nearest_token(vocab):
-    inv = {i: t for t, i in vocab.items()}
-    faster = stretch_table(vocab, 1.5, 1.0)
-    assert inv[int(faster[vocab["Tempo_100.97"]])] == "Tempo_148.39"  # 151.5 bpm: nearest in log scale
-    assert inv[int(faster[vocab["Tempo_250.0"]])] == "Tempo_250.0", "clipped at the fastest tempo"
-    longer = stretch_table(vocab, 1.0, 2.0)
-    assert inv[int(longer[vocab["Duration_1.0.8"]])] == "Duration_2.0.8"
-    assert inv[int(longer[vocab["Duration_0.2.8"]])] == "Duration_0.4.8"
-    ids, values = token_values(vocab, "Duration")
-    assert len(ids) == 64 and values.min() == 0.125 and values.max() == 12.0
-
-
-def test_stretched_windows_differ_only_in_tempo_and_duration_tokens(tiny_dataset):
-    from pianogpt.dataset import WindowSampler, open_dataset
-
-    dataset = open_dataset(tiny_dataset)
-    sampler = WindowSampler(dataset, "train", 64)
-    kinds = np.array([t.split("_")[0] for t, _ in sorted(dataset.tokenizer.vocab.items(), key=lambda kv: kv[1])])
-    changed = 0
-    for piece in range(len(sampler)):
-        plain, _, _, _ = sampler.batch([piece], np.random.default_rng(piece))
-        stretched, _, _, _ = sampler.batch([piece], np.random.default_rng(piece), time_stretch=0.5)
-        moved = (plain != stretched).numpy()[0]
-        assert set(kinds[plain.numpy()[0][moved]]) <= {"Tempo", "Duration"}
-        changed += moved.sum()
-    assert changed > 0
 
 
 # ----------------------------------------------------------------------------- the seed's run

@@ -216,7 +216,7 @@ def test_compile_auto_leaves_a_short_run_eager_and_logs_why(tiny_dataset, tmp_pa
 
 
 MODERN = dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_head=False, optimizer="muon",
-              time_stretch=0.2, n_kinds=3)
+              n_kinds=3)
 
 
 @pytest.mark.parametrize("recipe", [{}, MODERN], ids=["seed", "modern"])
@@ -316,7 +316,7 @@ def test_sigkill_mid_training_leaves_a_loadable_checkpoint_and_resume_finishes(t
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter"] == ckpt["iter"] + 2
 
 
-@pytest.mark.parametrize("recipe", [{}, dict(optimizer="muon", positions="rope", time_stretch=0.1)],
+@pytest.mark.parametrize("recipe", [{}, dict(optimizer="muon", positions="rope", transpose=2)],
                          ids=["adamw", "muon"])
 def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path, recipe):
     args = cli_args(tiny_dataset, tmp_path, max_iters=3, grad_accum=2, eval_interval=3, **recipe)
