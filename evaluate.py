@@ -207,25 +207,26 @@ def identification(scores, true_ids, candidates, names, train_counts):
     composer among these pieces weighs alike: a slice that is mostly one composer cannot be won by
     naming him every time) and a confusion table {true: {predicted: pieces}}."""
     candidates = list(candidates)
+    commonest = max(candidates, key=lambda c: train_counts.get(c, 0))
+    shared = {"pieces": len(true_ids), "chance": 1 / len(candidates), "commonest_composer": names[commonest]}
+    if not true_ids:  # a slice without a piece by a compared composer
+        nan = float("nan")
+        return {**shared, "accuracy": nan, "accuracy_interval": [nan, nan], "balanced_accuracy": nan,
+                "composers_here": 0, "commonest_baseline": nan, "commonest_here": None,
+                "commonest_here_baseline": nan, "confusion": {}}
     credit = tie_shared_credit(scores, [candidates.index(true) for true in true_ids], atol=1e-6)
     guesses = [candidates[int(torch.as_tensor(row).argmax())] for row in scores]
-    confusion = confusion_table(zip(true_ids, guesses), names)
-    commonest = max(candidates, key=lambda c: train_counts.get(c, 0))
-    interval = bootstrap_mean(credit, np.ones(len(credit))) if credit else {"low": float("nan"), "high": float("nan")}
+    interval = bootstrap_mean(credit, np.ones(len(credit)))
     by_composer = {}
     for true, c in zip(true_ids, credit):
         by_composer.setdefault(true, []).append(c)
-    most_here = max(by_composer, key=lambda c: len(by_composer[c])) if credit else None
-    nan = float("nan")
-    return {"accuracy": float(np.mean(credit)) if credit else nan, "pieces": len(credit),
-            "accuracy_interval": [interval["low"], interval["high"]],
-            "balanced_accuracy": float(np.mean([np.mean(v) for v in by_composer.values()])) if credit else nan,
+    most_here = max(by_composer, key=lambda c: len(by_composer[c]))
+    return {**shared, "accuracy": float(np.mean(credit)), "accuracy_interval": [interval["low"], interval["high"]],
+            "balanced_accuracy": float(np.mean([np.mean(v) for v in by_composer.values()])),
             "composers_here": len(by_composer),
-            "chance": 1 / len(candidates), "commonest_composer": names[commonest],
-            "commonest_baseline": float(np.mean([t == commonest for t in true_ids])) if credit else nan,
-            "commonest_here": names[most_here] if credit else None,
-            "commonest_here_baseline": len(by_composer[most_here]) / len(credit) if credit else nan,
-            "confusion": confusion}
+            "commonest_baseline": float(np.mean([t == commonest for t in true_ids])),
+            "commonest_here": names[most_here], "commonest_here_baseline": len(by_composer[most_here]) / len(credit),
+            "confusion": confusion_table(zip(true_ids, guesses), names)}
 
 
 def score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ctx=None):

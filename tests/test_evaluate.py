@@ -148,6 +148,9 @@ def test_balanced_identification_weighs_every_composer_alike():
     assert r["commonest_composer"] == "c2" and r["commonest_baseline"] == 0.1, "the training prior, beside it"
     right = [[0.0 if k == t else -1.0 for k in (1, 2, 3)] for t in true_ids]
     assert identification(right, true_ids, [1, 2, 3], names, {1: 5})["balanced_accuracy"] == 1.0
+    empty = identification([], [], [1, 2, 3], names, {1: 5})  # a slice with no compared composer's piece
+    assert empty["pieces"] == 0 and np.isnan(empty["accuracy"]) and np.isnan(empty["balanced_accuracy"])
+    assert set(empty) == set(r) and empty["confusion"] == {} and empty["chance"] == 1 / 3
 
 
 def test_bootstrap_is_seeded_reproducible_and_brackets_the_mean():
