@@ -27,8 +27,8 @@ from pianogpt.checkpoints import load_checkpoint, save_checkpoint, with_composer
 from pianogpt.cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
 from pianogpt.dataset import WindowSampler, merge_composer_tables, open_dataset
 from pianogpt.remi import tokenizer_from_json
-from pianogpt.devices import (autocast_context, compile_problem, cpu_description, device_type_of, machine_key,
-                              machine_matmul_peak, recall, remember, resolve_device, resolve_dtype)
+from pianogpt.devices import (autocast_context, compile_problem, cpu_description, device_type_of, first_line,
+                              machine_key, machine_matmul_peak, recall, remember, resolve_device, resolve_dtype)
 from model import ModelConfig, ModelOptions, MusicTransformer, load_state
 from pianogpt.optim import OPTIMIZERS, orthogonalization_dtype
 from pianogpt.pictures import chart, png_bytes, side_by_side
@@ -607,7 +607,7 @@ def training_loop(run):
         stop_if_asked(run, it, bar)
         lr = lr_at(it, cfg, run.max_iters, run.time_share())
         step_start = time.perf_counter()
-        loss, grad_norm = train_step(run, it, lr)
+        loss, grad_norm = run.compile_trial.step(run, it, lr, bar) if run.compile_trial else train_step(run, it, lr)
         if run.compile_trial:
             run.compile_trial.step_done(run, it, time.perf_counter() - step_start, bar)
         if not math.isfinite(grad_norm):  # the step was skipped; the same on every rank (all-reduced gradients)
@@ -675,6 +675,19 @@ class CompileTrial:
                 self.keep_the_faster(run, it, bar)
             else:
                 run.model = self.compiled if ran == "eager" else self.eager_model
+
+    def step(self, run, it, lr, bar):
+        """train_step; the first compiled step may fail to build (a full disk under inductor's cache,
+        a compiler error): that step is taken again eager, and the run stays eager."""
+        if self.phase != "compiling":
+            return train_step(run, it, lr)
+        try:
+            return train_step(run, it, lr)
+        except Exception as e:  # signals only set a flag (StopRequest): this is the compile failing
+            run.optimizer.zero_grad(set_to_none=True)
+            run.model = self.eager_model
+            self.decided(run, it, bar, f"eager (the compiled step failed: {first_line(e)})")
+            return train_step(run, it, lr)
 
     def try_compiling(self, run, it, bar):
         step_s = statistics.median(self.times["eager"])

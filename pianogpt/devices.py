@@ -75,9 +75,14 @@ def compile_problem(device):
     try:
         torch.compile(lambda x: x * 2 + 1, fullgraph=True, dynamic=False)(torch.ones(4, device=device))
     except Exception as e:  # torch raises several kinds here (InductorError, BackendCompilerFailed, RuntimeError)
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        return lines[0] if lines else type(e).__name__
+        return first_line(e)
     return None
+
+
+def first_line(error):
+    """An exception as one line: torch's compile errors run to pages of advice."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def measure_matmul_peak(device, dtype, seconds=1.0, rounds=10):

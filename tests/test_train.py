@@ -209,6 +209,35 @@ def test_compile_auto_trains_eager_and_says_why_where_torch_compile_cannot_run(m
     assert said[0].startswith("eager (1.000 s/step; torch.compile cannot run here: InvalidCxxCompiler")
 
 
+class CompiledStepThatFails(torch.nn.Module):
+    """What torch.compile gives where building the step fails at its first call (a full disk
+    under inductor's cache, say): the model's parameters, and an error for every step."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("OSError: [Errno 28] No space left on device\n\nSet TORCHDYNAMO_VERBOSE=1 for ...")
+
+
+def test_a_compiled_step_that_fails_to_build_is_taken_again_eager_and_the_run_goes_on(tiny_dataset, tmp_path,
+                                                                                      monkeypatch):
+    eager = tmp_path / "eager"
+    train(tiny_train_config(tiny_dataset, eager, max_iters=12, compile="off"))
+    monkeypatch.setattr(torch, "compile", CompiledStepThatFails)
+    monkeypatch.setattr(train_module, "compile_problem", lambda device: None)  # a compiler is there
+    monkeypatch.setattr(train_module.CompileTrial, "expected", lambda self: (0.0, 0.5, "(pays at once)"))
+    failed = tmp_path / "failed"
+    train(tiny_train_config(tiny_dataset, failed, max_iters=12, compile="auto"))
+    log = read_log(failed)
+    verdicts = [r["compile"] for r in log if "compile" in r]
+    assert verdicts == ["eager (the compiled step failed: OSError: [Errno 28] No space left on device)"]
+    assert [r["iter"] for r in log if "compile" in r] == [4], "after the warm-up and 3 timed steps"
+    losses = lambda out: [(r["iter"], r["loss"]) for r in read_log(out) if "loss" in r]
+    assert losses(failed) == losses(eager), "the failed step was retaken with the same batch: nothing lost"
+
+
 def test_compile_auto_leaves_a_short_run_eager_and_logs_why(tiny_dataset, tmp_path):
     train(tiny_train_config(tiny_dataset, tmp_path, max_iters=6, compile="auto"))
     verdicts = [r["compile"] for r in read_log(tmp_path) if "compile" in r]
