@@ -22,8 +22,6 @@ LEVERS = {  # the modern recipe's architecture options (tests/test_recipe.py tes
 }
 
 
-
-
 @pytest.mark.parametrize("lever", LEVERS)
 def test_future_tokens_never_change_past_logits(lever):
     model = tiny_model(**LEVERS[lever])
