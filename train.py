@@ -698,6 +698,9 @@ class CompileTrial:
         if rank0_value(pays and not problem, run.ddp):  # timings differ by rank
             self.compiled = run.model = torch.compile(self.eager_model)
             self.phase = "compiling"
+            if run.master:  # the next step stalls while it compiles: say why
+                bar.write(f"compile=auto: compiling the step, ~{compile_s:.0f} s {source}; then compiled and eager "
+                          f"steps alternate and the faster is kept")
         elif problem:
             self.decided(run, it, bar, f"eager ({step_s:.3f} s/step; torch.compile cannot run here: {problem})")
         elif saving <= 0:
