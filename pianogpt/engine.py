@@ -7,10 +7,13 @@ its engine apart from its GPT and gpt-fast keeps prefill and decode_one_token as
 `MusicTransformer.generate` is this module's `generate`.
 """
 import math
+import warnings
 import weakref
 from contextlib import contextmanager, nullcontext
 
 import torch
+
+from pianogpt.devices import first_line
 
 # ---------------------------------------------------------------------- the KV cache
 
@@ -192,6 +195,28 @@ def compiled_decode_step(model, device_type):
     return steps[device_type]
 
 
+def eager_if_it_fails(compiled, eager):
+    """compiled, unless its first call fails: torch.compile builds there, and a build can fail
+    where the up-front probe passed (a full disk under inductor's cache, a compiler error on the
+    real graph). Then eager, for good, with one warning: the build fails before the step runs, so
+    the caches are as they were."""
+    chosen = []
+
+    def step(*args):
+        if chosen:
+            return chosen[0](*args)
+        try:
+            logits = compiled(*args)
+        except Exception as e:  # torch raises several kinds (InductorError, BackendCompilerFailed, ...)
+            warnings.warn(f"the compiled decode step failed ({first_line(e)}); decoding eager", stacklevel=2)
+            chosen.append(eager)
+            return eager(*args)
+        chosen.append(compiled)
+        return logits
+
+    return step
+
+
 def prefill(model, seq, keep, conditions, kind, dtype, cache_len, static):
     """Fresh caches holding the last `keep` tokens of seq (each row twice when conditions holds
     a guidance batch); (logits of the next token, caches, the window's start in seq)."""
@@ -256,7 +281,8 @@ def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, to
     dtype = torch.float32 if idx.device.type == "cpu" else next(model.parameters()).dtype
     prompt_len = idx.size(1)
     cache_len = min(block, prompt_len + max_new_tokens)  # static for this call: no slot is wasted
-    step = compiled_decode_step(model, idx.device.type) if compile else model.decode_step
+    step = eager_if_it_fails(compiled_decode_step(model, idx.device.type), model.decode_step) if compile \
+        else model.decode_step
     cuda_graphs = compile and idx.device.type == "cuda"  # compiled_decode_step's mode there
     was_training = model.training
     model.eval()

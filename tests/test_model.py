@@ -289,6 +289,27 @@ def test_compiled_decode_step_matches_eager_logits_and_greedy_tokens_with_the_gr
     assert all(grammar_error_rate(tok, row[1:]) == 0 for row in runs[True][0].tolist())
 
 
+def test_a_compiled_decode_step_that_fails_to_build_decodes_eager_with_one_warning(monkeypatch):
+    from pianogpt import engine
+
+    def fails_to_build(model, device_type):
+        def step(*args):
+            raise RuntimeError("InductorError: OSError: [Errno 28] No space left on device\n\nSet TORCHDYNAMO_VERBOSE=1")
+        return step
+
+    model = tiny_model(**LEVERS["all"])
+    prompt, composer = torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 2])
+    eager = model.generate(prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(engine, "compiled_decode_step", fails_to_build)
+    with pytest.warns(UserWarning) as warned:
+        fell_back = model.generate(prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0),
+                                   compile=True)
+    said = [str(w.message) for w in warned if w.category is UserWarning]
+    assert said == ["the compiled decode step failed (InductorError: OSError: [Errno 28] No space left on device); "
+                    "decoding eager"]
+    assert torch.equal(fell_back, eager), "the same tokens: nothing was lost to the failed build"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prepacked_weights_give_the_same_logits_and_are_dropped_on_exit(dtype):
     from pianogpt.engine import can_prepack, prepacked_weights
