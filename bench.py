@@ -31,7 +31,7 @@ import torch
 from pianogpt.cli import CliError, Parser, config_file_values, fail, positive_int, run_program
 from pianogpt.engine import guided_logits, sample_next
 from model import ModelConfig, ModelOptions, MusicTransformer
-from pianogpt.devices import (autocast_context, compile_problem, cpu_description, machine_matmul_peak,
+from pianogpt.devices import (autocast_context, cpu_description, machine_matmul_peak, require_compile,
                               resolve_device, resolve_dtype)
 
 CASES = ("matmul", "train", "loop", "sample", "prepare")
@@ -365,9 +365,8 @@ def run_cases(args, cases):
     """Each chosen case in turn, one JSON record per measurement on stdout."""
     device = resolve_device(args.device)
     device_type = "cuda" if device.startswith("cuda") else device
-    if args.compile and compile_problem(device):
-        raise CliError(f"--compile: torch.compile cannot run on {device} here ({compile_problem(device)}); "
-                       "leave --compile out to time the eager step")
+    if args.compile:
+        require_compile(device, "--compile", "leave --compile out to time the eager step")
     dtype = resolve_dtype("auto", device_type)
     name = torch.cuda.get_device_name() if device_type == "cuda" else cpu_description()
     emit({"case": "machine", "device": device, "name": name, "threads": torch.get_num_threads(),

@@ -30,7 +30,7 @@ from pianogpt.checkpoints import load_trained
 from pianogpt.cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fraction_in, non_negative_int,
                           positive_float, positive_int, run_program)
 from pianogpt.dataset import RENDER_AS, UNCONDITIONAL
-from pianogpt.devices import compile_problem, device_type_of, resolve_device, resolve_dtype
+from pianogpt.devices import compile_problem, device_type_of, require_compile, resolve_device, resolve_dtype
 from pianogpt.gallery import write_gallery
 from pianogpt.pictures import piano_roll, png_bytes
 from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, bar_line_seconds,
@@ -263,12 +263,10 @@ def compile_pays(choice, model, device, new_tokens):
     compile from 256 tokens. On a CPU it is bound by memory traffic, and the compiled step
     (static shapes: attention over every cache slot) decoded slower than the eager one with
     prepacked weights (bench.py, docs/LOG.md "Sampling speed"), so auto leaves it eager."""
-    wanted = choice == "on" or choice == "auto" and str(device).startswith("cuda") and new_tokens >= 256
-    problem = compile_problem(device) if wanted else None
-    if problem and choice == "on":
-        raise CliError(f"--compile on: torch.compile cannot run on {device} here ({problem}); "
-                       "--compile auto or off decodes eager")
-    return wanted and not problem
+    if choice == "on":
+        require_compile(device, "--compile on", "--compile auto or off decodes eager")
+        return True
+    return choice == "auto" and str(device).startswith("cuda") and new_tokens >= 256 and not compile_problem(device)
 
 
 def claim_stem(base):

@@ -28,7 +28,8 @@ from pianogpt.cli import CliError, FolderLock, atomic_write_bytes, fail, load_co
 from pianogpt.dataset import WindowSampler, merge_composer_tables, open_dataset
 from pianogpt.remi import tokenizer_from_json
 from pianogpt.devices import (autocast_context, compile_problem, cpu_description, device_type_of, first_line,
-                              machine_key, machine_matmul_peak, recall, remember, resolve_device, resolve_dtype)
+                              machine_key, machine_matmul_peak, recall, remember, require_compile, resolve_device,
+                              resolve_dtype)
 from model import ModelConfig, ModelOptions, MusicTransformer, load_state
 from pianogpt.optim import OPTIMIZERS, orthogonalization_dtype
 from pianogpt.pictures import chart, png_bytes, side_by_side
@@ -342,7 +343,8 @@ def set_up(cfg, stack):
 
 
 def set_up_device(run):
-    """torchrun's process group (one GPU per rank), the device, the dtype and its autocast."""
+    """torchrun's process group (one GPU per rank), the device, the dtype and its autocast, and
+    whether the device can do what the config asks (bf16, torch.compile) before any folder is made."""
     cfg = run.cfg
     run.device = resolve_device(cfg.device)
     if run.ddp:
@@ -359,6 +361,8 @@ def set_up_device(run):
     run.dtype = resolve_dtype(cfg.dtype, run.device_type)
     if run.dtype == "bfloat16" and run.device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise CliError("this GPU does not support bfloat16; use --dtype=float16")
+    if cfg.compile == "on":
+        require_compile(run.device, "compile=on", "--compile=auto or --compile=off trains eager")
     run.ctx = autocast_context(run.device_type, run.dtype)
     run.accum = cfg.grad_accum // run.world
     if run.device_type == "cuda":
@@ -415,10 +419,6 @@ def set_up_model(run):
         run.seconds_before = checkpoint.get("train_seconds", 0.0)
     run.raw_model = model
     if cfg.compile == "on":
-        problem = compile_problem(run.device)
-        if problem:
-            raise CliError(f"compile=on: torch.compile cannot run on {run.device} here ({problem}); "
-                           "--compile=auto or --compile=off trains eager")
         model = torch.compile(model)
     if run.ddp:
         from torch.nn.parallel import DistributedDataParallel
@@ -640,9 +640,9 @@ def training_loop(run):
 class CompileTrial:
     """compile=auto: whether torch.compile pays for this run on this device, measured, not assumed.
     The loop times a few eager steps; where the time left could repay a compile (and torch.compile
-    can run here at all: devices.compile_problem), the step is compiled, then compiled and eager steps alternate (a shared VM's speed drifts for seconds at a
-    time: alternating puts both under the same drift) and the faster is kept (compiling already
-    spent is spent). What compiling cost and saved is remembered for this machine and step shape
+    can run here at all: devices.compile_problem), the step is compiled, then compiled and eager
+    steps alternate (a shared VM's speed drifts for seconds at a time: alternating puts both under
+    the same drift) and the faster is kept (compiling already spent is spent). What compiling cost and saved is remembered for this machine and step shape
     (memory_key; devices.remember), so the next such run decides by it; with nothing remembered the
     guess is a COMPILE_GUESS_S compile for a step REPAY_SPEEDUP faster. Short runs, tests and quick
     tries never pay for a compile. Under DDP rank 0's measurement decides for every rank."""

@@ -79,6 +79,14 @@ def compile_problem(device):
     return None
 
 
+def require_compile(device, asked_by, otherwise):
+    """A CliError where a flag asks for torch.compile and it cannot run here: `asked_by` names the
+    flag, `otherwise` how to go on without it."""
+    problem = compile_problem(device)
+    if problem:
+        raise CliError(f"{asked_by}: torch.compile cannot run on {device} here ({problem}); {otherwise}")
+
+
 def first_line(error):
     """An exception as one line: torch's compile errors run to pages of advice."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

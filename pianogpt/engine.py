@@ -187,11 +187,13 @@ _compiled_steps = weakref.WeakKeyDictionary()  # model -> {device type: compiled
 
 def compiled_decode_step(model, device_type):
     """model.decode_step through torch.compile, built once per model and device type; CUDA graphs
-    ("reduce-overhead") on a GPU."""
+    ("reduce-overhead") on a GPU. If that build fails, this call and every later one decode eager,
+    after one warning (eager_if_it_fails)."""
     steps = _compiled_steps.setdefault(model, {})
     if device_type not in steps:
         mode = "reduce-overhead" if device_type == "cuda" else None
-        steps[device_type] = torch.compile(model.decode_step, mode=mode, fullgraph=True, dynamic=False)
+        compiled = torch.compile(model.decode_step, mode=mode, fullgraph=True, dynamic=False)
+        steps[device_type] = eager_if_it_fails(compiled, model.decode_step)
     return steps[device_type]
 
 
@@ -281,8 +283,7 @@ def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, to
     dtype = torch.float32 if idx.device.type == "cpu" else next(model.parameters()).dtype
     prompt_len = idx.size(1)
     cache_len = min(block, prompt_len + max_new_tokens)  # static for this call: no slot is wasted
-    step = eager_if_it_fails(compiled_decode_step(model, idx.device.type), model.decode_step) if compile \
-        else model.decode_step
+    step = compiled_decode_step(model, idx.device.type) if compile else model.decode_step
     cuda_graphs = compile and idx.device.type == "cuda"  # compiled_decode_step's mode there
     was_training = model.training
     model.eval()

@@ -290,9 +290,9 @@ def test_compiled_decode_step_matches_eager_logits_and_greedy_tokens_with_the_gr
 
 
 def test_a_compiled_decode_step_that_fails_to_build_decodes_eager_with_one_warning(monkeypatch):
-    from pianogpt import engine
+    import warnings
 
-    def fails_to_build(model, device_type):
+    def fails_to_build(function, **options):  # what torch.compile gives where its build fails at the first call
         def step(*args):
             raise RuntimeError("InductorError: OSError: [Errno 28] No space left on device\n\nSet TORCHDYNAMO_VERBOSE=1")
         return step
@@ -300,7 +300,7 @@ def test_a_compiled_decode_step_that_fails_to_build_decodes_eager_with_one_warni
     model = tiny_model(**LEVERS["all"])
     prompt, composer = torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 2])
     eager = model.generate(prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(engine, "compiled_decode_step", fails_to_build)
+    monkeypatch.setattr(torch, "compile", fails_to_build)
     with pytest.warns(UserWarning) as warned:
         fell_back = model.generate(prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0),
                                    compile=True)
@@ -308,6 +308,11 @@ def test_a_compiled_decode_step_that_fails_to_build_decodes_eager_with_one_warni
     assert said == ["the compiled decode step failed (InductorError: OSError: [Errno 28] No space left on device); "
                     "decoding eager"]
     assert torch.equal(fell_back, eager), "the same tokens: nothing was lost to the failed build"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the failure is remembered: no second build, no warning
+        again = model.generate(prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0),
+                               compile=True)
+    assert torch.equal(again, eager)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
