@@ -19,8 +19,10 @@ from train import TrainingStopped, train
 
 
 def tiny(data_dir, out_dir, **overrides):
-    """The shared tiny run, longer, with transposition on: resume must reproduce its random draws too."""
-    return tiny_train_config(data_dir, out_dir, **{"max_iters": 12, "eval_interval": 100000, "transpose": 2, **overrides})
+    """The shared tiny run, longer, with transposition on: resume must reproduce its random draws too.
+    Never compiled: a run told to go on until it is stopped would otherwise stall in a compile."""
+    return tiny_train_config(data_dir, out_dir, **{"max_iters": 12, "eval_interval": 100000, "transpose": 2,
+                                                   "compile": "off", **overrides})
 
 
 def as_args(cfg):
@@ -107,6 +109,8 @@ def test_a_second_run_into_a_held_folder_fails_fast_and_the_first_goes_on_intact
         assert len(second.stderr.strip().splitlines()) == 1
         assert f"in use by pid {first.pid}" in second.stderr and socket.gethostname() in second.stderr
     at_second_runs_end = max(losses(tmp_path))
+    logged = sum(1 for _ in open(tmp_path / "log.jsonl"))
+    wait_for_log_lines(tmp_path, logged + 1, first)  # a step logged after the second runs' end, then the stop
     first.send_signal(signal.SIGINT)
     out, err = first.communicate(timeout=120)
     assert first.returncode == 130, err[-2000:]
