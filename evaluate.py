@@ -6,7 +6,8 @@
 1. NLL (nats/token) on fixed, seeded val windows with the TRUE composer, composer 0
    (unconditional) and a WRONG one (a derangement); unigram and n-gram (orders 3-6) baselines on the
    same targets. A model that uses the composer orders them true < uncond < wrong.
-2. Whole held-out pieces (val, and --real_dir): NLL true / uncond / wrong with bootstrap
+2. Whole held-out pieces (the held-out sources of prepare.py --holdout first: cross-source; then
+   val, and --real_dir): NLL true / uncond / wrong with bootstrap
    intervals over pieces, and identification: each piece scored under every composer of
    the comparison set (composers with >= --min_train_pieces training pieces); accuracy
    beside chance and always guessing the commonest composer, and a confusion table.
@@ -32,10 +33,12 @@ import torch
 from pianogpt.checkpoints import load_trained
 from pianogpt.cli import (CliError, Parser, atomic_write_text, fail, non_negative_int, positive_int, run_program,
                           write_or_fail)
-from pianogpt.dataset import KIND_IDS, RENDER_AS, WindowSampler, composer_key, merge_composer_tables, open_dataset
+from pianogpt.dataset import (KIND_IDS, RENDER_AS, WindowSampler, composer_key, merge_composer_tables, open_dataset,
+                              work_of)
 from pianogpt.devices import autocast_context, device_type_of, resolve_dtype
 from pianogpt.copies import CopyFinder, note_events
 from pianogpt.judge import Judge, note_arrays, note_features
+from pianogpt.probes import Probes
 from pianogpt.ngram import HIGH_ORDER_MAX_TOKENS, NGRAM_ORDERS, NGram, unigram_entropy
 from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, guidance_kinds,
                   piece_kind)
@@ -95,20 +98,25 @@ def scored_span(block_size):
 
 
 @torch.no_grad()
-def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_size=32, ctx=None, kinds=None):
+def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_size=32, ctx=None, kinds=None,
+                counted=None):
     """log p(sequence | k) for every candidate composer k -> [S, K], summed over tokens.
 
     Each sequence (tokens without BOS) is scored as training saw it: in windows of [BOS] +
     block_size - 1 tokens, consecutive within spans of scored_span(block_size) tokens (at most
     max_windows spans, spread over the piece). kinds: one kind id per sequence (the piece's own
     kind, as a model with a kind condition was trained on it); None scores with kind unknown.
+    counted: a bool tensor over the vocabulary, the tokens whose log-probabilities are summed
+    (every token is still read as context), or [M, vocab] of them for M sums at once ([S, K, M]);
+    None counts every token.
     """
     device = next(model.parameters()).device
     ks = torch.as_tensor(list(candidates), dtype=torch.long, device=device)
     window_len = model.config.block_size - 1
     span = scored_span(model.config.block_size)
     bos = torch.tensor([bos_id], dtype=torch.long, device=device)
-    scores = torch.zeros(len(sequences), len(ks), dtype=torch.float64)
+    masks = None if counted is None else (counted if counted.dim() == 2 else counted[None]).to(device)
+    scores = torch.zeros(len(sequences), len(ks), 1 if masks is None else len(masks), dtype=torch.float64)
     for row, seq in enumerate(sequences):
         kind = None if kinds is None else torch.full((1,), int(kinds[row]), dtype=torch.long, device=device)
         tokens = torch.as_tensor(np.asarray(seq, dtype=np.int64), device=device)
@@ -122,8 +130,11 @@ def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_si
                     lp = model.token_log_probs(window[:, :-1].expand(len(k), -1), k,
                                                window[:, 1:].expand(len(k), -1),
                                                None if kind is None else kind.expand(len(k)))
-                scores[row, i:i + len(k)] += lp.double().sum(1).cpu()
-    return scores
+                lp = lp.double()[:, :, None]
+                if masks is not None:
+                    lp = lp * masks[:, window[0, 1:]].T[None]
+                scores[row, i:i + len(k)] += lp.sum(1).cpu()
+    return scores if counted is not None and counted.dim() == 2 else scores[..., 0]
 
 
 def bayes_classify(model, samples, n_composers, batch_size=8):
@@ -196,8 +207,39 @@ def bootstrap_mean(values, weights, seed=0, n_resamples=2000):
     return {"mean": float((values * weights).sum() / weights.sum()), "low": float(low), "high": float(high)}
 
 
-def tokens_scored(n_tokens, span, max_windows):
-    return sum(min(span, n_tokens - start) for start in window_starts(n_tokens, span, max_windows))
+def tokens_scored(n_tokens, span, max_windows, tokens=None, counted=None):
+    """How many tokens of a piece score_under sums (of `tokens`, only the counted ones, if given)."""
+    starts = window_starts(n_tokens, span, max_windows)
+    if counted is None:
+        return sum(min(span, n_tokens - start) for start in starts)
+    return int(sum(counted[torch.as_tensor(tokens[start:start + span])].sum() for start in starts))
+
+
+SCORE_TOKENS = ("all", "notes")  # notes: what is played and when (Pitch, Position, Bar, Rest), not how
+
+
+def counted_tokens(vocab, which):
+    """score_under's `counted` for --score_tokens: None (all) or the note tokens: a piece's pitches
+    and onsets, which every source writes alike, without its velocities, durations, tempo and
+    time-signature tokens, whose habits differ from one archive to the next (issue 36)."""
+    if which == "all":
+        return None
+    counted = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    for name, i in vocab.items():
+        counted[i] = name.split("_")[0] in ("Pitch", "Position", "Bar", "Rest")
+    return counted
+
+
+def scorings_of(vocab, primary):
+    """{name: counted} of every --score_tokens choice, the primary one first: whole pieces are scored
+    once for all of them (one forward pass, one sum per choice), and identification reported for each."""
+    return {name: counted_tokens(vocab, name) for name in (primary, *[n for n in SCORE_TOKENS if n != primary])}
+
+
+def stacked(scorings, vocab_size):
+    """The [M, vocab] masks of scorings, in their order (all tokens: a row of ones)."""
+    return torch.stack([torch.ones(vocab_size, dtype=torch.bool) if counted is None else counted
+                        for counted in scorings.values()])
 
 
 def identification(scores, true_ids, candidates, names, train_counts):
@@ -213,7 +255,7 @@ def identification(scores, true_ids, candidates, names, train_counts):
         nan = float("nan")
         return {**shared, "accuracy": nan, "accuracy_interval": [nan, nan], "balanced_accuracy": nan,
                 "composers_here": 0, "commonest_baseline": nan, "commonest_here": None,
-                "commonest_here_baseline": nan, "confusion": {}}
+                "commonest_here_baseline": nan, "confusion": {}, "credit": []}
     credit = tie_shared_credit(scores, [candidates.index(true) for true in true_ids], atol=1e-6)
     guesses = [candidates[int(torch.as_tensor(row).argmax())] for row in scores]
     interval = bootstrap_mean(credit, np.ones(len(credit)))
@@ -226,24 +268,31 @@ def identification(scores, true_ids, candidates, names, train_counts):
             "composers_here": len(by_composer),
             "commonest_baseline": float(np.mean([t == commonest for t in true_ids])),
             "commonest_here": names[most_here], "commonest_here_baseline": len(by_composer[most_here]) / len(credit),
-            "confusion": confusion_table(zip(true_ids, guesses), names)}
+            "confusion": confusion_table(zip(true_ids, guesses), names),
+            "credit": [float(c) for c in credit]}  # per piece, in order: recipes compare on the same pieces
 
 
-def score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ctx=None):
+def score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ctx=None, scorings=None):
     """One row per piece [(tokens, composer id, kind id)]: tokens scored, NLL with the true
     composer, composer 0 and a wrong one, and the scores of the candidate composers; each piece
-    scored with its own kind."""
+    scored with its own kind. scorings: {name: counted} (scorings_of; None: all tokens), the first
+    the primary one (tokens, NLL, candidate_scores), each under candidate_scores_by_tokens."""
+    scorings = scorings or {"all": None}
+    masks = stacked(scorings, model.config.vocab_size)
+    primary = next(iter(scorings.values()))
     span = scored_span(model.config.block_size)
     rows = []
     for tokens, true, kind in pieces:
         wrong = int(derangement(torch.tensor([true]), n_composers)[0])
         ids = sorted({0, true, wrong, *candidates})
-        scores = score_under(model, [tokens], ids, bos_id, max_windows, ctx=ctx, kinds=[kind])[0]
-        n = tokens_scored(len(tokens), span, max_windows)
+        scores = score_under(model, [tokens], ids, bos_id, max_windows, ctx=ctx, kinds=[kind], counted=masks)[0]
+        n = max(1, tokens_scored(len(tokens), span, max_windows, tokens, primary))
         rows.append({"n": n, "true": true, "kind": kind,
-                     "nll": {key: float(-scores[ids.index(k)] / n) for key, k in
+                     "nll": {key: float(-scores[ids.index(k), 0] / n) for key, k in
                              (("true", true), ("uncond", 0), ("wrong", wrong))},
-                     "candidate_scores": scores[[ids.index(c) for c in candidates]]})
+                     "candidate_scores": scores[[ids.index(c) for c in candidates], 0],
+                     "candidate_scores_by_tokens": {name: scores[[ids.index(c) for c in candidates], m]
+                                                    for m, name in enumerate(scorings)}})
     return rows
 
 
@@ -256,16 +305,19 @@ def summarise_pieces(rows, candidates, names, train_counts, seed):
     eligible = [r for r in rows if r["true"] in candidates]
     ident = identification([r["candidate_scores"] for r in eligible], [r["true"] for r in eligible], candidates,
                            names, train_counts)
+    by_tokens = {name: identification([r["candidate_scores_by_tokens"][name] for r in eligible],
+                                      [r["true"] for r in eligible], candidates, names, train_counts)
+                 for name in (rows[0]["candidate_scores_by_tokens"] if rows else {})}
     return {"pieces": len(rows), "tokens_scored": int(sum(weights)), "nll": nll, "nll_gaps": gaps,
-            "identification": ident}
+            "identification": ident, "identification_by_tokens": by_tokens}
 
 
 def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bos_id, max_windows, seed, ctx=None,
-                 sources=None):
+                 sources=None, scorings=None):
     """summarise_pieces over all pieces [(tokens, composer id, kind id)], over each kind
     (sequenced, performed) that has pieces under "by_kind", and, given each piece's source (the
     MIDI folder it came from), over each source and kind under "by_source" when there are several."""
-    rows = score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ctx)
+    rows = score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ctx, scorings)
     out = summarise_pieces(rows, candidates, names, train_counts, seed)
     out["by_kind"] = {KIND_NAMES[k]: summarise_pieces([r for r in rows if r["kind"] == k], candidates, names,
                                                       train_counts, seed)
@@ -356,12 +408,15 @@ def excerpts(split, rows, length, per_piece, seed):
 
 def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1.0, 5.0), samples_per_composer=2,
              sample_tokens=512, seed=0, device="cpu", max_composers=None, real_dir=None, min_train_pieces=30,
-             max_windows=4, judge_excerpts=3, dtype="auto", guidance_mode="within_types"):
+             max_windows=4, judge_excerpts=3, dtype="auto", guidance_mode="within_types", per_work=1,
+             probes=(), score_tokens="all"):
     """Every measure of the module docstring, as one dict (print_report prints it)."""
     if real_dir and not os.path.isdir(real_dir):
         raise CliError(f"--real_dir {real_dir} is not a folder")
     e = set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composers, seed, max_windows)
+    e.scorings = scorings_of(e.tokenizer.vocab, score_tokens)
     results = {"ckpt": str(ckpt), "data_dir": e.data_dir, "num_windows": num_windows, "window": e.window,
+               "score_tokens": score_tokens,
                "comparison_set": {"rule": e.rule, "composers": {e.names[c]: e.train_counts[c] for c in e.candidates},
                                   "fine_tuned": [e.names[c] for c in e.fine_tuned]}}
     progress = Progress()
@@ -370,11 +425,17 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     progress.say("val windows scored")
     results["baselines"] = ngram_baselines(e, x, y, results["nll"]["true"])
     progress.say("baselines")
+    if e.meta.get("heldout_sources"):
+        results["heldout_pieces"] = heldout_piece_measures(e, per_work)
+        progress.say(f"{results['heldout_pieces']['pieces']} pieces of the held-out sources scored")
     results["val_pieces"] = val_piece_measures(e)
     progress.say(f"{len(e.val)} val pieces scored under {len(e.candidates) + 3} conditions")
     if real_dir:
         results["real_dir"] = real_dir_measures(e, real_dir)
         progress.say(f"pieces of {real_dir} scored")
+    if probes:
+        results["probes"] = probe_measures(e, probes, per_work)
+        progress.say(f"probes {', '.join(probes)}")
     if samples_per_composer == 0:  # identification and NLL only: no judge, no copy index, no samples
         return results
     judge, val_scores, results["judge"] = fit_outside_judge(e, sample_tokens, judge_excerpts)
@@ -472,12 +533,64 @@ def ngram_baselines(e, x, y, model_nll):
             "model_over_best_ngram": model_nll / by_order[best_order]}
 
 
+def val_pieces(e):
+    """The whole val pieces [(tokens, composer id, kind id)], each with its own kind."""
+    return [(np.asarray(e.val.tokens[o:o + n], np.int64), int(c), int(k)) for (o, n, c), k in
+            zip(e.val.index, e.val.kinds)]
+
+
 def val_piece_measures(e):
     """judge_pieces over the whole val pieces, each with its own kind (and source folder)."""
-    pieces = [(np.asarray(e.val.tokens[o:o + n], np.int64), int(c), int(k)) for (o, n, c), k in
-              zip(e.val.index, e.val.kinds)]
-    return judge_pieces(e.model, pieces, e.candidates, e.names, e.train_counts, e.n_composers, e.bos_id,
-                        e.max_windows, e.seed, e.ctx, e.val_sources)
+    return judge_pieces(e.model, val_pieces(e), e.candidates, e.names, e.train_counts, e.n_composers, e.bos_id,
+                        e.max_windows, e.seed, e.ctx, e.val_sources, e.scorings)
+
+
+def heldout_pieces(e, per_work):
+    """The pieces of the sources held out whole (prepare.py --holdout) [(tokens, composer id, kind id)]
+    and their sources, at most per_work of each work (in path order): many performances of one work
+    are not independent evidence, and would narrow the interval without adding any."""
+    rows, taken = [], {}
+    for row, piece in enumerate(p for p in e.dataset.pieces() if p["split"] == "heldout"):
+        work = work_of(piece["path"])
+        taken[work] = taken.get(work, 0) + 1
+        if taken[work] <= per_work:
+            rows.append((row, piece["path"].split("/")[0]))
+    split = e.dataset.splits["heldout"]
+    composer_ids = checkpoint_ids(e.checkpoint["composers"], e.dataset.composers, e.data_dir)
+    kinds = e.dataset.kind_ids("heldout")
+    pieces = [(np.asarray(split.piece(row), np.int64), int(composer_ids[split.index[row, 2]]), int(kinds[row]))
+              for row, _ in rows]
+    return pieces, [source for _, source in rows], len(taken)
+
+
+def heldout_piece_measures(e, per_work):
+    """judge_pieces over the held-out sources' pieces (heldout_pieces), by kind and by source."""
+    pieces, sources, works = heldout_pieces(e, per_work)
+    return {"sources": e.meta["heldout_sources"], "works": works, "per_work": per_work,
+            **judge_pieces(e.model, pieces, e.candidates, e.names, e.train_counts, e.n_composers, e.bos_id,
+                           e.max_windows, e.seed, e.ctx, sources, e.scorings)}
+
+
+def probe_measures(e, probes, per_work):
+    """{probe: {"val": ..., "heldout": ...}}: identification after each fingerprint probe
+    (probes.Probes) removed one habit from every piece by a compared composer (the others would
+    only add NLL figures, at the cost of a whole scoring each)."""
+    table = Probes(e.tokenizer.vocab)
+    compared = set(e.candidates)
+    slices = {"val": (val_pieces(e), e.val_sources)}
+    if e.meta.get("heldout_sources"):
+        slices["heldout"] = heldout_pieces(e, per_work)[:2]
+    out = {}
+    for name in probes:
+        out[name] = {}
+        for key, (pieces, sources) in slices.items():
+            kept = [(piece, source) for piece, source in zip(pieces, sources or [None] * len(pieces))
+                    if piece[1] in compared]
+            out[name][key] = judge_pieces(
+                e.model, [(table.apply(name, tokens), c, k) for (tokens, c, k), _ in kept], e.candidates, e.names,
+                e.train_counts, e.n_composers, e.bos_id, e.max_windows, e.seed, e.ctx,
+                [source for _, source in kept] if sources else None, e.scorings)
+    return out
 
 
 def real_dir_measures(e, real_dir):
@@ -487,7 +600,7 @@ def real_dir_measures(e, real_dir):
                        f"({len(ignored)} folders/files ignored)")
     return {"dir": real_dir, "ignored": ignored,
             **judge_pieces(e.model, [(t, c, k) for _, t, c, k in real], e.candidates, e.names, e.train_counts,
-                           e.n_composers, e.bos_id, e.max_windows, e.seed, e.ctx)}
+                           e.n_composers, e.bos_id, e.max_windows, e.seed, e.ctx, scorings=e.scorings)}
 
 
 def decoded(tokenizer, token_lists):
@@ -592,9 +705,12 @@ def print_pieces(title, p):
           f"always {ident['commonest_composer']} {ident['commonest_baseline']:.3f}{here}); balanced over its "
           f"{ident['composers_here']} composers {ident['balanced_accuracy']:.3f} (any constant guess: "
           f"{1 / max(1, ident['composers_here']):.3f})")
+    for name, other in list(p.get("identification_by_tokens", {}).items())[1:]:
+        print(f"  identification scored on {name} tokens {other['accuracy']:.3f} [{other['accuracy_interval'][0]:.3f}, "
+              f"{other['accuracy_interval'][1]:.3f}], balanced {other['balanced_accuracy']:.3f}")
     for true, row in sorted(ident["confusion"].items()):
         guesses = ", ".join(f"{name} {count}" for name, count in sorted(row.items(), key=lambda kv: -kv[1])[:4])
-        print(f"    {true[:18]:18s} -> {guesses}")
+        print(f"    {true[:18]:18s} {row.get(true, 0):3d}/{sum(row.values()):<3d} -> {guesses}")
     for kind, part in p.get("by_kind", {}).items():
         if len(p["by_kind"]) > 1:
             print_pieces(f"{title}, {kind} only", part)
@@ -604,6 +720,8 @@ def print_pieces(title, p):
 
 def print_report(r):
     print(f"\n{r['ckpt']} on {r['data_dir']}: {r['num_windows']} val windows of {r['window']} tokens")
+    if r.get("score_tokens", "all") != "all":
+        print(f"whole pieces are scored on their {r['score_tokens']} tokens only (--score_tokens)")
     print("\nNLL (nats/token)        true     uncond   wrong")
     print(f"  all windows          {r['nll']['true']:.4f}   {r['nll']['uncond']:.4f}   {r['nll']['wrong']:.4f}"
           f"   (perplexity {r['perplexity']['true']:.2f} / {r['perplexity']['uncond']:.2f} / {r['perplexity']['wrong']:.2f})")
@@ -615,11 +733,17 @@ def print_report(r):
           f"(order {b['best_ngram_order']}, {b['best_ngram_nll']:.4f})")
     c = r["comparison_set"]
     print(f"\ncomparison set ({c['rule']}): " + ", ".join(f"{k} {v}" for k, v in c["composers"].items()))
+    if "heldout_pieces" in r:
+        h = r["heldout_pieces"]
+        print_pieces(f"CROSS-SOURCE: held-out sources {', '.join(h['sources'])} (never trained on, nor their works; "
+                     f"{h['works']} works, at most {h['per_work']} piece each)", h)
     print_pieces("val pieces", r["val_pieces"])
     if "real_dir" in r:
         print_pieces(f"--real_dir {r['real_dir']['dir']}", r["real_dir"])
         if r["real_dir"]["ignored"]:
             print(f"  ignored: {len(r['real_dir']['ignored'])} ({', '.join(list(r['real_dir']['ignored'])[:6])} ...)")
+    if "probes" in r:
+        print_probes(r)
     if "judge" not in r:
         return
     j, cp = r["judge"], r["copying"]
@@ -649,6 +773,27 @@ def print_report(r):
           "not evidence of style")
     print_like_for_like(r["samples"], j.get("by_kind", {}))
     print_fine_tuned_copies(r["samples"], r["comparison_set"].get("fine_tuned", []))
+
+
+def print_probes(r):
+    """Identification with each habit removed, beside none removed: val (the model's own sources)
+    and the held-out sources, overall and by kind."""
+    slices = [("val", "val_pieces"), ("heldout", "heldout_pieces")]
+    slices = [(short, key) for short, key in slices if key in r]
+    kinds = sorted({k for _, key in slices for k in r[key].get("by_kind", {})})
+
+    def cells(part):
+        row = [part["identification"]["accuracy"]]
+        return row + [part.get("by_kind", {}).get(k, {}).get("identification", {}).get("accuracy", float("nan"))
+                      for k in kinds]
+
+    header = [f"{short}{'' if not k else ' ' + k}" for short, _ in slices for k in ("", *kinds)]
+    print("\nfingerprint probes: identification with one habit removed from every piece")
+    print("  " + f"{'probe':22s}" + "".join(f"{h:>20s}" for h in header))
+    rows = [("(none)", [r[key] for _, key in slices])]
+    rows += [(name, [probe[short] for short, _ in slices]) for name, probe in r["probes"].items()]
+    for name, parts in rows:
+        print("  " + f"{name:22s}" + "".join(f"{v:20.3f}" for part in parts for v in cells(part)))
 
 
 def print_fine_tuned_copies(samples, fine_tuned):
@@ -700,6 +845,13 @@ def main(argv=None):
     parser.add_argument("--max_windows", type=positive_int, default=4,
                         help="spans scored per whole piece (spread over it); a span is block_size - 1 tokens, "
                              f"or whole windows of it adding up to at least {MIN_SPAN}")
+    parser.add_argument("--per_work", type=positive_int, default=1,
+                        help="pieces scored per work of the held-out sources (performances of one work are alike)")
+    parser.add_argument("--probes", default="", help="comma-separated fingerprint probes to score again with "
+                        f"(probes.py): {', '.join(Probes.PROBES)}, or all")
+    parser.add_argument("--score_tokens", default="all", choices=SCORE_TOKENS,
+                        help="which tokens' log-probabilities identification sums over a whole piece: all, or the "
+                             "notes (pitches and onsets: no velocity, duration, tempo or time-signature token)")
     parser.add_argument("--judge_excerpts", type=positive_int, default=3, help="excerpts per piece for the judge")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
@@ -709,12 +861,16 @@ def main(argv=None):
             raise ValueError
     except ValueError:
         fail(parser.prog, f"--guidance expects comma-separated numbers >= 0, got {args.guidance!r}")
+    probes = Probes.PROBES if args.probes == "all" else tuple(p for p in args.probes.split(",") if p)
+    unknown = [p for p in probes if p not in Probes.PROBES]
+    if unknown:
+        fail(parser.prog, f"--probes: unknown probe {unknown[0]!r}; choose from {', '.join(Probes.PROBES)} or all")
 
     def body():
         results = evaluate(args.ckpt, args.data_dir, args.num_windows, args.window, guidances, args.samples_per_composer,
                            args.sample_tokens, args.seed, args.device, args.max_composers, args.real_dir,
                            args.min_train_pieces, args.max_windows, args.judge_excerpts, args.dtype,
-                           args.guidance_mode)
+                           args.guidance_mode, args.per_work, probes, args.score_tokens)
         print_report(results)
         if args.json:
             write_or_fail(atomic_write_text, args.json, json.dumps(results, indent=1))

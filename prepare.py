@@ -2,6 +2,7 @@
 
     python prepare.py --midi_dir ../shared/midi/piano-midi --out_dir data/piano-midi
     python prepare.py --verify data/piano-midi
+    python prepare.py --midi_dir A --midi_dir B --midi_dir C --holdout C   # C held out whole: split "heldout"
 
 The corpus pipeline: finding files, layouts, composers, splits, the crash-isolating worker
 pool and the skip report. What a token means lives in remi.py; the on-disk format and its
@@ -25,7 +26,7 @@ import numpy as np
 from pianogpt.cli import (CliError, FolderLock, Parser, fraction_in, non_negative_int, positive_float, positive_int,
                           run_program)
 from pianogpt.rendition import performed_rendition
-from pianogpt.dataset import UNCONDITIONAL, composer_key, verify_dataset, write_dataset
+from pianogpt.dataset import SPLITS, UNCONDITIONAL, composer_key, verify_dataset, work_of, write_dataset
 from pianogpt.remi import (KINDS, PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks,
                   note_match, onset_token_ids, piece_kind, pitch_sequence, pitch_token_ids, top_voice)
 
@@ -87,13 +88,6 @@ def read_maestro(midi_dir):
             split = "train" if row["split"] == "train" else "val"
             rows[Path(row["midi_filename"]).as_posix()] = (row["canonical_composer"].strip(), split)
     return rows
-
-
-def work_of(relpath):
-    """The work a file belongs to: `<Work>__<performer>.mid` (ASAP's and MAESTRO-style naming
-    of several performances of one work) is `<folder>/<Work>`; any other file is its own work."""
-    path = Path(relpath)
-    return (path.parent / path.stem.split("__")[0]).as_posix() if "__" in path.stem else relpath
 
 
 def hash_split(relpath, val_fraction):
@@ -436,26 +430,52 @@ def read_folder(midi_dir, layout, val_fraction):
 
 
 def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, min_tokens=64, check_notes=False,
-            isolate=True, file_timeout=300.0, max_memory_mb=4096, renditions=0):
+            isolate=True, file_timeout=300.0, max_memory_mb=4096, renditions=0, holdout=()):
     """Build the dataset from one MIDI folder or a list of them; returns meta (also written
     to out_dir/meta.json). With several folders, paths in pieces.jsonl start with the
     folder's name, composers are matched across folders by name, and a piece found twice
     is kept once. renditions: add that many performed renditions of every sequenced training
-    piece (rendition.py) as training pieces of kind "performed"."""
+    piece (rendition.py) as training pieces of kind "performed". holdout: folders (a --midi_dir's
+    path or its label) whose every piece goes to the split "heldout", and every copy of their works
+    in the other folders to val, so that the model meets those sources, and those works, only there."""
     start = time.time()
     midi_dirs = [Path(d) for d in (midi_dir if isinstance(midi_dir, (list, tuple)) else [midi_dir])]
     for folder in midi_dirs:
         check_out_dir(folder, Path(out_dir))
+    held_labels = held_out_labels(midi_dirs, holdout)
     out_dir = Path(out_dir)
     with FolderLock(out_dir.parent / f".{out_dir.name}.lock", f"--out_dir {out_dir}"):
         return build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate,
-                             file_timeout, max_memory_mb, renditions, start)
+                             file_timeout, max_memory_mb, renditions, start, held_labels)
+
+
+def held_out_labels(midi_dirs, holdout):
+    """The folder labels of the --holdout folders, each named by its --midi_dir path or its label;
+    a name that is neither, or holding out every folder, is a CliError naming the choices."""
+    if not holdout:
+        return set()
+    labels = folder_labels(midi_dirs)
+    by_name = {label: label for label in labels}
+    by_name.update({str(d): label for d, label in zip(midi_dirs, labels)})
+    by_name.update({str(d.resolve()): label for d, label in zip(midi_dirs, labels)})
+    held = set()
+    for name in holdout:
+        label = by_name.get(str(name)) or by_name.get(str(Path(name).resolve()))
+        if label is None:
+            raise CliError(f"--holdout {name}: not one of the --midi_dir folders (choose from {', '.join(labels)})")
+        held.add(label)
+    if len(held) == len(labels):
+        raise CliError("--holdout names every --midi_dir folder: nothing is left to train on")
+    return held
 
 
 def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate, file_timeout,
-                  max_memory_mb, renditions, start):
+                  max_memory_mb, renditions, start, held_labels=frozenset()):
     labels = folder_labels(midi_dirs) if len(midi_dirs) > 1 else [""]
     folders = [read_folder(folder, layout, val_fraction) for folder in midi_dirs]
+    folders = [(folder_layout, [(relpath, composer, "heldout" if label in held_labels else split)
+                                for relpath, composer, split in assigned])
+               for label, (folder_layout, assigned) in zip(labels, folders)]
     workers = workers or os.cpu_count() or 1
     tokenizer = build_tokenizer()
     pitch_ids = pitch_token_ids(tokenizer)
@@ -469,7 +489,8 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
     if not kept:
         raise CliError(f"no piece could be encoded from {n_files} files ("
                        + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + "); nothing was written")
-    n_moved, n_played_linked = keep_works_in_one_split(kept, pitch_lo, pitch_hi, onset_token_ids(tokenizer))
+    n_moved, n_played_linked, n_held_works = keep_works_in_one_split(kept, pitch_lo, pitch_hi,
+                                                                     onset_token_ids(tokenizer))
     composers, pieces, merged = number_composers(kept)
     pieces += rendition_pieces(pieces, kept)
     lengths = [p["n_tokens"] for p in pieces]
@@ -483,10 +504,12 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
         "pitch_range": [PIANO_LOW, PIANO_HIGH],
         "n_composers": len(composers) + 1,
         "n_files": n_files,
-        "n_pieces": {split: sum(p["split"] == split for p in pieces) for split in ("train", "val")},
-        "n_tokens": {split: sum(p["n_tokens"] for p in pieces if p["split"] == split) for split in ("train", "val")},
+        "n_pieces": {split: sum(p["split"] == split for p in pieces) for split in SPLITS},
+        "n_tokens": {split: sum(p["n_tokens"] for p in pieces if p["split"] == split) for split in SPLITS},
         "n_pieces_by_kind": {split: {kind: sum(p["split"] == split and p["kind"] == kind for p in pieces)
-                                     for kind in KINDS} for split in ("train", "val")},
+                                     for kind in KINDS} for split in SPLITS},
+        "heldout_sources": sorted(held_labels),
+        "pieces_moved_to_val_as_heldout_works": n_held_works,
         "kind_rule": "performed if under half of the onsets sit on one 1/24-quarter grid (remi.piece_kind)",
         "token_length": length_stats(lengths),
         "skipped": reasons,
@@ -495,7 +518,9 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
         "split_rule": ("maestro csv split (validation+test -> val)" if folders[0][0] == "maestro" and len(folders) == 1
                        else split_rule + "; maestro folders keep their csv split; another sequencing of a piece "
                                          "(near-duplicate notes) or a performance of it (shared top-voice runs) "
-                                         "joins the split of its first copy"),
+                                         "joins the split of its first copy")
+                      + ("; every piece of the --holdout folders is heldout, and a copy of one of their works in "
+                         "another folder val" if held_labels else ""),
         "works_moved_to_one_split": n_moved,
         "performances_linked_to_a_score": n_played_linked,
         "renditions_per_sequenced_train_piece": renditions,
@@ -594,26 +619,38 @@ def drop_duplicates(kept, skipped, pitch_lo, pitch_hi, n_notes=300):
 
 def keep_works_in_one_split(kept, pitch_lo, pitch_hi, onset_ids):
     """Another sequencing of a piece, and a performance of it, join the split of the work's first
-    copy, so val never holds a near-copy of a training piece. Returns (pieces moved,
-    performances linked to a written piece)."""
+    copy, so val never holds a near-copy of a training piece. A work with a piece in a held-out
+    source trains nowhere: its copies in the other sources go to val. Returns (pieces moved,
+    performances linked to a written piece, pieces moved to val as copies of held-out works)."""
     links = near_duplicate_links([pitch_sequence(p["result"]["ids"], pitch_lo, pitch_hi) for p in kept])
     played = performance_links([top_voice(p["result"]["ids"], pitch_lo, pitch_hi, onset_ids) for p in kept],
                                [p["result"]["kind"] == "performed" for p in kept])
     groups = union_groups(len(kept), links + played)
-    first_split, moved = {}, 0
+    held_groups = {group for piece, group in zip(kept, groups) if piece["split"] == "heldout"}
+    first_split, moved, held_works = {}, 0, 0
     for piece, group in zip(kept, groups):
+        if piece["split"] == "heldout":
+            continue
+        if group in held_groups:
+            held_works += piece["split"] != "val"
+            piece["split"] = "val"
+            continue
         if piece["fixed_split"]:
             continue
         split = first_split.setdefault(group, piece["split"])
         if split != piece["split"]:
             piece["split"], moved = split, moved + 1
-    return moved, len(played)
+    return moved, len(played), held_works
 
 
 def print_summary(out_dir, meta, n_composers):
     s = meta["token_length"]
     print(f"\nwrote {out_dir}/ in {meta['seconds']} s")
-    print(f"  pieces   train {meta['n_pieces']['train']}, val {meta['n_pieces']['val']}; composers {n_composers} (+ id 0 unconditional)")
+    held = (f", heldout {meta['n_pieces']['heldout']} (sources held out whole: {', '.join(meta['heldout_sources'])}; "
+            f"{meta['pieces_moved_to_val_as_heldout_works']} copies of their works moved to val)"
+            if meta.get("heldout_sources") else "")
+    print(f"  pieces   train {meta['n_pieces']['train']}, val {meta['n_pieces']['val']}{held}; "
+          f"composers {n_composers} (+ id 0 unconditional)")
     kinds = meta["n_pieces_by_kind"]
     print("  kinds    " + "; ".join(f"{kind} {kinds['train'][kind]} train / {kinds['val'][kind]} val" for kind in kinds["train"])
           + " (from each file's onsets)")
@@ -674,6 +711,10 @@ def main(argv=None):
     parser.add_argument("--renditions", type=non_negative_int, default=0,
                         help="performed renditions added per sequenced training piece (one tempo, played onsets, "
                              "pedal, struck velocities), so the composers are also seen as performances")
+    parser.add_argument("--holdout", action="append", default=[], metavar="MIDI_DIR",
+                        help="hold one of the --midi_dir folders out whole (by its path or name; repeatable): its "
+                             "pieces form the split 'heldout', copies of its works elsewhere go to val, and "
+                             "evaluate.py reports identification on it (cross-source)")
     parser.add_argument("--verify", metavar="DATA_DIR", help="check a prepared dataset (sizes, index, ids, tokenizer, "
                                                              "sha256 of every file) and exit")
     args = parser.parse_args(argv)
@@ -684,7 +725,8 @@ def main(argv=None):
         midi_dirs = [Path(d) for d in args.midi_dir] if args.midi_dir else [default_midi_dir()]
         out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(midi_dirs)
         prepare(midi_dirs, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes,
-                file_timeout=args.file_timeout, max_memory_mb=args.max_memory_mb, renditions=args.renditions)
+                file_timeout=args.file_timeout, max_memory_mb=args.max_memory_mb, renditions=args.renditions,
+                holdout=args.holdout)
 
     run_program(parser.prog, body, kept=lambda: "nothing was written; the previous dataset (if any) is intact")
 

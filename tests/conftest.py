@@ -60,6 +60,24 @@ def make_score(seed=0, n_bars=8, tpq=480, with_changes=True, out_of_range=True, 
     return score
 
 
+def performed(score, seed=0, jitter=0.05, qpm=120.0):
+    """The score as a Disklavier records it: one constant tempo, onsets as played (timing jitter
+    of `jitter` quarter notes), durations stretched as by the pedal, velocities as struck."""
+    from symusic import Note, Tempo
+
+    rng = np.random.default_rng(seed)
+    played = score.copy()
+    for track in played.tracks:
+        a = track.notes.numpy()
+        onsets = np.maximum(0, a["time"] + rng.normal(0, jitter * score.tpq, len(a["time"])).round())
+        velocity = np.clip(a["velocity"].astype(int) + rng.integers(-15, 16, len(a["pitch"])), 1, 127)
+        track.notes = Note.from_numpy(time=onsets.astype(np.int32), duration=(a["duration"] * 1.3).astype(np.int32),
+                                      pitch=a["pitch"], velocity=velocity.astype(np.int8))
+    played.tempos.clear()
+    played.tempos.append(Tempo(0, qpm))
+    return played
+
+
 def write_midi(path, score):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     score.dump_midi(path)

@@ -7,27 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REAL_MIDI, make_score, tiny_model, write_midi
+from conftest import REAL_MIDI, make_score, performed, tiny_model, write_midi
 
 ASAP = os.path.join(os.path.dirname(REAL_MIDI), "asap-performed")
-
-
-def performed(score, seed=0, jitter=0.05, qpm=120.0):
-    """The score as a Disklavier records it: one constant tempo, onsets as played (timing jitter
-    of `jitter` quarter notes), durations stretched as by the pedal, velocities as struck."""
-    from symusic import Note, Tempo
-
-    rng = np.random.default_rng(seed)
-    played = score.copy()
-    for track in played.tracks:
-        a = track.notes.numpy()
-        onsets = np.maximum(0, a["time"] + rng.normal(0, jitter * score.tpq, len(a["time"])).round())
-        velocity = np.clip(a["velocity"].astype(int) + rng.integers(-15, 16, len(a["pitch"])), 1, 127)
-        track.notes = Note.from_numpy(time=onsets.astype(np.int32), duration=(a["duration"] * 1.3).astype(np.int32),
-                                      pitch=a["pitch"], velocity=velocity.astype(np.int8))
-    played.tempos.clear()
-    played.tempos.append(Tempo(0, qpm))
-    return played
 
 
 def test_written_onsets_are_sequenced_and_played_ones_performed():
