@@ -51,8 +51,6 @@ class ModelOptions:
     n_kinds: int = 0  # 3: a learned kind embedding beside the composer's (row 0 unknown, 1 score, 2 performance)
     composer_layers: bool = False  # each composer also has a row added before every block (a fine-tune's new
     # composers: the frozen network gives one input row little to say; the other rows stay zero)
-    n_sources: int = 0  # > 0: a learned source embedding (row 0 unknown): the archive a training piece comes
-    # from, so the composer need not carry its habits; always 0 when sampling and scoring
 
 
 @dataclass
@@ -65,8 +63,6 @@ class ModelConfig(ModelOptions):
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.n_sources < 0 or self.n_sources == 1:
-            raise ValueError(f"n_sources must be 0 (off) or at least 2 (unknown and one source); got {self.n_sources}")
         if self.n_kinds not in (0, 3):
             raise ValueError(f"n_kinds must be 0 (off) or 3 (unknown, score, performance); got {self.n_kinds}")
         for key, choices in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
@@ -203,8 +199,6 @@ class MusicTransformer(nn.Module):
         self.wce = nn.Embedding(cfg.n_composers, cfg.n_embd)
         if cfg.n_kinds:  # which kind of MIDI a piece is (score or performance), so the composer need not say it
             self.wke = nn.Embedding(cfg.n_kinds, cfg.n_embd)
-        if cfg.n_sources:  # which archive a training piece comes from, so the composer need not say it
-            self.wse = nn.Embedding(cfg.n_sources, cfg.n_embd)
         if cfg.composer_layers:  # zero: a composer without learned layer rows is exactly as without them
             self.wcl = nn.Parameter(torch.zeros(cfg.n_composers, cfg.n_layer, cfg.n_embd))
         if cfg.positions == "learned":
@@ -237,11 +231,9 @@ class MusicTransformer(nn.Module):
         """Unique parameters (the tied head counts once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, composer, targets=None, caches=None, start_pos=0, all_logits=False, kind=None,
-                source=None):
+    def forward(self, idx, composer, targets=None, caches=None, start_pos=0, all_logits=False, kind=None):
         """idx [B, T] token ids, composer [B] ids -> (logits, loss). kind [B] (0 unknown, 1 score,
-        2 performance; None = unknown) is read only by a model with n_kinds > 0, source [B] (0 or
-        None: unknown) only by one with n_sources > 0.
+        2 performance; None = unknown) is read only by a model with n_kinds > 0.
 
         With targets: logits at every position and the label-smoothed cross-entropy that
         ignores PAD targets. Without: logits of the last position only (unless all_logits),
@@ -250,7 +242,7 @@ class MusicTransformer(nn.Module):
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size {self.config.block_size}")
-        x, rotary = self.embed(idx, composer, torch.arange(start_pos, start_pos + T, device=idx.device), kind, source)
+        x, rotary = self.embed(idx, composer, torch.arange(start_pos, start_pos + T, device=idx.device), kind)
         layer_rows = self.composer_layer_rows(composer)
         for i, block in enumerate(self.blocks):
             if layer_rows is not None:
@@ -269,16 +261,13 @@ class MusicTransformer(nn.Module):
                                ignore_index=self.config.pad_id, label_smoothing=self.config.label_smoothing)
         return logits, loss
 
-    def embed(self, idx, composer, positions, kind=None, source=None):
+    def embed(self, idx, composer, positions, kind=None):
         """The residual stream's input for tokens idx [B, T] at positions [T] (a device tensor), and
         the rotary angles of those positions (None with learned positions)."""
         x = self.wte(idx) + composer_vectors(self.wce.weight, composer)[:, None, :]
         if self.config.n_kinds:
             kind = torch.zeros(idx.size(0), dtype=torch.long, device=idx.device) if kind is None else kind
             x = x + self.wke(kind)[:, None, :]
-        if self.config.n_sources:
-            source = torch.zeros(idx.size(0), dtype=torch.long, device=idx.device) if source is None else source
-            x = x + self.wse(source)[:, None, :]
         rotary = None
         if self.config.positions == "learned":
             x = x + self.wpe(positions)

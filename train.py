@@ -78,13 +78,6 @@ class TrainConfig(ModelOptions):
     composer_balance: float = 0.0  # 0: every piece equally often; 1: every composer equally often
     rendition_weight: float = 1.0  # how often a performed rendition (prepare --renditions) is drawn, per file drawn
     transpose: int = 0  # random pitch shift in [-transpose, transpose] semitones per window
-    # the chance per window that an archive's habit is randomised (dataset.HabitAugmenter): so that
-    # a composer is told by his music, not by his files' velocities, tempo convention or note lengths
-    augment_velocity: float = 0.0
-    augment_tempo: float = 0.0
-    augment_duration: float = 0.0
-    augment_transcription: float = 0.0  # soft notes missed, ghost notes an octave off, as a transcriber hears
-    source_drop: float = 0.5  # with n_sources: share of windows whose source becomes 0 (unknown: sampling, scoring)
     # system
     device: str = "auto"  # auto | cpu | cuda | mps (or cuda:N)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
@@ -109,8 +102,7 @@ class TrainConfig(ModelOptions):
             raise CliError(f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise CliError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got {self.device!r}")
-        for key in ("dropout", "attn_dropout", "cond_drop", "kind_drop", "source_drop", "warmup_frac", "label_smoothing",
-                    "augment_velocity", "augment_tempo", "augment_duration", "augment_transcription"):
+        for key in ("dropout", "attn_dropout", "cond_drop", "kind_drop", "warmup_frac", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 raise CliError(f"{key} must be in [0, 1), got {getattr(self, key)}")
         for key in ("max_minutes", "save_every_min"):
@@ -391,9 +383,6 @@ def set_up_data(run):
     if is_fine_tune(cfg, run.base):
         join_composer_tables(run, dataset)
         run.replay_data = open_replay(run)
-    run.source_table = {}
-    if cfg.n_sources and not is_fine_tune(cfg, run.base):  # a fine-tune's windows keep source 0: unknown
-        number_sources(run, dataset)
     run.piece_weights = piece_weights(run.train_data.index[:, 2], run.train_data.renditions, cfg.composer_balance,
                                       cfg.rendition_weight)
     run.composer_train_pieces = composer_train_pieces(run)
@@ -588,10 +577,6 @@ def say_what_runs(run):
     run.say(f"data {cfg.data_dir}: {len(run.train_data)} train / {len(run.val_data)} val pieces, "
             f"{run.meta['n_composers'] - 1} composers; PAD share of training targets "
             f"{pad_share(run.train_data, cfg.batch_size, cfg.seed):.1%}")
-    if run.source_table:
-        pieces = {key: int((run.train_data.source_ids == i).sum()) for key, i in run.source_table.items()}
-        run.say(f"sources: {len(pieces)} in training (" + ", ".join(f"{key} {n}" for key, n in pieces.items())
-                + f"); each window's source becomes unknown with chance {cfg.source_drop}")
     run.say(f"model {model.num_params() / 1e6:.2f}M parameters; device {hardware}, {run.dtype}, {run.world} "
             f"process(es); {run.tokens_per_iter:,} tokens/iter; iters {run.start_iter} -> {run.max_iters}; "
             f"matmul peak {run.peak / 1e9:.0f} GFLOP/s")
@@ -766,10 +751,10 @@ def train_step(run, it, lr):
     torch.manual_seed(cfg.seed + 1_000_003 * it + run.rank)  # dropout masks: a function of (iter, rank)
     loss_sum = 0.0
     for micro in range(run.accum):
-        x, y, composer, kind, source = (t.to(run.device) for t in micro_batch(run, it, micro))
+        x, y, composer, kind = (t.to(run.device) for t in micro_batch(run, it, micro))
         sync = model.no_sync() if run.ddp and micro < run.accum - 1 else contextlib.nullcontext()
         with sync, run.ctx:
-            _, loss = model(x, composer, targets=y, kind=kind, source=source)
+            _, loss = model(x, composer, targets=y, kind=kind)
             loss = loss / run.accum
         run.scaler.scale(loss).backward()
         loss_sum += loss.item()
@@ -783,18 +768,6 @@ def train_step(run, it, lr):
     return loss_sum, grad_norm
 
 
-def number_sources(run, dataset):
-    """Give every training piece its source id (1.. in key order, dataset.source_keys) for the source
-    condition; a dataset with more sources than the model's n_sources - 1 rows is a one-line error."""
-    keys = dataset.source_keys("train")
-    table = {key: i + 1 for i, key in enumerate(sorted(set(keys)))}
-    if len(table) >= run.cfg.n_sources:
-        raise CliError(f"{run.cfg.data_dir} has {len(table)} training sources (folder, rendition, velocity and "
-                       f"tempo habits); n_sources={run.cfg.n_sources} must be at least {len(table) + 1}")
-    run.train_data.source_ids = np.array([table[key] for key in keys], np.int64)
-    run.source_table = table
-
-
 def micro_batch(run, it, micro):
     """The windows of one micro-step: a function of (seed, rank, iteration, micro-step) alone,
     so a resumed run draws exactly the batches the uninterrupted one would have."""
@@ -804,17 +777,12 @@ def micro_batch(run, it, micro):
     n_replay = round(cfg.batch_size * cfg.replay_share) if run.replay_data is not None else 0
     n_new = cfg.batch_size - n_replay
     pieces = train_pieces(len(run.train_data), cfg.seed, micro_step * n_new, n_new, run.piece_weights)
-    options = (cfg.cond_drop, cfg.transpose, cfg.kind_drop if cfg.n_kinds else 0.0,
-               (cfg.augment_velocity, cfg.augment_tempo, cfg.augment_duration, cfg.augment_transcription))
+    options = (cfg.cond_drop, cfg.transpose, cfg.kind_drop if cfg.n_kinds else 0.0)
     batch = run.train_data.batch(pieces, rng, *options)
     if n_replay:  # fine-tuning: the rest of the windows from the data the checkpoint learned from
         old = train_pieces(len(run.replay_data), cfg.seed + 1, micro_step * n_replay, n_replay, run.replay_weights)
         batch = tuple(torch.cat(pair) for pair in zip(batch, run.replay_data.batch(old, rng, *options)))
-    # the source of each window (0 unknown, and always for replayed windows: another dataset's sources)
-    source = torch.zeros(len(batch[0]), dtype=torch.long)
-    if cfg.n_sources:
-        source[:n_new] = run.train_data.source_batch(pieces, rng, cfg.source_drop)
-    return (*batch, source)
+    return batch
 
 
 def evaluate_and_save(run, it, bar):

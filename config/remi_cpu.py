@@ -17,6 +17,8 @@
 # the kind carries texture; sample.py --render_as chooses it. A rendition is drawn half as often as
 # a file (rendition_weight=0.5): at the 20-minute budget that named held-out scores and ASAP's
 # performances more often than drawing them as often as files (docs/LOG.md, 2026-12-02 evening).
+# Every composer also has a row before every block (composer_layers): it named more pieces of
+# sources the model never trained on, side by side (docs/LOG.md, 2026-12-03 evening).
 data_dir = "data/classical"
 out_dir = "out/classical"
 block_size = 256
@@ -40,6 +42,7 @@ mlp = "relu2"
 qk_norm = True
 tie_head = False
 n_kinds = 3
+composer_layers = True
 kind_drop = 0.1
 rendition_weight = 0.5
 optimizer = "muon"

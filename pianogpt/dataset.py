@@ -161,27 +161,6 @@ class Dataset:
         rows = [p for p in self.pieces() if p["split"] == split]
         return np.array([KIND_IDS.get(p.get("kind"), 0) for p in rows], dtype=np.int64)
 
-    def source_keys(self, split):
-        """Per row of a split, the source it comes from, as the habits an archive fixes tell it:
-        "<folder>|<file or rendition>|<flat or dynamic velocities>|<one, sparse or dense tempo>" (the
-        folder only when several were merged). The source condition (model n_sources) learns a row
-        for each, so that a composer's row need not carry them."""
-        vocab, split_data = self.tokenizer.vocab, self.splits[split]
-        velocity = token_values(vocab, "Velocity")[0]
-        tempo, bar = token_values(vocab, "Tempo")[0], vocab["Bar_None"]
-        several = isinstance(self.meta.get("source"), list)
-        rows = [p for p in self.pieces() if p["split"] == split]
-        keys = []
-        for row, piece in enumerate(rows):
-            ids = np.asarray(split_data.piece(row))
-            velocities = len(np.unique(ids[np.isin(ids, velocity)]))
-            tempos, bars = int(np.isin(ids, tempo).sum()), max(1, int((ids == bar).sum()))
-            keys.append("|".join([piece["path"].split("/")[0] if several else "",
-                                  "rendition" if "rendition_of" in piece else "file",
-                                  "flat" if velocities <= 2 else "dynamic",
-                                  "one" if tempos <= 1 else "sparse" if tempos < bars / 2 else "dense"]))
-        return keys
-
     def rendition_mask(self, split):
         """True for each row of a split's index that is a performed rendition (prepare.py
         --renditions), not a file of its own."""
@@ -327,135 +306,6 @@ def verify_dataset(data_dir):
 # ----------------------------------------------------------------------------- training windows
 
 
-def token_values(vocab, prefix):
-    """(ids, values) of the tokens "<prefix>_<value>": Velocity_64, Tempo_120.0, Duration_1.4.8
-    (beats.positions.resolution, as a number of beats)."""
-    ids, values = [], []
-    for name, i in vocab.items():
-        kind, _, value = name.partition("_")
-        if kind != prefix:
-            continue
-        if prefix == "Duration":
-            beats, positions, resolution = (int(v) for v in value.split("."))
-            value = beats + positions / resolution
-        ids.append(i)
-        values.append(float(value))
-    order = np.argsort(values)
-    return np.array(ids, np.int64)[order], np.array(values)[order]
-
-
-def nearest(values, wanted, log=False):
-    """Index into the sorted `values` of the one nearest each of `wanted` (on a log scale if asked)."""
-    a, b = (np.log(values), np.log(np.maximum(wanted, 1e-9))) if log else (values, wanted)
-    return np.abs(a[None, :] - b[:, None]).argmin(1)
-
-
-class HabitAugmenter:
-    """Randomises, per window, what one archive fixes and another does not, so that a composer's
-    row cannot stand for his archive's habits (issue 36): its velocity curve (a sequencer's constant
-    64, a keyboard's 127, a pianist's dynamics), its tempo convention (a recorder's one 120 bpm, a
-    score's real tempo, a sequencer's tempo change on every onset) and its duration style (pedalled
-    or clipped notes); and what an automatic transcriber does to a performance (soft notes missed,
-    ghost notes an octave off, as in the original design's GiantMIDI-Piano). Beyond the
-    transcriber's notes, pitches and onsets are never touched: the notes stay the music's.
-    """
-
-    FLAT_SHARE = 0.25  # of the velocity remaps: one constant velocity, as many sequencers write
-    VELOCITY_GAMMA = 0.5  # curve v -> 127 (v/127)^g with log g in [-0.5, 0.5]: from compressed to exaggerated
-    VELOCITY_OFFSET = 24  # and a shift in [-24, 24]: a soft or a loud recording
-    ONE_TEMPO_SHARE = 0.5  # of the tempo remaps: the window's tempo changes dropped, as a recorder writes one
-    TEMPO_FACTOR = 1.5  # tempo tokens scaled by [1/1.5, 1.5]: 120 bpm written for music played at 80 or 180
-    DURATION_FACTOR = 1.6  # durations scaled by [1/1.6, 1.6]: a pedal held or notes clipped
-    MISSED_SOFT = 0.3  # the share of soft notes (velocity under 48) a transcriber misses
-    MISSED_ANY = 0.02  # and of all other notes
-    GHOSTS = 0.04  # notes that gain a short, soft ghost an octave away (a harmonic taken for a note)
-
-    def __init__(self, vocab):
-        self.vocab_size = max(vocab.values()) + 1
-        self.velocity = token_values(vocab, "Velocity")
-        self.tempo = token_values(vocab, "Tempo")
-        self.duration = token_values(vocab, "Duration")
-        self.positions = token_values(vocab, "Position")[0]
-        self.pitch = token_values(vocab, "Pitch")
-        self.markers = np.concatenate([self.positions, [vocab["Bar_None"]],
-                                       [i for name, i in vocab.items() if name.startswith("Rest_")]])
-
-    def apply(self, rng, ids, velocity=0.0, tempo=0.0, duration=0.0, transcription=0.0):
-        """ids [N] with each habit randomised with its chance; a chance of 0 draws no random number,
-        so runs without augmentation keep their random stream. Tempo changes and notes dropped
-        shorten ids, ghost notes lengthen it."""
-        for chance, habit in ((velocity, self.random_velocities), (tempo, self.random_tempo),
-                              (duration, self.random_durations), (transcription, self.transcribed)):
-            if chance and rng.random() < chance:
-                ids = habit(rng, ids)
-        return ids
-
-    def remapped(self, ids, old, new):
-        table = np.arange(self.vocab_size)
-        table[old] = new
-        return table[ids]
-
-    def random_velocities(self, rng, ids):
-        old, values = self.velocity
-        if rng.random() < self.FLAT_SHARE:
-            new = np.full(len(values), rng.uniform(40, 127))
-        else:
-            gamma = np.exp(rng.uniform(-self.VELOCITY_GAMMA, self.VELOCITY_GAMMA))
-            new = 127 * (values / 127) ** gamma + rng.uniform(-self.VELOCITY_OFFSET, self.VELOCITY_OFFSET)
-        return self.remapped(ids, old, old[nearest(values, np.clip(new, values[0], values[-1]))])
-
-    def random_tempo(self, rng, ids):
-        if rng.random() < self.ONE_TEMPO_SHARE:
-            ids = self.one_tempo(ids)
-        old, values = self.tempo
-        factor = np.exp(rng.uniform(-np.log(self.TEMPO_FACTOR), np.log(self.TEMPO_FACTOR)))
-        return self.remapped(ids, old, old[nearest(values, np.clip(values * factor, values[0], values[-1]))])
-
-    def random_durations(self, rng, ids):
-        old, values = self.duration
-        factor = np.exp(rng.uniform(-np.log(self.DURATION_FACTOR), np.log(self.DURATION_FACTOR)))
-        return self.remapped(ids, old, old[nearest(values, values * factor, log=True)])
-
-    def transcribed(self, rng, ids):
-        """Notes (Pitch, Velocity, Duration) as a transcriber hears them: soft ones missed, a few
-        gaining a short, soft ghost an octave up or down; an onset left with no note goes too."""
-        is_pitch = np.isin(ids, self.pitch[0])
-        starts = np.flatnonzero(is_pitch[:-2] & np.isin(ids[1:-1], self.velocity[0]) &
-                                np.isin(ids[2:], self.duration[0]))
-        velocity_of = dict(zip(self.velocity[0].tolist(), self.velocity[1].tolist()))
-        soft = np.array([velocity_of[int(ids[i + 1])] < 48 for i in starts], bool)
-        missed = rng.random(len(starts)) < np.where(soft, self.MISSED_SOFT, self.MISSED_ANY)
-        ghosted = (rng.random(len(starts)) < self.GHOSTS) & ~missed
-        octaves = rng.choice([-12, 12], len(starts))
-        out, position = [], 0
-        for i, miss, ghost, octave in zip(starts.tolist(), missed.tolist(), ghosted.tolist(), octaves.tolist()):
-            out.append(ids[position:i])
-            position = i + 3
-            if not miss:
-                out.append(ids[i:i + 3])
-            pitch = int(ids[i]) + octave
-            if ghost and self.pitch[0][0] <= pitch <= self.pitch[0][-1]:
-                soft_velocity = self.velocity[0][max(0, int(np.searchsorted(self.velocity[0], ids[i + 1])) - 8)]
-                out.append(np.array([pitch, soft_velocity, self.duration[0][0]], np.int64))
-        out.append(ids[position:])
-        return self.without_empty_onsets(np.concatenate(out))
-
-    def without_empty_onsets(self, ids):
-        """REMI never writes an onset with nothing at it: a Position followed by a Position, a Bar,
-        a Rest or the end goes."""
-        empty = np.isin(ids, self.positions) & np.append(np.isin(ids[1:], self.markers), True)
-        return ids[~empty]
-
-    def one_tempo(self, ids):
-        """Only the first Tempo token kept; a Position left with nothing after it (the next token a
-        Position, a Bar or a Rest) goes too, as REMI never writes an empty onset."""
-        tempo = np.isin(ids, self.tempo[0])
-        keep = ~tempo
-        if tempo.any():
-            keep[np.argmax(tempo)] = True
-        return self.without_empty_onsets(ids[keep])
-
-
 class WindowSampler:
     """Training windows from one split: [BOS] + a crop of block_size tokens, padded with PAD.
 
@@ -471,8 +321,6 @@ class WindowSampler:
         self.pitch_lo, self.pitch_hi = meta["pitch_ids"]
         self.kinds = dataset.kind_ids(split) if len(self.index) else np.zeros(0, np.int64)
         self.renditions = dataset.rendition_mask(split) if len(self.index) else np.zeros(0, bool)
-        self.habits = HabitAugmenter(dataset.tokenizer.vocab)
-        self.source_ids = np.zeros(len(self.index), np.int64)  # 0: unknown (train.py numbers the sources)
 
     def __len__(self):
         return len(self.index)
@@ -483,46 +331,26 @@ class WindowSampler:
         self.index[:, 2] = ids[self.index[:, 2]]
 
     def window(self, piece, rng):
-        return self.framed(self.crop(piece, rng, self.block_size))
-
-    def crop(self, piece, rng, length):
-        """Up to `length` tokens of a piece from a random start (drawn for a block_size window)."""
-        offset, n, _ = self.index[piece]
-        start = int(rng.integers(0, max(0, n - self.block_size) + 1))
-        return self.tokens[offset + start: offset + min(n, start + length)]
-
-    def framed(self, crop):
-        """[BOS] + the first block_size tokens of crop, padded with PAD."""
-        crop = crop[:self.block_size]
+        offset, length, _ = self.index[piece]
+        start = int(rng.integers(0, max(0, length - self.block_size) + 1))
+        crop = self.tokens[offset + start: offset + min(length, start + self.block_size)]
         x = np.full(self.block_size + 1, self.pad_id, dtype=np.int64)
         x[0] = self.bos_id
         x[1:1 + len(crop)] = crop
         return x
 
-    def source_batch(self, pieces, rng, source_drop):
-        """The source id [B] of each window's piece, 0 (unknown) for a share source_drop of them."""
-        import torch
-
-        source = torch.from_numpy(self.source_ids[pieces])
-        return torch.where(torch.from_numpy(rng.random(len(pieces)) < source_drop), torch.zeros_like(source), source)
-
     def transpose(self, x, semitones):
         return transpose_pitches(x, semitones, self.pitch_lo, self.pitch_hi)
 
-    def batch(self, pieces, rng, cond_drop=0.0, transpose=0, kind_drop=0.0, habits=(0.0, 0.0, 0.0, 0.0)):
+    def batch(self, pieces, rng, cond_drop=0.0, transpose=0, kind_drop=0.0):
         """(input [B, T], target [B, T], composer [B], kind [B]) for the given piece rows.
-        Augmentation per window: a pitch shift in [-transpose, transpose] semitones; habits: the
-        chances (velocity, tempo, duration, transcription) of HabitAugmenter's habits.
+        Augmentation per window: a pitch shift in [-transpose, transpose] semitones.
         cond_drop / kind_drop: the share of windows whose composer / kind becomes 0 (unknown)."""
         import torch
 
         rows = []
         for piece in pieces:
-            if any(habits):  # twice the tokens, in case a habit drops some
-                x = self.framed(self.habits.apply(rng, np.asarray(self.crop(piece, rng, 2 * self.block_size),
-                                                                  np.int64), *habits))
-            else:
-                x = self.window(piece, rng)
+            x = self.window(piece, rng)
             if transpose:
                 x = self.transpose(x, int(rng.integers(-transpose, transpose + 1)))
             rows.append(x)

@@ -6,8 +6,30 @@ shortcut: the model named the archive's habit, not the composer (issue 36).
 """
 import numpy as np
 
-from pianogpt.dataset import HabitAugmenter, nearest, token_values
 from pianogpt.remi import transpose_pitches
+
+
+def token_values(vocab, prefix):
+    """(ids, values) of the tokens "<prefix>_<value>": Velocity_64, Tempo_120.0, Duration_1.4.8
+    (beats.positions.resolution, as a number of beats)."""
+    ids, values = [], []
+    for name, i in vocab.items():
+        kind, _, value = name.partition("_")
+        if kind != prefix:
+            continue
+        if prefix == "Duration":
+            beats, positions, resolution = (int(v) for v in value.split("."))
+            value = beats + positions / resolution
+        ids.append(i)
+        values.append(float(value))
+    order = np.argsort(values)
+    return np.array(ids, np.int64)[order], np.array(values)[order]
+
+
+def nearest(values, wanted, log=False):
+    """Index into the sorted `values` of the one nearest each of `wanted` (on a log scale if asked)."""
+    a, b = (np.log(values), np.log(np.maximum(wanted, 1e-9))) if log else (values, wanted)
+    return np.abs(a[None, :] - b[:, None]).argmin(1)
 
 
 class Probes:
@@ -22,7 +44,8 @@ class Probes:
         self.duration = token_values(vocab, "Duration")
         self.positions = token_values(vocab, "Position")
         self.bar = vocab["Bar_None"]
-        self.habits = HabitAugmenter(vocab)
+        self.markers = np.concatenate([self.positions[0], [self.bar],
+                                       [i for name, i in vocab.items() if name.startswith("Rest_")]])
         pitches = token_values(vocab, "Pitch")[0]
         self.pitch_lo, self.pitch_hi = int(pitches.min()), int(pitches.max())
 
@@ -56,8 +79,16 @@ class Probes:
         return self.remapped(ids, tids, tids[nearest(values, np.clip(values * 1.5, values[0], values[-1]))])
 
     def no_tempo_changes(self, ids):
-        """Only the first Tempo token kept (a recorder's one tempo), and no onset left empty."""
-        return self.habits.one_tempo(ids)
+        """Only the first Tempo token kept (a recorder's one tempo); a Position left with nothing
+        after it (the next token a Position, a Bar or a Rest) goes too, as REMI never writes an empty
+        onset."""
+        tempo = np.isin(ids, self.tempo[0])
+        keep = ~tempo
+        if tempo.any():
+            keep[np.argmax(tempo)] = True
+        ids = ids[keep]
+        empty = np.isin(ids, self.positions[0]) & np.append(np.isin(ids[1:], self.markers), True)
+        return ids[~empty]
 
     def onsets_on_quarter_grid(self, ids):
         """Every onset moved back to the last quarter-note grid line (notes between grid lines join

@@ -1,4 +1,4 @@
-"""Composers, not sources: a source held out whole, habit augmentation, fingerprint probes."""
+"""Composers, not sources: a source held out whole, identification on it, fingerprint probes."""
 import json
 
 import numpy as np
@@ -89,52 +89,6 @@ def types_of(vocab, ids):
     return np.array([inverse[int(i)] for i in ids.ravel()]).reshape(ids.shape)
 
 
-def test_habit_augmentation_keeps_the_notes_and_randomises_the_habits(tiny_dataset):
-    from pianogpt.dataset import WindowSampler, open_dataset
-
-    dataset = open_dataset(tiny_dataset)
-    # windows longer than any piece start at its first token, whatever the random stream
-    sampler, vocab = WindowSampler(dataset, "train", 4096), dataset.tokenizer.vocab
-    pieces = np.arange(len(sampler)).repeat(4)
-    plain = sampler.batch(pieces, np.random.default_rng(3))[0].numpy()
-    augmented = sampler.batch(pieces, np.random.default_rng(3), habits=(1.0, 1.0, 1.0))[0].numpy()
-    types = types_of(vocab, plain)
-    aug_types = types_of(vocab, augmented)
-    for w in range(len(plain)):  # the same notes in the same order, whatever else changed
-        assert (augmented[w][aug_types[w] == "Pitch"] == plain[w][types[w] == "Pitch"]).all()
-        assert (augmented[w][aug_types[w] == "Position"] == plain[w][types[w] == "Position"]).all() or \
-            (aug_types[w] == "Tempo").sum() <= 1  # an onset that held only a tempo change may go with it
-    for habit in ("Velocity", "Tempo", "Duration"):
-        changed = [(aug_types[w] == habit).sum() != (types[w] == habit).sum() or
-                   (augmented[w][aug_types[w] == habit] != plain[w][types[w] == habit]).any() for w in range(len(plain))]
-        assert np.mean(changed) > 0.5, habit
-    both = sampler.batch(pieces, np.random.default_rng(3), habits=(1.0, 0.0, 1.0))[0].numpy()
-    assert (types_of(vocab, both) == types).all()  # velocities and durations: every token keeps its type
-    kept = ~np.isin(types, ["Velocity", "Duration"])
-    assert (both[kept] == plain[kept]).all()  # pitches, positions, bars, rests and tempos are untouched
-    one = sampler.batch(pieces, np.random.default_rng(3), habits=(0.0, 1.0, 0.0))[0].numpy()
-    one_types = types_of(vocab, one)
-    assert ((one_types == "Tempo").sum(1) <= np.maximum(1, (types == "Tempo").sum(1))).all()
-    assert any((one_types[w] == "Tempo").sum() < (types[w] == "Tempo").sum() for w in range(len(plain)))
-
-
-def test_no_augmentation_draws_no_random_number(tiny_dataset):
-    from pianogpt.dataset import WindowSampler, open_dataset
-
-    sampler = WindowSampler(open_dataset(tiny_dataset), "train", 64)
-    a, b = np.random.default_rng(5), np.random.default_rng(5)
-    sampler.batch(np.arange(len(sampler)), a)
-    sampler.batch(np.arange(len(sampler)), b, habits=(0.0, 0.0, 0.0))
-    assert a.random() == b.random()
-
-
-def test_train_config_refuses_an_augmentation_chance_outside_0_1(tmp_path):
-    from pianogpt.cli import CliError
-
-    with pytest.raises(CliError, match="augment_tempo must be in"):
-        tiny_train_config(tmp_path, tmp_path / "out", augment_tempo=1.5).validate()
-
-
 @pytest.fixture(scope="module")
 def encoded_piece():
     from pianogpt.remi import build_tokenizer, encode_score
@@ -210,84 +164,3 @@ def test_scoring_the_notes_only_splits_a_piece_score_in_two(encoded_piece):
     span = scored_span(64)
     assert tokens_scored(len(ids), span, 2, ids, notes) + tokens_scored(len(ids), span, 2, ids, ~notes) == \
         tokens_scored(len(ids), span, 2)
-
-
-def test_a_transcriber_misses_soft_notes_and_adds_only_short_ghosts(encoded_piece):
-    from symusic import Note
-
-    from pianogpt.dataset import HabitAugmenter
-    from pianogpt.remi import decode_sample, encode_score, notes_of
-
-    tokenizer = encoded_piece[0]
-    score, rng = make_score(seed=7, n_bars=32, with_changes=False, out_of_range=False), np.random.default_rng(1)
-    for track in score.tracks:  # dynamics from pp to f
-        a = track.notes.numpy()
-        track.notes = Note.from_numpy(time=a["time"], duration=a["duration"], pitch=a["pitch"],
-                                      velocity=rng.integers(20, 110, len(a["pitch"])).astype(np.int8))
-    ids = np.asarray(encode_score(tokenizer, score)[0], np.int64)
-    habits = HabitAugmenter(tokenizer.vocab)
-    heard = habits.transcribed(np.random.default_rng(0), ids)
-    before, after = (decode_sample(tokenizer, x) for x in (ids, heard))
-    assert after[2] == 0.0  # the grammar holds
-    notes = {key: notes_of(result[1].tracks) for key, result in (("before", before), ("after", after))}
-    played = set(zip(notes["before"]["time"].tolist(), notes["before"]["pitch"].tolist()))
-    heard_notes = list(zip(notes["after"]["time"].tolist(), notes["after"]["pitch"].tolist(),
-                           notes["after"]["duration"].tolist(), notes["after"]["velocity"].tolist()))
-    shortest = int(notes["after"]["duration"].min())
-    ghosts = [(t, p) for t, p, d, v in heard_notes if (t, p) not in played]
-    assert ghosts and all((t, p - 12) in played or (t, p + 12) in played for t, p in ghosts)
-    assert all(d == shortest for t, p, d, v in heard_notes if (t, p) not in played)
-    soft = notes["before"]["velocity"] < 48
-    kept = {(t, p) for t, p, _, _ in heard_notes}
-    kept_soft = np.mean([(t, p) in kept for t, p in zip(notes["before"]["time"][soft], notes["before"]["pitch"][soft])])
-    kept_loud = np.mean([(t, p) in kept for t, p in zip(notes["before"]["time"][~soft], notes["before"]["pitch"][~soft])])
-    assert kept_soft < 0.85 < 0.95 < kept_loud
-
-
-def test_the_source_condition_changes_the_prediction_and_none_means_unknown():
-    import torch
-
-    from conftest import tiny_model
-
-    model = tiny_model(block_size=16, n_layer=1, n_embd=16, n_sources=4)
-    torch.nn.init.normal_(model.wse.weight, std=1.0)
-    idx, composer = torch.randint(2, 64, (2, 10)), torch.tensor([1, 2])
-    unknown, _ = model(idx, composer, all_logits=True)
-    row_0, _ = model(idx, composer, all_logits=True, source=torch.zeros(2, dtype=torch.long))
-    source_3, _ = model(idx, composer, all_logits=True, source=torch.full((2,), 3))
-    assert torch.equal(unknown, row_0) and not torch.allclose(unknown, source_3)
-    assert not hasattr(tiny_model(block_size=16, n_layer=1, n_embd=16), "wse")
-    with pytest.raises(ValueError, match="n_sources must be 0"):
-        tiny_model(n_sources=1)
-
-
-def test_sources_are_told_by_folder_rendition_velocity_and_tempo(held_out_dataset):
-    from pianogpt.dataset import open_dataset
-
-    dataset = open_dataset(held_out_dataset)
-    keys = dict(zip([p["path"] for p in dataset.pieces() if p["split"] == "train"], dataset.source_keys("train")))
-    renditions = {path: key for path, key in keys.items() if "#performed" in path}
-    assert renditions and all(key.startswith("archive|rendition|") for key in renditions.values())
-    files = {path: key for path, key in keys.items() if "#performed" not in path}
-    assert all(key.startswith("archive|file|dynamic|") for key in files.values())  # make_score's varied velocities
-    heldout = dataset.source_keys("heldout")
-    assert len(heldout) == 5 and all(key.startswith("recitals|file|dynamic|one") for key in heldout)  # one 120 bpm
-
-
-def test_training_with_sources_drops_them_and_refuses_too_few_rows(held_out_dataset, tmp_path):
-    from pianogpt.cli import CliError
-    from train import Run, base_checkpoint, micro_batch, set_up_data, set_up_device, train
-
-    train(tiny_train_config(held_out_dataset, tmp_path / "run", block_size=64, max_iters=4, n_sources=8))
-    cfg = tiny_train_config(held_out_dataset, tmp_path / "run2", block_size=64, max_iters=4, n_sources=8,
-                            source_drop=0.5, batch_size=400)
-    run = Run(cfg)
-    run.base = base_checkpoint(cfg)
-    set_up_device(run)
-    set_up_data(run)
-    sources = micro_batch(run, 0, 0)[-1]
-    known = run.train_data.source_ids[run.train_data.source_ids > 0]
-    assert len(known) == len(run.train_data) and 0.35 < (sources == 0).float().mean() < 0.65
-    assert set(sources.tolist()) - {0} <= set(known.tolist())
-    with pytest.raises(CliError, match="n_sources=2 must be at least"):
-        train(tiny_train_config(held_out_dataset, tmp_path / "run3", block_size=64, max_iters=4, n_sources=2))
