@@ -276,7 +276,7 @@ def score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ct
     """One row per piece [(tokens, composer id, kind id)]: tokens scored, NLL with the true
     composer, composer 0 and a wrong one, and the scores of the candidate composers; each piece
     scored with its own kind. scorings: {name: counted} (scorings_of; None: all tokens), the first
-    the primary one (tokens, NLL, candidate_scores), each under candidate_scores_by_tokens."""
+    the primary one (tokens, NLL), the candidates' scores under each under candidate_scores_by_tokens."""
     scorings = scorings or {"all": None}
     masks = stacked(scorings, model.config.vocab_size)
     primary = next(iter(scorings.values()))
@@ -290,7 +290,6 @@ def score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ct
         rows.append({"n": n, "true": true, "kind": kind,
                      "nll": {key: float(-scores[ids.index(k), 0] / n) for key, k in
                              (("true", true), ("uncond", 0), ("wrong", wrong))},
-                     "candidate_scores": scores[[ids.index(c) for c in candidates], 0],
                      "candidate_scores_by_tokens": {name: scores[[ids.index(c) for c in candidates], m]
                                                     for m, name in enumerate(scorings)}})
     return rows
@@ -303,13 +302,12 @@ def summarise_pieces(rows, candidates, names, train_counts, seed):
     gaps = {"uncond_minus_true": bootstrap_mean([r["nll"]["uncond"] - r["nll"]["true"] for r in rows], weights, seed),
             "wrong_minus_uncond": bootstrap_mean([r["nll"]["wrong"] - r["nll"]["uncond"] for r in rows], weights, seed)}
     eligible = [r for r in rows if r["true"] in candidates]
-    ident = identification([r["candidate_scores"] for r in eligible], [r["true"] for r in eligible], candidates,
-                           names, train_counts)
+    scorings = rows[0]["candidate_scores_by_tokens"] if rows else ("all",)  # the primary first
     by_tokens = {name: identification([r["candidate_scores_by_tokens"][name] for r in eligible],
                                       [r["true"] for r in eligible], candidates, names, train_counts)
-                 for name in (rows[0]["candidate_scores_by_tokens"] if rows else {})}
+                 for name in scorings}
     return {"pieces": len(rows), "tokens_scored": int(sum(weights)), "nll": nll, "nll_gaps": gaps,
-            "identification": ident, "identification_by_tokens": by_tokens}
+            "identification": next(iter(by_tokens.values())), "identification_by_tokens": by_tokens}
 
 
 def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bos_id, max_windows, seed, ctx=None,
@@ -472,10 +470,12 @@ def set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composer
                        f"{model.config.vocab_size})")
     window = min(window or model.config.block_size, model.config.block_size)
     val, train_split = WindowSampler(dataset, "val", window), WindowSampler(dataset, "train", window)
+    heldout = WindowSampler(dataset, "heldout", window)
     if len(val) == 0:
         raise CliError(f"{data_dir} has no val pieces")
     composer_ids = checkpoint_ids(checkpoint["composers"], dataset.composers, data_dir)
     val.relabel_composers(composer_ids)
+    heldout.relabel_composers(composer_ids)
     train_split.relabel_composers(composer_ids)
     train_counts = composer_train_counts(checkpoint, train_split)
     candidates, rule = comparison_set(train_counts, min_train_pieces)
@@ -485,7 +485,7 @@ def set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composer
     several_sources = isinstance(meta.get("source"), list)
     return SimpleNamespace(
         model=model, tokenizer=tokenizer, checkpoint=checkpoint, data_dir=data_dir, dataset=dataset, meta=meta,
-        window=window, val=val, train_split=train_split, train_counts=train_counts, rule=rule, fine_tuned=new,
+        window=window, val=val, heldout=heldout, train_split=train_split, train_counts=train_counts, rule=rule, fine_tuned=new,
         candidates=candidates[:max_composers],  # max_composers None: all
         train_pieces=[train_split.tokens[o:o + n] for o, n, _ in train_split.index],
         names={i: n for n, i in checkpoint["composers"].items()}, n_composers=model.config.n_composers,
@@ -533,10 +533,16 @@ def ngram_baselines(e, x, y, model_nll):
             "model_over_best_ngram": model_nll / by_order[best_order]}
 
 
+def whole_pieces(sampler, rows=None):
+    """The whole pieces of a split's sampler [(tokens, composer id, kind id)], each with its own kind
+    (only the given rows, in their order, if any)."""
+    rows = range(len(sampler)) if rows is None else rows
+    return [(np.asarray(sampler.tokens[o:o + n], np.int64), int(c), int(sampler.kinds[row]))
+            for row, (o, n, c) in zip(rows, sampler.index[list(rows)])]
+
+
 def val_pieces(e):
-    """The whole val pieces [(tokens, composer id, kind id)], each with its own kind."""
-    return [(np.asarray(e.val.tokens[o:o + n], np.int64), int(c), int(k)) for (o, n, c), k in
-            zip(e.val.index, e.val.kinds)]
+    return whole_pieces(e.val)
 
 
 def val_piece_measures(e):
@@ -549,18 +555,14 @@ def heldout_pieces(e, per_work):
     """The pieces of the sources held out whole (prepare.py --holdout) [(tokens, composer id, kind id)]
     and their sources, at most per_work of each work (in path order): many performances of one work
     are not independent evidence, and would narrow the interval without adding any."""
-    rows, taken = [], {}
+    rows, sources, taken = [], [], {}
     for row, piece in enumerate(p for p in e.dataset.pieces() if p["split"] == "heldout"):
         work = work_of(piece["path"])
         taken[work] = taken.get(work, 0) + 1
         if taken[work] <= per_work:
-            rows.append((row, piece["path"].split("/")[0]))
-    split = e.dataset.splits["heldout"]
-    composer_ids = checkpoint_ids(e.checkpoint["composers"], e.dataset.composers, e.data_dir)
-    kinds = e.dataset.kind_ids("heldout")
-    pieces = [(np.asarray(split.piece(row), np.int64), int(composer_ids[split.index[row, 2]]), int(kinds[row]))
-              for row, _ in rows]
-    return pieces, [source for _, source in rows], len(taken)
+            rows.append(row)
+            sources.append(piece["path"].split("/")[0])
+    return whole_pieces(e.heldout, rows), sources, len(taken)
 
 
 def heldout_piece_measures(e, per_work):

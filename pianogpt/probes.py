@@ -6,7 +6,7 @@ shortcut: the model named the archive's habit, not the composer (issue 36).
 """
 import numpy as np
 
-from pianogpt.remi import transpose_pitches
+from pianogpt.remi import ONSET_STEPS_PER_QUARTER, transpose_pitches
 
 
 def token_values(vocab, prefix):
@@ -94,8 +94,7 @@ class Probes:
         """Every onset moved back to the last quarter-note grid line (notes between grid lines join
         the chord there): a coarser quantisation than the file's."""
         pids, values = self.positions
-        resolution = 8  # positions per beat in the first beats (the tokenizer's beat_res)
-        snapped = pids[nearest(values, np.floor(values / resolution) * resolution)]
+        snapped = pids[nearest(values, np.floor(values / ONSET_STEPS_PER_QUARTER) * ONSET_STEPS_PER_QUARTER)]
         ids = self.remapped(ids, pids, snapped)
         is_position, is_tempo = np.isin(ids, pids), np.isin(ids, self.tempo[0])
         out, last, merged = [], None, False
