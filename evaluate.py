@@ -40,8 +40,9 @@ from pianogpt.copies import CopyFinder, note_events
 from pianogpt.judge import Judge, note_arrays, note_features
 from pianogpt.probes import Probes
 from pianogpt.ngram import HIGH_ORDER_MAX_TOKENS, NGRAM_ORDERS, NGram, unigram_entropy
-from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, guidance_kinds,
-                  piece_kind)
+from pianogpt.infill import PLAIN, bar_lines, context_budget, gap_layouts, infill_prompt, real_gaps, write_middles
+from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, grammar_error_rate,
+                           guidance_kinds, piece_kind)
 
 
 KIND_NAMES = {kind_id: kind for kind, kind_id in KIND_IDS.items()}  # 1: "sequenced", 2: "performed"
@@ -407,7 +408,7 @@ def excerpts(split, rows, length, per_piece, seed):
 def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1.0, 5.0), samples_per_composer=2,
              sample_tokens=512, seed=0, device="cpu", max_composers=None, real_dir=None, min_train_pieces=30,
              max_windows=4, judge_excerpts=3, dtype="auto", guidance_mode="within_types", per_work=1,
-             probes=(), score_tokens="all"):
+             probes=(), score_tokens="all", infill_gaps=0, infill_takes=0, infill_guidance=3.0):
     """Every measure of the module docstring, as one dict (print_report prints it)."""
     if real_dir and not os.path.isdir(real_dir):
         raise CliError(f"--real_dir {real_dir} is not a folder")
@@ -434,6 +435,12 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     if probes:
         results["probes"] = probe_measures(e, probes, per_work)
         progress.say(f"probes {', '.join(probes)}")
+    if infill_gaps:
+        results["infill"] = infill_nll_measures(e, infill_gaps)
+        progress.say(f"{results['infill']['gaps']} real gaps of val pieces scored")
+    if infill_takes:
+        results.setdefault("infill", {}).update(infill_take_measures(e, infill_takes, infill_guidance))
+        progress.say("gaps filled and continued, judged")
     if samples_per_composer == 0:  # identification and NLL only: no judge, no copy index, no samples
         return results
     judge, val_scores, results["judge"] = fit_outside_judge(e, sample_tokens, judge_excerpts)
@@ -683,6 +690,104 @@ def sample_measures(e, judge, copies, guidance, render_as, per_composer, sample_
             **mean_stats([music_stats(score, errors) for score, errors in sample_scores])}
 
 
+# ----------------------------------------------------------------------------- infilling
+
+
+INFILL_BARS = 2  # the gaps the infilling measures cut out of val pieces, in bars
+
+
+def val_gaps(e, n):
+    """n real gaps of INFILL_BARS bars in the whole val pieces (seeded), with their pieces."""
+    pieces = val_pieces(e)
+    gaps = real_gaps([t for t, _, _ in pieces], e.tokenizer.vocab["Bar_None"], e.model.config.block_size, n,
+                     np.random.default_rng([e.seed, 37]), bars=INFILL_BARS)
+    return pieces, gaps
+
+
+def infill_nll_measures(e, n):
+    """NLL of the real middle of each gap (after its opening bar line, with the bar line closing it)
+    with the music after it visible (a model with roles) and continued from the music before it
+    only, the paired difference, and each gap's values (to pair with another checkpoint's)."""
+    pieces, gaps = val_gaps(e, n)
+    if not gaps:
+        return {"gaps": 0, "bars": INFILL_BARS}
+    ways = ("infill", "continue") if e.model.config.n_roles else ("continue",)
+    nll = {way: [] for way in ways}
+    for p, start, end in gaps:
+        tokens, composer, kind = pieces[p]
+        for way, (ids, roles, first) in gap_layouts(tokens, start, end, e.bos_id, e.model.config.block_size).items():
+            if way not in ways:
+                continue
+            x, y = torch.tensor([ids[:-1]], device=e.device), torch.tensor([ids[1:]], device=e.device)
+            role = torch.tensor([roles[:-1]], device=e.device) if e.model.config.n_roles else None
+            with torch.no_grad(), e.ctx:
+                log_p = e.model.token_log_probs(x, torch.tensor([composer], device=e.device), y,
+                                                kind=torch.tensor([kind], device=e.device), role=role)
+            nll[way].append(float(-log_p[0, first:].float().mean()))
+    out = {"gaps": len(gaps), "bars": INFILL_BARS, "per_gap": nll,
+           "nll": {way: bootstrap_mean(v, np.ones(len(v))) for way, v in nll.items()}}
+    if "infill" in nll:
+        out["infill_minus_continue"] = bootstrap_mean(np.subtract(nll["infill"], nll["continue"]), np.ones(len(gaps)))
+    return out
+
+
+def infill_take_measures(e, per_composer, guidance):
+    """For each composer of the comparison set, per_composer val gaps written in its style, filled
+    (the music after visible; a model with roles) and continued from the music before and cut after
+    INFILL_BARS bars, at one guidance: the outside judge's verdict on the new bars, how often they
+    reach the bar line where the piece resumes within their token budget, and the grammar errors
+    at the seams (the new bars joined to the music before and after)."""
+    bar_id = e.tokenizer.vocab["Bar_None"]
+    judge = fit_outside_judge(e, e.model.config.block_size // 2, 3)[0]  # excerpts about as long as a gap
+    pieces, gaps = val_gaps(e, len(e.candidates) * per_composer)
+    if not gaps:
+        return {"takes_per_way": 0}
+    ways = ("infill", "continue") if e.model.config.n_roles else ("continue",)
+    verdicts, closed, seams, requested = {w: [] for w in ways}, {w: [] for w in ways}, {w: [] for w in ways}, []
+    real = []
+    for i, (p, start, end) in enumerate(gaps):
+        tokens, _, kind = pieces[p]
+        composer = e.candidates[i % len(e.candidates)]
+        requested.append(composer)
+        real.append((tokens[start:end].tolist(), pieces[p][1]))
+        for way in ways:
+            middle, did_close = gap_take(e, tokens, start, end, composer, kind, guidance, way, bar_id, seed=i)
+            score, _ = decoded(e.tokenizer, [middle])[0]
+            verdicts[way].append(int(judge.predict(features([(score, 0.0)]))[0]))
+            closed[way].append(did_close)
+            joined = [int(t) for t in tokens[max(0, start - 16):start]] + middle + [int(t) for t in tokens[end:end + 16]]
+            seams[way].append(grammar_error_rate(e.tokenizer, joined))
+    real_verdicts = judge.predict(features(decoded(e.tokenizer, [t for t, _ in real])))
+    out = {"takes_per_way": len(gaps), "guidance": guidance, "judge_excerpt_tokens": e.model.config.block_size // 2,
+           "real_gaps_judge_accuracy": float(np.mean(real_verdicts == np.array([c for _, c in real])))}
+    for way in ways:
+        right = (np.array(verdicts[way]) == np.array(requested)).astype(float)
+        out[way] = {"judge_accuracy": bootstrap_mean(right, np.ones(len(right))), "closed": float(np.mean(closed[way])),
+                    "seam_grammar_error_rate": float(np.mean(seams[way])), "chance": 1 / len(e.candidates)}
+    return out
+
+
+def gap_take(e, tokens, start, end, composer, kind, guidance, way, bar_id, seed):
+    """(new middle tokens from the gap's opening bar line, closed) for one gap: filled between the
+    music before and after it (way "infill") or continued from the music before it ("continue"),
+    both given the gap's bar lines' metre and the token budget sample.py --infill gives."""
+    block = e.model.config.block_size
+    budget, side = context_budget(block, end - start)
+    lines = [i for i in bar_lines(tokens[start:end], bar_id)]
+    metre = [int(tokens[start + i + 1]) for i in lines]
+    if way == "infill":
+        prompt, prompt_roles = infill_prompt(tokens[:start], tokens[end:], side, e.bos_id, bar_id, len(lines) == 1)
+    else:
+        prompt = [e.bos_id] + [int(t) for t in tokens[max(0, start - (block - 1 - budget - 1)):start]] + [bar_id]
+        prompt_roles = [PLAIN] * len(prompt)
+    with e.ctx:
+        return write_middles(e.model, e.tokenizer, prompt, prompt_roles, len(lines), metre, budget,
+                             torch.tensor([composer], device=e.device), plain=way != "infill", guidance=guidance,
+                             generator=torch.Generator(device=e.device).manual_seed(seed),
+                             guidance_kinds=guidance_kinds(e.tokenizer, "within_types"),
+                             kind=kind if e.model.config.n_kinds else None)[0]
+
+
 class Progress:
     """One line per finished stage, with the seconds since the start (to stderr)."""
 
@@ -746,6 +851,8 @@ def print_report(r):
             print(f"  ignored: {len(r['real_dir']['ignored'])} ({', '.join(list(r['real_dir']['ignored'])[:6])} ...)")
     if "probes" in r:
         print_probes(r)
+    if "infill" in r:
+        print_infill(r["infill"])
     if "judge" not in r:
         return
     j, cp = r["judge"], r["copying"]
@@ -796,6 +903,34 @@ def print_probes(r):
     rows += [(name, [probe[short] for short, _ in slices]) for name, probe in r["probes"].items()]
     for name, parts in rows:
         print("  " + f"{name:22s}" + "".join(f"{v:20.3f}" for part in parts for v in cells(part)))
+
+
+def print_infill(f):
+    """The infilling measures: the real middle's NLL both ways, and the takes' verdicts and joins."""
+    if not f.get("gaps") and not f.get("takes_per_way"):
+        print(f"\ninfilling: no val piece has a gap of {INFILL_BARS} bars that fits this model's context with music "
+              "on both sides")
+        return
+    if "nll" in f:
+        print(f"\ninfilling: {f['gaps']} real gaps of {f['bars']} bars in val pieces, NLL of the real middle "
+              "(nats/token, 95 % bootstrap over gaps)")
+        for way, label in (("infill", "music after it visible"), ("continue", "continued from before only")):
+            if way in f["nll"]:
+                n = f["nll"][way]
+                print(f"  {label:28s} {n['mean']:.4f}  [{n['low']:.4f}, {n['high']:.4f}]")
+        if "infill_minus_continue" in f:
+            d = f["infill_minus_continue"]
+            print(f"  {'difference':28s} {d['mean']:+.4f}  [{d['low']:+.4f}, {d['high']:+.4f}]")
+    if "takes_per_way" in f:
+        print(f"\ninfilling takes: {f['takes_per_way']} gaps, each in the style of one compared composer, guidance "
+              f"{f['guidance']:g}; the outside judge on excerpts of {f['judge_excerpt_tokens']} tokens names the real "
+              f"gaps' composer {f['real_gaps_judge_accuracy']:.3f} of the time")
+        for way in ("infill", "continue"):
+            if way in f:
+                t, j = f[way], f[way]["judge_accuracy"]
+                print(f"  {way:9s} judge {j['mean']:.3f} [{j['low']:.3f}, {j['high']:.3f}] (chance {t['chance']:.3f}), "
+                      f"reached the bar line where the piece resumes {t['closed']:.3f}, grammar errors at the seams "
+                      f"{t['seam_grammar_error_rate']:.4f}")
 
 
 def print_fine_tuned_copies(samples, fine_tuned):
@@ -855,6 +990,13 @@ def main(argv=None):
                         help="which tokens' log-probabilities identification sums over a whole piece: all, or the "
                              "notes (pitches and onsets: no velocity, duration, tempo or time-signature token)")
     parser.add_argument("--judge_excerpts", type=positive_int, default=3, help="excerpts per piece for the judge")
+    parser.add_argument("--infill_gaps", type=non_negative_int, default=0,
+                        help=f"real {INFILL_BARS}-bar gaps cut from val pieces: the real middle's NLL with the music "
+                             "after it visible (a model trained with infill_share) and continued from before only")
+    parser.add_argument("--infill_takes", type=non_negative_int, default=0,
+                        help="gaps per compared composer filled (and continued) in its style and judged: judge "
+                             "accuracy, how often a take reaches the bar line where the piece resumes, seam grammar")
+    parser.add_argument("--infill_guidance", type=float, default=3.0, help="guidance of those takes")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     try:
@@ -872,7 +1014,8 @@ def main(argv=None):
         results = evaluate(args.ckpt, args.data_dir, args.num_windows, args.window, guidances, args.samples_per_composer,
                            args.sample_tokens, args.seed, args.device, args.max_composers, args.real_dir,
                            args.min_train_pieces, args.max_windows, args.judge_excerpts, args.dtype,
-                           args.guidance_mode, args.per_work, probes, args.score_tokens)
+                           args.guidance_mode, args.per_work, probes, args.score_tokens, args.infill_gaps,
+                           args.infill_takes, args.infill_guidance)
         print_report(results)
         if args.json:
             write_or_fail(atomic_write_text, args.json, json.dumps(results, indent=1))

@@ -51,6 +51,8 @@ class ModelOptions:
     n_kinds: int = 0  # 3: a learned kind embedding beside the composer's (row 0 unknown, 1 score, 2 performance)
     composer_layers: bool = False  # each composer also has a row added before every block (a fine-tune's new
     # composers: the frozen network gives one input row little to say; the other rows stay zero)
+    n_roles: int = 0  # 5: a learned role embedding per token for infilling (pianogpt/infill.py: plain, before,
+    # after, middle, the middle's last bar), so a window can hold the music after a gap before the gap itself
 
 
 @dataclass
@@ -65,6 +67,9 @@ class ModelConfig(ModelOptions):
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kinds not in (0, 3):
             raise ValueError(f"n_kinds must be 0 (off) or 3 (unknown, score, performance); got {self.n_kinds}")
+        if self.n_roles not in (0, 5):
+            raise ValueError(f"n_roles must be 0 (off) or 5 (infilling: plain, before, after, middle, last bar); "
+                             f"got {self.n_roles}")
         for key, choices in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
@@ -199,6 +204,8 @@ class MusicTransformer(nn.Module):
         self.wce = nn.Embedding(cfg.n_composers, cfg.n_embd)
         if cfg.n_kinds:  # which kind of MIDI a piece is (score or performance), so the composer need not say it
             self.wke = nn.Embedding(cfg.n_kinds, cfg.n_embd)
+        if cfg.n_roles:  # where a token stands in an infilling window (pianogpt/infill.py); row 0: plain music
+            self.wre = nn.Embedding(cfg.n_roles, cfg.n_embd)
         if cfg.composer_layers:  # zero: a composer without learned layer rows is exactly as without them
             self.wcl = nn.Parameter(torch.zeros(cfg.n_composers, cfg.n_layer, cfg.n_embd))
         if cfg.positions == "learned":
@@ -231,9 +238,10 @@ class MusicTransformer(nn.Module):
         """Unique parameters (the tied head counts once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, composer, targets=None, caches=None, start_pos=0, all_logits=False, kind=None):
+    def forward(self, idx, composer, targets=None, caches=None, start_pos=0, all_logits=False, kind=None, role=None):
         """idx [B, T] token ids, composer [B] ids -> (logits, loss). kind [B] (0 unknown, 1 score,
-        2 performance; None = unknown) is read only by a model with n_kinds > 0.
+        2 performance; None = unknown) is read only by a model with n_kinds > 0, role [B, T] (each
+        token's place in an infilling window; None = plain music) only by one with n_roles > 0.
 
         With targets: logits at every position and the label-smoothed cross-entropy that
         ignores PAD targets. Without: logits of the last position only (unless all_logits),
@@ -242,7 +250,7 @@ class MusicTransformer(nn.Module):
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size {self.config.block_size}")
-        x, rotary = self.embed(idx, composer, torch.arange(start_pos, start_pos + T, device=idx.device), kind)
+        x, rotary = self.embed(idx, composer, torch.arange(start_pos, start_pos + T, device=idx.device), kind, role)
         layer_rows = self.composer_layer_rows(composer)
         for i, block in enumerate(self.blocks):
             if layer_rows is not None:
@@ -261,13 +269,15 @@ class MusicTransformer(nn.Module):
                                ignore_index=self.config.pad_id, label_smoothing=self.config.label_smoothing)
         return logits, loss
 
-    def embed(self, idx, composer, positions, kind=None):
+    def embed(self, idx, composer, positions, kind=None, role=None):
         """The residual stream's input for tokens idx [B, T] at positions [T] (a device tensor), and
         the rotary angles of those positions (None with learned positions)."""
         x = self.wte(idx) + composer_vectors(self.wce.weight, composer)[:, None, :]
         if self.config.n_kinds:
             kind = torch.zeros(idx.size(0), dtype=torch.long, device=idx.device) if kind is None else kind
             x = x + self.wke(kind)[:, None, :]
+        if self.config.n_roles:
+            x = x + (self.wre.weight[0] if role is None else self.wre(role))
         rotary = None
         if self.config.positions == "learned":
             x = x + self.wpe(positions)
@@ -282,18 +292,19 @@ class MusicTransformer(nn.Module):
     def head(self, x):
         return self.lm_head(x)
 
-    def token_log_probs(self, idx, composer, targets, kind=None):
+    def token_log_probs(self, idx, composer, targets, kind=None, role=None):
         """log p(target_t | idx_<=t, composer, kind) for every position [B, T], no smoothing."""
-        logits, _ = self(idx, composer, all_logits=True, kind=kind)
+        logits, _ = self(idx, composer, all_logits=True, kind=kind, role=role)
         return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
     # ------------------------------------------------------------------ generation
 
-    def decode_step(self, token, composer, caches, pos, kind=None):
+    def decode_step(self, token, composer, caches, pos, kind=None, role=None):
         """Logits [B, vocab] of the next token after `token` [B, 1] placed at position `pos`
-        (a one-element long tensor on the device). Every shape is static and nothing is read
-        back to the host, so torch.compile can compile it once (CUDA graphs on a GPU)."""
-        x, rotary = self.embed(token, composer, pos, kind)
+        (a one-element long tensor on the device); role [B, 1] its infilling role. Every shape is
+        static and nothing is read back to the host, so torch.compile can compile it once (CUDA
+        graphs on a GPU)."""
+        x, rotary = self.embed(token, composer, pos, kind, role)
         layer_rows = self.composer_layer_rows(composer)
         for i, (block, cache) in enumerate(zip(self.blocks, caches)):
             if layer_rows is not None:

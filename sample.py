@@ -4,6 +4,7 @@
     python sample.py --composer chopin --guidance 0,1,5           # the same seed at three guidances
     python sample.py --composer "chopin:0.7,bach:0.3"             # a mix of styles
     python sample.py --composer_id 42 --prompt start.mid --prompt_tokens 256
+    python sample.py --infill mine.mid --bars 9-12 --composer chopin --num_samples 3   # rewrite bars 9-12
     python sample.py --render real.mid                            # a real piece through the same voice
     python sample.py --list_composers
 
@@ -32,9 +33,10 @@ from pianogpt.cli import (CliError, Parser, atomic_write_bytes, atomic_write_tex
 from pianogpt.dataset import RENDER_AS, UNCONDITIONAL
 from pianogpt.devices import compile_problem, device_type_of, require_compile, resolve_device, resolve_dtype
 from pianogpt.gallery import write_gallery
+from pianogpt.infill import bar_ticks, bars_of_seconds, plan_span, seconds_at, splice, write_middles
 from pianogpt.pictures import piano_roll, png_bytes
 from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, bar_line_seconds,
-                          decode_sample, encode_score, guidance_kinds)
+                          decode_sample, encode_score, guidance_kinds, merge_piano_tracks, piece_kind)
 
 
 # ----------------------------------------------------------------------------- composers
@@ -134,16 +136,21 @@ def parse_args(argv):
                              "a score (metronomic, as written) or a performance (as played: rubato, pedal, dynamics); "
                              "any: the model's own mix")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--bars", type=bounded(positive_int, MAX_BARS), help="length in bars: stop at the bar line that "
-                        f"ends the N-th bar after the prompt (at most {MAX_BARS})")
-    length.add_argument("--seconds", type=bounded(positive_float, MAX_SECONDS), help="length in time: stop at the "
-                        f"first bar line at least this many seconds into the piece (at most {MAX_SECONDS})")
+    length.add_argument("--bars", type=number_or_span(positive_int, MAX_BARS), help="length in bars: stop at the bar "
+                        f"line that ends the N-th bar after the prompt (at most {MAX_BARS}); with --infill, the bars "
+                        "to rewrite: 9-12 (or 9: one bar)")
+    length.add_argument("--seconds", type=number_or_span(positive_float, MAX_SECONDS), help="length in time: stop at "
+                        f"the first bar line at least this many seconds into the piece (at most {MAX_SECONDS}); with "
+                        "--infill, the time to rewrite: 20-30 (the bars that open in it)")
     parser.add_argument("--max_new_tokens", type=positive_int, default=None,
                         help=f"length in tokens (default {DEFAULT_NEW_TOKENS}); with --bars or --seconds, the most "
                              f"tokens a sample may take to get there (default {MAX_TOKENS_FOR_A_LENGTH})")
     parser.add_argument("--num_samples", type=positive_int, default=1)
     parser.add_argument("--seed", type=non_negative_int, default=1337)
     parser.add_argument("--prompt", help="a .mid to continue (default: start from BOS)")
+    parser.add_argument("--infill", metavar="FILE.mid", help="rewrite a span of this piece (--bars 9-12 or --seconds "
+                        "20-30) in the composer's style, joining the music after it; every note outside the span is "
+                        "kept (a model trained with infill_share > 0)")
     parser.add_argument("--prompt_tokens", type=positive_int, default=128, help="tokens of --prompt to keep")
     parser.add_argument("--constrained", default=True, action=argparse.BooleanOptionalAction,
                         help="mask tokens that break REMI's grammar (default on)")
@@ -177,13 +184,22 @@ MAX_TOKENS_FOR_A_LENGTH = 16384
 MAX_BARS, MAX_SECONDS = 1000, 3600
 
 
-def bounded(parse, most):
-    def parse_bounded(text):
+def number_or_span(parse, most):
+    """A flag's type: one number (a length), or two joined by '-' (a span of --infill), each at most `most`."""
+    def parse_number(text):
         value = parse(text)
         if value > most:
             raise argparse.ArgumentTypeError(f"at most {most}, got {text}")
         return value
-    return parse_bounded
+
+    def parse_it(text):
+        if "-" not in text.strip("-"):
+            return parse_number(text)
+        first, last = (parse_number(part) for part in text.split("-", 1))
+        if last < first:
+            raise argparse.ArgumentTypeError(f"a span runs forward: got {text}")
+        return first, last
+    return parse_it
 
 
 def guidance_list(text):
@@ -323,14 +339,15 @@ def remove_stem(stem):
                 pass
 
 
-def write_score(stem, score, audio=True, soundfont=None):
-    """stem.mid, stem.png and stem.wav of a score; {"midi", "notes", "seconds", "voice"}."""
+def write_score(stem, score, audio=True, soundfont=None, marked=None):
+    """stem.mid, stem.png (marked: a (start, end) tick span shaded on it) and stem.wav of a score;
+    {"midi", "notes", "seconds", "voice"}."""
     n_notes = sum(len(t.notes) for t in score.tracks)
     seconds = float(score.to("second").end()) if n_notes else 0.0
     tmp_mid = f"{stem}.mid.{os.getpid()}.tmp"
     score.dump_midi(tmp_mid)  # symusic writes a path; rename it into place
     os.replace(tmp_mid, f"{stem}.mid")
-    atomic_write_bytes(f"{stem}.png", png_bytes(piano_roll(score, PIANO_LOW, PIANO_HIGH)))
+    atomic_write_bytes(f"{stem}.png", png_bytes(piano_roll(score, PIANO_LOW, PIANO_HIGH, marked=marked)))
     voice = None
     if audio:
         samples, voice = render(score, soundfont)
@@ -452,6 +469,8 @@ def run(args, kept):
         compile_pays(args.compile, model, device, 0)  # --compile on where it cannot run: said now, not per piece
         make_out_dir(args.out_dir)
         return serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept)
+    if args.infill:
+        return run_infill(args, model, checkpoint, tokenizer, device, soundfont, kept)
     request = resolve_request(args, model, checkpoint, tokenizer)
     print_request(args, request)
     compiled = compile_pays(args.compile, model, device, request["max_new_tokens"] * len(args.guidance))
@@ -470,22 +489,29 @@ def serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept):
 
     def check(choices):  # a bad request is a CliError, answered on the page; nothing runs
         job_args = studio_arguments(args, choices)
+        fill = choices.get("mode") == "infill"
         with uploaded_prompt(choices) as prompt_path:
-            job_args.prompt = prompt_path
-            try:
-                request = resolve_request(job_args, model, checkpoint, tokenizer)
+            if fill and prompt_path is None:
+                raise CliError("choose the MIDI file whose bars to fill")
+            flag = "--infill" if fill else "--prompt"
+            setattr(job_args, flag[2:], prompt_path)
+            try:  # the piece is read here, whole: the temporary file is gone once the job runs
+                request = (infill_request if fill else resolve_request)(job_args, model, checkpoint, tokenizer)
             except CliError as e:  # name the upload as the user knows it, not by its temporary path
-                raise CliError(str(e).replace(f"--prompt {prompt_path}", str(choices.get("prompt_name")))) from None
-        job_args.prompt = choices.get("prompt_name") or None
+                raise CliError(str(e).replace(f"{flag} {prompt_path}", str(choices.get("prompt_name")))) from None
+        setattr(job_args, flag[2:], choices.get("prompt_name") or ("uploaded.mid" if fill else None))
         return job_args, request
 
     def run_job(job, on_token):
         job_args, request = job
+        if job_args.infill:
+            return make_fills(job_args, model, tokenizer, request, device, soundfont, kept, on_token)[0]
         compiled = compile_pays(job_args.compile, model, device, request["max_new_tokens"])
         return make_samples(job_args, model, tokenizer, request, device, compiled, soundfont, kept, on_token)[2][0]
 
     composers = sorted(name for name, i in checkpoint["composers"].items() if i != UNCONDITIONAL_ID)
-    info = {"composers": composers, "render_as": bool(model.config.n_kinds), "max_bars": MAX_BARS,
+    info = {"composers": composers, "render_as": bool(model.config.n_kinds), "infill": bool(model.config.n_roles),
+            "max_bars": MAX_BARS,
             "max_seconds": MAX_SECONDS, "guidance": args.guidance[0], "temperature": args.temperature,
             "checkpoint": args.ckpt}
     write_gallery(args.out_dir)  # the page's list of earlier pieces, also when there are none yet
@@ -514,6 +540,10 @@ def studio_arguments(args, choices):
     most = MAX_BARS if unit == "bars" else MAX_SECONDS
     length = studio_number(choices, "length", 16, (1, most))
     job.bars, job.seconds = (int(length), None) if unit == "bars" else (None, length)
+    job.infill = None
+    if choices.get("mode") == "infill":  # the bars to fill, by number
+        first = int(studio_number(choices, "fill_from", 1, (1, MAX_BARS)))
+        job.bars, job.seconds = (first, int(studio_number(choices, "fill_to", first, (first, MAX_BARS)))), None
     job.max_new_tokens, job.num_samples, job.name = None, 1, None
     job.render_as = choices.get("render_as") or "any"
     if job.render_as not in ("any",) + tuple(RENDER_AS):
@@ -583,6 +613,9 @@ def make_samples(args, model, tokenizer, request, device, compiled, soundfont, k
 
 def resolve_request(args, model, checkpoint, tokenizer):
     """What to generate, checked against the checkpoint: condition, names, kind, prompt, length."""
+    if isinstance(args.bars, tuple) or isinstance(args.seconds, tuple):
+        raise CliError(f"--{'bars' if isinstance(args.bars, tuple) else 'seconds'} A-B is a span to rewrite: it needs "
+                       "--infill FILE; a length is one number")
     condition, composer_id, composer_name = resolve_condition(args, checkpoint["composers"])
     if args.render_as != "any" and not model.config.n_kinds:
         raise CliError(f"--render_as {args.render_as} needs a model trained with a kind condition (n_kinds=3); "
@@ -595,6 +628,147 @@ def resolve_request(args, model, checkpoint, tokenizer):
     max_new_tokens = args.max_new_tokens or (MAX_TOKENS_FOR_A_LENGTH if musical_length else DEFAULT_NEW_TOKENS)
     return {"condition": condition, "composer_id": composer_id, "composer_name": composer_name,
             "kind": RENDER_AS.get(args.render_as), "prompt": prompt, "max_new_tokens": max_new_tokens}
+
+
+# ----------------------------------------------------------------------------- infilling
+
+
+def run_infill(args, model, checkpoint, tokenizer, device, soundfont, kept):
+    """--infill: num_samples takes of the span at each guidance value, each written whole."""
+    request = infill_request(args, model, checkpoint, tokenizer)
+    plan = request["plan"]
+    print(f"{request['composer_name']}: bars {plan.first}-{plan.last} of {args.infill} ({plan.bar_count} bars, "
+          f"{plan.span_tokens} tokens in the span; {len(plan.prompt) - 2} tokens of music around it), "
+          f"{args.num_samples} take(s) at guidance {', '.join(f'{g:g}' for g in args.guidance)}")
+    make_out_dir(args.out_dir)
+    summaries = make_fills(args, model, tokenizer, request, device, soundfont, kept)
+    closed = sum(s["closed"] for s in summaries)
+    print(f"{len(summaries)} take(s), {closed} closed at the bar line where the piece resumes; listen: "
+          f"{os.path.join(args.out_dir, 'index.html')}")
+
+
+def infill_request(args, model, checkpoint, tokenizer):
+    """The span to fill and how, checked: condition, the piece, its Plan, the kind (the piece's own
+    unless --render_as says), or a CliError naming the valid choices."""
+    from symusic import Score
+
+    if not model.config.n_roles:
+        raise CliError(f"--infill needs a model trained to fill gaps (infill_share > 0, n_roles=5); {args.ckpt} "
+                       "only continues: train one with infill_share > 0, as config/remi_cpu.py does")
+    if not (args.bars or args.seconds):
+        raise CliError("--infill needs the span to rewrite: --bars 9-12 or --seconds 20-30")
+    if args.prompt:
+        raise CliError("--infill keeps the piece around the span: it takes no --prompt")
+    if args.seconds is not None and not isinstance(args.seconds, tuple):
+        raise CliError(f"--infill takes a time span, --seconds START-END (got one number, {args.seconds:g})")
+    condition, composer_id, composer_name = resolve_condition(args, checkpoint["composers"])
+    try:
+        score = Score(args.infill)
+    except Exception as e:
+        raise CliError(f"cannot read --infill {args.infill}: {type(e).__name__}: {e}") from None
+    merged, reason = merge_piano_tracks(score)
+    if merged is None:
+        raise CliError(f"--infill {args.infill} has no piano notes to keep ({reason})")
+    if args.bars is not None:
+        first, last = args.bars if isinstance(args.bars, tuple) else (args.bars, args.bars)
+    else:
+        try:
+            first, last = bars_of_seconds(seconds_at(score, bar_ticks(merged)), *args.seconds)
+        except ValueError as e:
+            raise CliError(f"--infill {args.infill}: {e}") from None
+    try:
+        plan = plan_span(tokenizer, score, model.config.block_size, first, last)
+    except ValueError as e:
+        raise CliError(f"--infill {args.infill}: {e}") from None
+    render_as = args.render_as if args.render_as != "any" else ("score" if piece_kind(score)[0] == "sequenced"
+                                                                else "performance")
+    return {"condition": condition, "composer_id": composer_id, "composer_name": composer_name, "score": score,
+            "plan": plan, "kind": RENDER_AS[render_as] if model.config.n_kinds else None, "render_as": render_as}
+
+
+FILL_RETRIES = 2  # a take that has not reached its closing bar line within its tokens is drawn again this often
+
+
+def fill_takes(model, tokenizer, plan, condition, num_samples, temperature, top_k, top_p, guidance, seed, constrained,
+               device, guidance_mode="within_types", kind=None, on_token=None):
+    """(middle tokens, closed) per take: the span written between the music before and after it. A
+    take that has not reached the bar line where the piece resumes within its tokens is drawn again
+    (the next seed), at most FILL_RETRIES times; the last draw is kept either way."""
+    from tqdm import tqdm
+
+    conditions = condition_tensor(condition, num_samples, model.config.n_composers, device)
+    takes, todo = [None] * num_samples, list(range(num_samples))
+    for attempt in range(1 + FILL_RETRIES):
+        bar = tqdm(total=plan.max_new_tokens, desc="filling" if not attempt else f"again ({len(todo)})", unit="tok",
+                   disable=None, file=sys.stdout)
+        drawn = write_middles(model, tokenizer, plan.prompt, plan.roles, plan.last - plan.first + 1,
+                              plan.time_signatures, plan.max_new_tokens, conditions[todo], constrained,
+                              temperature=temperature, top_k=top_k or None, top_p=top_p, guidance=guidance,
+                              generator=torch.Generator(device=device).manual_seed(seed + attempt), kind=kind,
+                              guidance_kinds=guidance_kinds(tokenizer, guidance_mode),
+                              on_step=lambda step, *_: (bar.update(), on_token and on_token(step)))
+        bar.close()
+        for row, take in zip(todo, drawn):
+            takes[row] = take
+        todo = [row for row in todo if not takes[row][1]]
+        if not todo:
+            break
+    return takes
+
+
+def make_fills(args, model, tokenizer, request, device, soundfont, kept, on_token=None):
+    """Every take of the request at each guidance value, kept whole (its stem joins `kept`)."""
+    summaries = []
+    for guidance in args.guidance:
+        takes = fill_takes(model, tokenizer, request["plan"], request["condition"], args.num_samples,
+                           args.temperature, args.top_k, args.top_p, guidance, args.seed, args.constrained, device,
+                           args.guidance_mode, request["kind"], on_token)
+        for i, (middle, closed) in enumerate(takes):
+            settings = {**sample_settings(args, request | {"prompt": request["plan"].prompt}, guidance, i),
+                        "render_as": request["render_as"]}
+            summary = keep_fill(os.path.join(args.out_dir, fill_name(args, request, guidance, i)), request, middle,
+                                closed, tokenizer, settings, soundfont, args.audio)
+            kept.append(summary["stem"])
+            summaries.append(summary)
+    write_gallery(args.out_dir)
+    return summaries
+
+
+def fill_name(args, request, guidance, i):
+    plan = request["plan"]
+    base = os.path.splitext(os.path.basename(args.infill))[0]
+    safe = "".join(c if c.isalnum() else "_" for c in request["composer_name"]).strip("_") or "unconditional"
+    tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
+    return (args.name or f"{base}_bars{plan.first}-{plan.last}_{safe}_{args.seed}") + tag + \
+        (f"_{i}" if args.num_samples > 1 else "")
+
+
+def keep_fill(base, request, middle, closed, tokenizer, settings, soundfont, audio):
+    """One take: the piece with its span replaced, written whole under a free stem (.mid, .png with
+    the span marked, .wav, .json), or a CliError with nothing of it left."""
+    plan = request["plan"]
+    stem = base
+    try:
+        stem = claim_stem(base)
+        _, middle_score, errors = decode_sample(tokenizer, middle)
+        score, removed, added = splice(request["score"], middle_score, plan.start_tick, plan.end_tick)
+        summary = write_score(stem, score, audio, soundfont, marked=(plan.start_tick, plan.end_tick))
+        atomic_write_text(f"{stem}.json", json.dumps({
+            **settings, "infill": {"file": settings["infill_file"], "bars": [plan.first, plan.last],
+                                   "ticks": [plan.start_tick, plan.end_tick], "closed": closed,
+                                   "notes_removed": removed, "notes_added": added},
+            "grammar_error_rate": errors, "notes": summary["notes"], "seconds": summary["seconds"],
+            "voice": summary["voice"], "token_ids": middle}))
+    except OSError as e:
+        remove_stem(stem)
+        raise CliError(f"cannot write {e.filename or stem + '.*'}: {e.strerror or e}; "
+                       f"{os.path.basename(stem)} was not kept") from None
+    except BaseException:
+        remove_stem(stem)
+        raise
+    print(f"  {stem}.mid: bars {plan.first}-{plan.last} rewritten ({removed} notes out, {added} in"
+          f"{'' if closed else ', ran out of tokens before the bar line'}), grammar errors {errors:.2%}")
+    return {**summary, "stem": stem, "closed": closed, "notes_added": added}
 
 
 def print_request(args, request):
@@ -621,7 +795,8 @@ def sample_settings(args, request, guidance, i):
             **({"mix": {str(k): w for k, w in condition.items()}} if isinstance(condition, dict) else {}),
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
             "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt, "bars": args.bars,
-            "seconds": args.seconds, "prompt": args.prompt, "prompt_tokens": len(request["prompt"]) - 1}
+            "seconds": args.seconds, "prompt": args.prompt, "prompt_tokens": len(request["prompt"]) - 1,
+            "infill_file": args.infill}
 
 if __name__ == "__main__":
     main()

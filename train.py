@@ -26,6 +26,7 @@ import torch
 from pianogpt.checkpoints import load_checkpoint, save_checkpoint, with_composer_rows
 from pianogpt.cli import CliError, FolderLock, atomic_write_bytes, fail, load_config, read_jsonl
 from pianogpt.dataset import WindowSampler, merge_composer_tables, open_dataset
+from pianogpt.infill import N_ROLES, arrange_batch
 from pianogpt.remi import tokenizer_from_json
 from pianogpt.devices import (autocast_context, compile_problem, cpu_description, device_type_of, first_line,
                               machine_key, machine_matmul_peak, recall, remember, require_compile, resolve_device,
@@ -78,6 +79,9 @@ class TrainConfig(ModelOptions):
     composer_balance: float = 0.0  # 0: every piece equally often; 1: every composer equally often
     rendition_weight: float = 1.0  # how often a performed rendition (prepare --renditions) is drawn, per file drawn
     transpose: int = 0  # random pitch shift in [-transpose, transpose] semitones per window
+    infill_share: float = 0.0  # share of windows rearranged to teach infilling (needs n_roles=5; pianogpt/infill.py)
+    infill_bars: int = 4  # the longest middle, in bars, of such a window
+    infill_middle: float = 0.5  # the longest middle, as a share of the context
     # system
     device: str = "auto"  # auto | cpu | cuda | mps (or cuda:N)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
@@ -115,6 +119,14 @@ class TrainConfig(ModelOptions):
             raise CliError(f"rendition_weight must be in [0, 10], got {self.rendition_weight}")
         if not 0 <= self.composer_balance <= 1:
             raise CliError(f"composer_balance must be in [0, 1], got {self.composer_balance}")
+        if not 0 <= self.infill_share < 1:
+            raise CliError(f"infill_share must be in [0, 1), got {self.infill_share}")
+        if self.infill_share and self.n_roles != N_ROLES:
+            raise CliError(f"infill_share needs a role embedding: set n_roles={N_ROLES}")
+        if not 1 <= self.infill_bars <= 64:
+            raise CliError(f"infill_bars must be in 1..64, got {self.infill_bars}")
+        if not 0 < self.infill_middle < 1:
+            raise CliError(f"infill_middle must be in (0, 1), got {self.infill_middle}")
         if not 0 <= self.transpose <= 24:
             raise CliError(f"transpose must be in 0..24 semitones, got {self.transpose}")
         if self.compile not in ("auto", "on", "off"):
@@ -326,6 +338,9 @@ def set_up(cfg, stack):
     run.base = base_checkpoint(cfg)
     if is_fine_tune(cfg, run.base):
         run.cfg = cfg = adopt_base_model(cfg, run.base)
+        if cfg.infill_share and cfg.n_roles != N_ROLES:
+            raise CliError(f"infill_share needs a model with a role embedding; {cfg.init_from} has none (n_roles=0): "
+                           "fine-tune with infill_share=0, or train a model with n_roles=5 from scratch")
     set_up_device(run)
     set_up_data(run)
     if run.master:  # one run per folder, held for the whole run (a resume into a live run's folder too)
@@ -751,10 +766,10 @@ def train_step(run, it, lr):
     torch.manual_seed(cfg.seed + 1_000_003 * it + run.rank)  # dropout masks: a function of (iter, rank)
     loss_sum = 0.0
     for micro in range(run.accum):
-        x, y, composer, kind = (t.to(run.device) for t in micro_batch(run, it, micro))
+        x, y, composer, kind, role = (t if t is None else t.to(run.device) for t in micro_batch(run, it, micro))
         sync = model.no_sync() if run.ddp and micro < run.accum - 1 else contextlib.nullcontext()
         with sync, run.ctx:
-            _, loss = model(x, composer, targets=y, kind=kind)
+            _, loss = model(x, composer, targets=y, kind=kind, role=role)
             loss = loss / run.accum
         run.scaler.scale(loss).backward()
         loss_sum += loss.item()
@@ -769,8 +784,9 @@ def train_step(run, it, lr):
 
 
 def micro_batch(run, it, micro):
-    """The windows of one micro-step: a function of (seed, rank, iteration, micro-step) alone,
-    so a resumed run draws exactly the batches the uninterrupted one would have."""
+    """The windows of one micro-step (x, y, composer, kind, role or None): a function of (seed,
+    rank, iteration, micro-step) alone, so a resumed run draws exactly the batches the
+    uninterrupted one would have."""
     cfg = run.cfg
     rng = np.random.default_rng([cfg.seed, run.rank, it, micro])
     micro_step = it * cfg.grad_accum + run.rank * run.accum + micro
@@ -782,7 +798,11 @@ def micro_batch(run, it, micro):
     if n_replay:  # fine-tuning: the rest of the windows from the data the checkpoint learned from
         old = train_pieces(len(run.replay_data), cfg.seed + 1, micro_step * n_replay, n_replay, run.replay_weights)
         batch = tuple(torch.cat(pair) for pair in zip(batch, run.replay_data.batch(old, rng, *options)))
-    return batch
+    if not cfg.infill_share:
+        return (*batch, None)
+    x, y, role = arrange_batch(batch[0], batch[1], rng, cfg.infill_share, run.train_data.bar_id,
+                               run.train_data.pad_id, cfg.infill_bars, int(cfg.infill_middle * cfg.block_size))
+    return x, y, batch[2], batch[3], role
 
 
 def evaluate_and_save(run, it, bar):

@@ -318,6 +318,7 @@ class WindowSampler:
         self.tokens, self.index = dataset.splits[split].tokens, dataset.splits[split].index
         self.block_size = block_size
         self.pad_id, self.bos_id = meta["pad_id"], meta["bos_id"]
+        self.bar_id = dataset.tokenizer.vocab["Bar_None"]
         self.pitch_lo, self.pitch_hi = meta["pitch_ids"]
         self.kinds = dataset.kind_ids(split) if len(self.index) else np.zeros(0, np.int64)
         self.renditions = dataset.rendition_mask(split) if len(self.index) else np.zeros(0, bool)

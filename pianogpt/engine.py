@@ -219,14 +219,17 @@ def eager_if_it_fails(compiled, eager):
     return step
 
 
-def prefill(model, seq, keep, conditions, kind, dtype, cache_len, static):
+def prefill(model, seq, keep, conditions, kind, dtype, cache_len, static, role=None):
     """Fresh caches holding the last `keep` tokens of seq (each row twice when conditions holds
-    a guidance batch); (logits of the next token, caches, the window's start in seq)."""
+    a guidance batch; role [B, len(seq)] with them); (logits of the next token, caches, the
+    window's start in seq)."""
     start = max(0, seq.size(1) - keep)
     context = seq[:, start:]
     caches = new_caches(model, conditions.size(0), seq.device, dtype, cache_len)
-    rows = context.repeat(conditions.size(0) // context.size(0), 1)  # twice under guidance: cond and uncond rows
-    logits, _ = model(rows, conditions, caches=caches, start_pos=0, kind=kind)
+    copies = conditions.size(0) // context.size(0)  # twice under guidance: cond and uncond rows
+    rows = context.repeat(copies, 1)
+    role = role[:, start:].repeat(copies, 1) if role is not None else None
+    logits, _ = model(rows, conditions, caches=caches, start_pos=0, kind=kind, role=role)
     for cache in caches:
         cache.static = static
         if static and seq.device.type == "cuda":
@@ -250,7 +253,7 @@ def batched_conditions(composer, kind, batch, use_cfg, device):
 @torch.no_grad()  # no autograd graph: each step's would keep every earlier step's keys alive
 def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, top_p=0.95, guidance=1.0,
              generator=None, logits_processor=None, on_step=None, slide=None, compile=False, guidance_kinds=None,
-             prepack=True, kind=None, stop=None):
+             prepack=True, kind=None, stop=None, roles=None):
     """Continue idx [B, T] by max_new_tokens sampled tokens; returns [B, T + max_new_tokens], or
     fewer when stop(seq [B, L]) -> True ends the run early (it reads the tokens, so each call
     waits for the device: only a length in musical units needs it).
@@ -267,12 +270,17 @@ def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, to
     context reaches block_size the window slides: the cache is refilled from the last
     block_size - slide tokens (slide defaults to block_size // 4). logits_processor(seq, logits)
     -> logits may mask tokens (grammar constraints); on_step(step, logits, window_start) sees the
-    logits each token is drawn from.
+    logits each token is drawn from. roles (infilling, a model with n_roles > 0: infill.MiddleRoles)
+    gives the prompt's roles [B, T] (.prompt) and each new token's (.next_roles); such a run must
+    fit the context, as a slide would drop the music after the gap.
     """
     check_sampling_args(temperature, top_k, top_p, guidance)
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError("idx must be [batch, >=1 tokens] (start with BOS)")
     block = model.config.block_size
+    if roles is not None and idx.size(1) + max_new_tokens > block:
+        raise ValueError(f"an infilling prompt of {idx.size(1)} tokens leaves {block - idx.size(1)} of the context's "
+                         f"{block} for the middle, not {max_new_tokens}")
     slide = max(1, min(block - 1, slide or block // 4))
     use_cfg = guidance != 1.0
     if guidance_kinds is not None:
@@ -294,7 +302,8 @@ def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, to
         out = torch.empty(idx.size(0), prompt_len + max_new_tokens, dtype=idx.dtype, device=idx.device)
         out[:, :prompt_len] = idx
         length = min(prompt_len, block)  # cached positions (host int: known without asking the device)
-        logits, caches, start = prefill(model, idx, block, conditions, kind, dtype, cache_len, compile)
+        logits, caches, start = prefill(model, idx, block, conditions, kind, dtype, cache_len, compile,
+                                        roles.prompt if roles is not None else None)
         pos = torch.full((1,), length, dtype=torch.long, device=idx.device)
         for i in range(max_new_tokens):
             mixed = guided_logits(logits, guidance, guidance_kinds) if use_cfg else logits.float()
@@ -316,8 +325,10 @@ def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, to
                 pos.fill_(length)
             else:
                 rows = torch.cat([next_token, next_token]) if use_cfg else next_token
+                role = roles.next_roles(next_token[:, 0])[:, None].repeat(rows.size(0) // next_token.size(0), 1) \
+                    if roles is not None else None
                 with onednn_off() if gemv else nullcontext():
-                    logits = step(rows, conditions, caches, pos, kind)
+                    logits = step(rows, conditions, caches, pos, kind, role)
                 if cuda_graphs:
                     logits = logits.clone()  # a CUDA graph overwrites its outputs at its next replay
                 pos += 1

@@ -125,9 +125,10 @@ def side_by_side(*images):
     return np.concatenate(padded, axis=1)
 
 
-def piano_roll(score, low, high, pixels_per_quarter=8, row_height=3, max_width=4000):
+def piano_roll(score, low, high, pixels_per_quarter=8, row_height=3, max_width=4000, marked=None):
     """Pitch (rows low..high, low at the bottom) x time image of a symusic score; brightness is
-    velocity, bar-free and DAW-free."""
+    velocity, bar-free and DAW-free. marked: a (start, end) tick span drawn on a blue ground, its
+    notes in cyan (an infilled passage)."""
     notes = [n for track in score.tracks for n in track.notes]
     end = max((n.time + n.duration for n in notes), default=score.tpq)
     width = int(min(max_width, max(1, end * pixels_per_quarter / score.tpq)))
@@ -136,6 +137,9 @@ def piano_roll(score, low, high, pixels_per_quarter=8, row_height=3, max_width=4
     for octave_c in range(24, high + 1, 12):  # faint line at every C
         y = (high - octave_c) * row_height + row_height - 1
         image[y, :, :] = 48
+    if marked is not None:  # the span's ground, under its notes
+        x0, x1 = (int(min(width, tick * pixels_per_quarter / score.tpq)) for tick in marked)
+        image[:, x0:x1] += np.array([0, 8, 40], dtype=np.uint8)
     for n in notes:
         x0 = int(n.time * pixels_per_quarter / score.tpq)
         x1 = max(x0 + 1, int((n.time + n.duration) * pixels_per_quarter / score.tpq))
@@ -143,5 +147,6 @@ def piano_roll(score, low, high, pixels_per_quarter=8, row_height=3, max_width=4
             continue
         y = (high - n.pitch) * row_height
         level = 80 + int(175 * n.velocity / 127)
-        image[y:y + row_height - 1, x0:min(x1, width)] = (level, int(level * 0.75), 60)
+        new = marked is not None and marked[0] <= n.time < marked[1]
+        image[y:y + row_height - 1, x0:min(x1, width)] = (60, level, level) if new else (level, int(level * 0.75), 60)
     return image

@@ -1,4 +1,5 @@
-"""The studio: a local web page to pick a composer (or a mix of two), generate, and hear the result.
+"""The studio: a local web page to pick a composer (or a mix of two), generate a piece or fill bars
+of a MIDI file (a model trained to infill), and hear the result.
 
 Standard library only (http.server). `sample.py --serve` owns the model and passes two callbacks:
 check(choices) -> job (a CliError for a bad request: nothing runs) and run_job(job, on_token) ->
@@ -173,8 +174,15 @@ progress{width:100%}audio{display:block;margin:.6em 0}iframe{width:100%;height:6
 <label for="temperature">Temperature</label><input id="temperature" type="number" min="0.05" max="5" step="0.05">
 <label for="length">Length</label><div style="display:flex;gap:.5em"><input id="length" type="number" min="1" value="16">
 <select id="unit"><option value="bars">bars</option><option value="seconds">seconds</option></select></div>
-<label for="prompt">A MIDI file to continue (optional)</label><input id="prompt" type="file" accept=".mid,.midi">
+<label for="prompt">A MIDI file to continue, or to fill (optional)</label><input id="prompt" type="file" accept=".mid,.midi">
 <label for="seed">Seed (empty: a new one each time)</label><input id="seed" type="number" min="0">
+</fieldset>
+<fieldset id="fill_box" hidden><legend>Rewrite bars of the MIDI file</legend>
+<div style="display:flex;gap:.5em;align-items:center">bars <input id="fill_from" type="number" min="1" value="9">
+to <input id="fill_to" type="number" min="1" value="12"></div>
+<p style="font-size:.85em;color:#555;margin:.4em 0">Every note outside these bars is kept; the new bars lead into
+what follows. Fill again for another take.</p>
+<button id="fill">Fill</button>
 </fieldset>
 <button id="generate">Generate</button><div id="message"></div><progress id="progress" hidden></progress>
 </section>
@@ -198,33 +206,35 @@ async function load() {
   fillComposers("");
   for (const name of info.composers) $("mix_with").add(new Option(name, name));
   $("guidance").value = info.guidance; $("temperature").value = info.temperature;
-  $("render_box").hidden = !info.render_as;
+  $("render_box").hidden = !info.render_as; $("fill_box").hidden = !info.infill;
   const query = new URLSearchParams(location.search);  // ?composer=...&length=...&go=1 fills the form
   for (const [key, value] of query) if ($(key) && key !== "go") $(key).value = value;
   fillComposers($("search").value);
   if (query.get("composer")) $("composer").value = query.get("composer");
-  if (query.get("go")) generate();
+  if (query.get("go")) generate(query.get("go") === "fill" ? "infill" : "continue");
 }
 function readFile(file) {
   return new Promise((resolve, reject) => { const r = new FileReader();
     r.onload = () => resolve(r.result.split(",")[1] || ""); r.onerror = reject; r.readAsDataURL(file); });
 }
-async function generate() {
+async function generate(mode) {
   const choices = {composer: $("composer").value || $("search").value, mix_with: $("mix_with").value,
     mix_share: $("mix_share").value, guidance: $("guidance").value, temperature: $("temperature").value,
     length: $("length").value, unit: $("unit").value, render_as: $("render_as").value, seed: $("seed").value};
+  if (mode === "infill") Object.assign(choices, {mode: "infill", fill_from: $("fill_from").value, fill_to: $("fill_to").value});
   const file = $("prompt").files[0];
   if (file) { choices.prompt_b64 = await readFile(file); choices.prompt_name = file.name; }
   const response = await fetch("/api/generate", {method: "POST", body: JSON.stringify(choices)});
   const answer = await response.json();
   if (!response.ok) { say(answer.error, true); return; }
-  $("generate").disabled = true; $("progress").hidden = false; say("generating...", false);
+  $("generate").disabled = true; $("fill").disabled = true; $("progress").hidden = false;
+  say(mode === "infill" ? "filling..." : "generating...", false);
   let status = null;
   do {  // a long poll: the server answers when the piece is done, or after a second with the progress
     status = await (await fetch("/api/status?wait=1")).json();
     if (status.state === "running") say("generating: " + status.tokens + " tokens", false);
   } while (status.state === "running");
-  $("generate").disabled = false; $("progress").hidden = true;
+  $("generate").disabled = false; $("fill").disabled = false; $("progress").hidden = true;
   if (status.state === "error") { say(status.error, true); return; }
   say("done: " + status.notes + " notes, " + status.seconds + " s", false);
   const f = status.files, parts = [];
@@ -238,7 +248,8 @@ async function generate() {
 }
 $("search").addEventListener("input", () => fillComposers($("search").value));
 $("mix_share").addEventListener("input", () => { $("share_value").textContent = $("mix_share").value; });
-$("generate").addEventListener("click", generate);
+$("generate").addEventListener("click", () => generate("continue"));
+$("fill").addEventListener("click", () => generate("infill"));
 load();
 </script></body></html>
 """

@@ -187,3 +187,14 @@ def tiny_checkpoint(tiny_dataset, tmp_path_factory):
     train(tiny_train_config(tiny_dataset, out, block_size=64, max_iters=40, eval_interval=40, log_interval=10,
                             warmup_frac=0.05, dropout=0.0))
     return out / "ckpt.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_infill_checkpoint(tiny_dataset, tmp_path_factory):
+    """A tiny model trained briefly to fill gaps as well as continue (infill_share 0.5)."""
+    from train import train
+
+    out = tmp_path_factory.mktemp("infill_run")
+    train(tiny_train_config(tiny_dataset, out, block_size=256, max_iters=30, eval_interval=30, log_interval=10,
+                            warmup_frac=0.05, dropout=0.0, n_roles=5, infill_share=0.5, infill_bars=2))
+    return out / "ckpt.pt"

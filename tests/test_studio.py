@@ -2,6 +2,7 @@
 time, a failed write answers that request and the server serves on; in a real headless browser
 the page generates a piece for a named composer, plays and downloads it, and shows clear errors."""
 import base64
+import contextlib
 import json
 import os
 import re
@@ -203,10 +204,11 @@ def first_line_matching(stream, pattern, timeout=120):
     raise AssertionError(f"no {pattern!r} within {timeout} s")
 
 
-@pytest.mark.skipif(BROWSER is None, reason="no headless browser (apt-get install chromium) to test the page in")
-def test_the_page_in_a_real_browser(tiny_checkpoint, tmp_path):
+@contextlib.contextmanager
+def studio_in_a_browser(ckpt, tmp_path):
+    """sample.py --serve on ckpt, and a headless browser on its page: (DevTools, server process)."""
     server = subprocess.Popen([sys.executable, os.path.join(ROOT, "sample.py"), "--serve", "--ckpt",
-                               str(tiny_checkpoint), "--port", "0", "--out_dir", str(tmp_path / "samples"),
+                               str(ckpt), "--port", "0", "--out_dir", str(tmp_path / "samples"),
                                "--soundfont", "builtin"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     browser = None
@@ -221,7 +223,25 @@ def test_the_page_in_a_real_browser(tiny_checkpoint, tmp_path):
             page = next(t for t in json.loads(response.read()) if t["type"] == "page")
         tools = DevTools(page["webSocketDebuggerUrl"])
         tools.wait_for("document.getElementById('composer')?.options.length === 3")  # loaded, and asked /api/info
+        yield tools, server
+    finally:
+        for process in (browser, server):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
 
+
+def screenshot_if_asked(tools, variable="STUDIO_SCREENSHOT"):
+    if os.environ.get(variable):  # for a person to look at
+        shot = tools.send("Page.captureScreenshot", format="png")["data"]
+        with open(os.environ[variable], "wb") as f:
+            f.write(base64.b64decode(shot))
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless browser (apt-get install chromium) to test the page in")
+def test_the_page_in_a_real_browser(tiny_checkpoint, tmp_path):
+    with studio_in_a_browser(tiny_checkpoint, tmp_path) as (tools, server):
+        assert tools.js("document.getElementById('fill_box').hidden"), "a model that only continues offers no Fill"
         tools.js("document.getElementById('composer').value = 'Bach'; document.getElementById('length').value = 2;"
                  "document.getElementById('generate').click()")
         stem = tools.wait_for("document.getElementById('result').dataset.done")
@@ -245,18 +265,42 @@ def test_the_page_in_a_real_browser(tiny_checkpoint, tmp_path):
                  "document.getElementById('prompt').files = d.files; document.getElementById('generate').click() }")
         error = tools.wait_for("document.querySelector('#message.error')?.textContent")
         assert "notes.txt is not a MIDI file" in error
-        if os.environ.get("STUDIO_SCREENSHOT"):  # for a person to look at
-            shot = tools.send("Page.captureScreenshot", format="png")["data"]
-            with open(os.environ["STUDIO_SCREENSHOT"], "wb") as f:
-                f.write(base64.b64decode(shot))
+        screenshot_if_asked(tools)
         server.terminate()  # SIGTERM: the studio stops as sample.py does, naming what it kept
         output, _ = server.communicate(timeout=60)
         assert server.returncode == 143 and "Traceback" not in output
         assert output.strip().splitlines()[-1].endswith(f"SIGTERM: stopped; kept the 1 finished sample(s) ({stem}: "
                                                         f".mid, .png, .wav, .json), listed on "
                                                         f"{tmp_path / 'samples' / 'index.html'}; nothing partial was left")
-    finally:
-        for process in (browser, server):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless browser (apt-get install chromium) to test the page in")
+def test_the_page_fills_bars_of_a_midi_file_in_a_real_browser(tiny_infill_checkpoint, tmp_path):
+    from symusic import Score
+
+    from conftest import make_score, write_midi
+    from pianogpt.infill import bar_ticks
+
+    piece = write_midi(str(tmp_path / "mine.mid"), make_score(seed=3, n_bars=12))
+    data = base64.b64encode(open(piece, "rb").read()).decode()
+    with studio_in_a_browser(tiny_infill_checkpoint, tmp_path) as (tools, server):
+        assert not tools.js("document.getElementById('fill_box').hidden")
+        tools.js("{ const bytes = Uint8Array.from(atob('" + data + "'), (c) => c.charCodeAt(0));"
+                 "const d = new DataTransfer(); d.items.add(new File([bytes], 'mine.mid'));"
+                 "document.getElementById('prompt').files = d.files; document.getElementById('composer').value = 'Bach';"
+                 "document.getElementById('fill_from').value = 5; document.getElementById('fill_to').value = 6;"
+                 "document.getElementById('fill').click() }")
+        stem = tools.wait_for("document.getElementById('result').dataset.done")
+        assert stem.startswith("mine_bars5-6_Bach_")
+        assert tools.js("new Promise((done) => { const a = document.getElementById('player');"
+                        "a.onloadedmetadata = () => done(a.duration); a.onerror = () => done(-1); a.load(); })") > 0
+        original, filled = Score(piece), Score(str(tmp_path / "samples" / f"{stem}.mid"))
+        lines = bar_ticks(original)
+        outside = lambda s: sorted((n.time, n.duration, n.pitch, n.velocity) for t in s.tracks  # noqa: E731
+                                   for n in t.notes if not lines[4] <= n.time < lines[6])
+        assert outside(filled) == outside(original), "every note outside bars 5-6 is kept"
+        screenshot_if_asked(tools, "STUDIO_FILL_SCREENSHOT")
+        tools.js("document.getElementById('fill_from').value = 40; document.getElementById('fill_to').value = 41;"
+                 "document.getElementById('fill').click()")
+        error = tools.wait_for("document.querySelector('#message.error')?.textContent")
+        assert "bars 40-41 are outside the piece: it has bars 1-12" in error and "mine.mid" in error
