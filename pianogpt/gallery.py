@@ -45,6 +45,9 @@ def entry_html(folder, stem, info):
         facts = [f"{info.get('seconds', 0):.1f} s", f"{info.get('notes', 0)} notes", f"voice: {info.get('voice')}"]
     else:
         title = info.get("composer", "?")
+        if "infill" in info:  # a take of sample.py --infill: which bars of which file it rewrote
+            first, last = info["infill"]["bars"]
+            title += f": bars {first}-{last} of {os.path.basename(str(info['infill']['file']))}"
         facts = [f"guidance {info.get('guidance')}", f"rendered as {info.get('render_as', 'any')}",
                  f"temperature {info.get('temperature')}", f"seed {info.get('seed')}",
                  f"{info.get('seconds', 0):.1f} s", f"{info.get('notes', 0)} notes",

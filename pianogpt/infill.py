@@ -115,7 +115,8 @@ def bars_of_seconds(bar_starts_s, start_s, end_s):
 
 def excerpt(score, lo, hi=None):
     """A copy of a score holding the notes whose onset lies in [lo, hi) ticks, moved back by lo,
-    with the tempo and time signature in force at lo (and later ones) moved back with them."""
+    with the tempo and time signature in force at lo (and the later ones before hi) moved back with
+    them: a tempo change after the excerpt would make the tokenizer write the bars up to it."""
     from symusic import Note, Tempo, TimeSignature
 
     out = score.copy()
@@ -124,8 +125,9 @@ def excerpt(score, lo, hi=None):
         keep = (a["time"] >= lo) & (a["time"] < (hi if hi is not None else np.iinfo(np.int64).max))
         track.notes = Note.from_numpy(time=(a["time"][keep] - lo).astype(np.int32), duration=a["duration"][keep],
                                       pitch=a["pitch"][keep], velocity=a["velocity"][keep])
-    tempos = sorted((t.time, t.qpm) for t in score.tempos)
-    sigs = sorted((t.time, t.numerator, t.denominator) for t in score.time_signatures)
+    end = hi if hi is not None else float("inf")
+    tempos = sorted((t.time, t.qpm) for t in score.tempos if t.time < end)
+    sigs = sorted((t.time, t.numerator, t.denominator) for t in score.time_signatures if t.time < end)
     out.tempos.clear()
     out.time_signatures.clear()
     for time, qpm in in_force_from(tempos, lo):

@@ -328,3 +328,23 @@ def test_a_take_that_does_not_reach_its_bar_line_is_drawn_again_with_the_next_se
     takes = sample.fill_takes(tiny_model(n_roles=5), None, plan, 3, 3, 1.0, 0, 1.0, 1.0, 100, True, "cpu")
     assert draws == [(3, 100), (2, 101), (1, 102)]  # all takes, then those left open, each time the next seed
     assert takes == [([1, 0], True), ([2, 1], True), ([3, 2], False)]  # the last draw is kept either way
+
+
+def test_an_excerpt_ends_with_its_notes_not_with_the_pieces_later_tempo_changes(tiny_dataset):
+    """piano-midi.de writes rubato as hundreds of tempo events: an excerpt that kept the later ones
+    would tokenize as every bar up to the piece's end."""
+    from symusic import Tempo
+
+    from pianogpt.dataset import open_dataset
+    from pianogpt.remi import encode_merged, merge_piano_tracks
+
+    tokenizer = open_dataset(tiny_dataset).tokenizer
+    score = make_score(n_bars=12, with_changes=False)
+    for bar in range(12):
+        score.tempos.append(Tempo(bar * 4 * score.tpq + score.tpq, 90.0 + bar))
+    merged = merge_piano_tracks(score)[0]
+    bar_id = tokenizer.vocab["Bar_None"]
+    part = encode_merged(tokenizer, excerpt(merged, 4 * 4 * score.tpq, 6 * 4 * score.tpq))
+    assert int((part == bar_id).sum()) == 2
+    assert [t.time for t in excerpt(merged, 4 * 4 * score.tpq, 6 * 4 * score.tpq).tempos] == [0, score.tpq,
+                                                                                            5 * score.tpq]
