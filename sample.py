@@ -242,7 +242,7 @@ def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_t
                      kind=None, stop=None, on_token=None):
     """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces; with stop (a
     StopAtBarLine) each ends at its bar line, or at max_new_tokens if it got no further.
-    on_token(step) follows the progress (the studio's progress bar)."""
+    on_token(step, total) follows the progress (the studio's progress bar; it may raise to stop)."""
     from tqdm import tqdm
 
     idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)
@@ -252,7 +252,8 @@ def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_t
     out = model.generate(idx, composer, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
                          guidance=guidance, generator=generator,
                          logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT) if constrained else None,
-                         on_step=lambda step, *_: (bar.update(), on_token and on_token(step)), compile=compile,
+                         on_step=lambda step, *_: (bar.update(), on_token and on_token(step, max_new_tokens)),
+                         compile=compile,
                          guidance_kinds=guidance_kinds(tokenizer, guidance_mode), kind=kind, stop=stop)
     bar.close()
     cut = stop.cut if stop is not None else {}
@@ -511,15 +512,15 @@ def serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept):
 
     composers = sorted(name for name, i in checkpoint["composers"].items() if i != UNCONDITIONAL_ID)
     info = {"composers": composers, "render_as": bool(model.config.n_kinds), "infill": bool(model.config.n_roles),
-            "max_bars": MAX_BARS,
-            "max_seconds": MAX_SECONDS, "guidance": args.guidance[0], "temperature": args.temperature,
-            "checkpoint": args.ckpt}
+            "max_bars": STUDIO_MAX_BARS, "max_seconds": STUDIO_MAX_SECONDS, "max_tokens": STUDIO_MAX_TOKENS,
+            "guidance": args.guidance[0], "temperature": args.temperature, "checkpoint": args.ckpt}
     write_gallery(args.out_dir)  # the page's list of earlier pieces, also when there are none yet
     serve(args.host, args.port, args.out_dir, info, check, run_job)
 
 
 UNCONDITIONAL_ID = 0
 STUDIO_LIMITS = {"guidance": (0.0, 20.0), "temperature": (0.05, 5.0)}
+STUDIO_MAX_BARS, STUDIO_MAX_SECONDS, STUDIO_MAX_TOKENS = 64, 300, 8192  # one request's most work, shown on the page
 
 
 def studio_arguments(args, choices):
@@ -537,14 +538,14 @@ def studio_arguments(args, choices):
     unit = choices.get("unit", "bars")
     if unit not in ("bars", "seconds"):
         raise CliError(f"length unit must be bars or seconds, got {unit!r}")
-    most = MAX_BARS if unit == "bars" else MAX_SECONDS
+    most = STUDIO_MAX_BARS if unit == "bars" else STUDIO_MAX_SECONDS
     length = studio_number(choices, "length", 16, (1, most))
     job.bars, job.seconds = (int(length), None) if unit == "bars" else (None, length)
     job.infill = None
     if choices.get("mode") == "infill":  # the bars to fill, by number
         first = int(studio_number(choices, "fill_from", 1, (1, MAX_BARS)))
         job.bars, job.seconds = (first, int(studio_number(choices, "fill_to", first, (first, MAX_BARS)))), None
-    job.max_new_tokens, job.num_samples, job.name = None, 1, None
+    job.max_new_tokens, job.num_samples, job.name = STUDIO_MAX_TOKENS, 1, None
     job.render_as = choices.get("render_as") or "any"
     if job.render_as not in ("any",) + tuple(RENDER_AS):
         raise CliError(f"render as must be one of any, {', '.join(RENDER_AS)}; got {job.render_as!r}")
@@ -706,7 +707,7 @@ def fill_takes(model, tokenizer, plan, condition, num_samples, temperature, top_
                               temperature=temperature, top_k=top_k or None, top_p=top_p, guidance=guidance,
                               generator=torch.Generator(device=device).manual_seed(seed + attempt), kind=kind,
                               guidance_kinds=guidance_kinds(tokenizer, guidance_mode),
-                              on_step=lambda step, *_: (bar.update(), on_token and on_token(step)))
+                              on_step=lambda step, *_: (bar.update(), on_token and on_token(step, plan.max_new_tokens)))
         bar.close()
         for row, take in zip(todo, drawn):
             takes[row] = take
