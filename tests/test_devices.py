@@ -29,8 +29,19 @@ def test_mfu_is_quoted_against_the_best_peak_this_machine_has_shown(tmp_path, mo
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_cpu_autocast_trains_and_checkpoints(tiny_dataset, tmp_path, dtype):
+def test_cpu_autocast_trains_and_checkpoints(tiny_dataset, tmp_path, dtype, monkeypatch):
+    real_forward, seen = MusicTransformer.forward, set()
+
+    def recording(self, *args, **kwargs):
+        logits, loss = real_forward(self, *args, **kwargs)
+        if self.training:
+            seen.add(logits.dtype)
+        return logits, loss
+
+    monkeypatch.setattr(MusicTransformer, "forward", recording)
     last = tiny_run(tiny_dataset, tmp_path, dtype=dtype)
+    assert seen == {getattr(torch, dtype)}, "the training forward ran under autocast in that dtype"
+    monkeypatch.setattr(MusicTransformer, "forward", real_forward)
     exact = tiny_run(tiny_dataset, tmp_path / "float32", dtype="float32")
     # the same seeded run in lower precision: other numbers (autocast really ran), the same learning
     assert last["loss"] != exact["loss"] and abs(last["loss"] - exact["loss"]) < 0.1

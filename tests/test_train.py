@@ -1,5 +1,6 @@
 """train.py: batches, learning, resume, crash safety, DDP, config errors."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -308,9 +309,12 @@ def test_non_finite_loss_skips_the_step_and_keeps_the_weights(tiny_dataset, tmp_
     log = read_log(tmp_path)
     assert sum("skipped" in r for r in log) == 3
     first = torch.load(tmp_path / "best.pt", weights_only=True)["model"]  # saved at iter 0
-    last = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
+    end = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    # the end's evaluation saw finite weights, so ckpt.pt was written there (a NaN step would leave
+    # NaN weights, a NaN val loss, and ckpt.pt from iter 0: equal to best.pt for the wrong reason)
+    assert end["iter"] == 3 and all(math.isfinite(r["val_loss"]) for r in log if "val_loss" in r)
     for key in first:
-        assert torch.equal(first[key], last[key])
+        assert torch.equal(first[key], end["model"][key])
 
 
 def free_port():
