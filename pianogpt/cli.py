@@ -81,13 +81,6 @@ def positive_float(text):
     return value
 
 
-def non_negative_float(text):
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
 def fraction_in(low_open, high_closed):
     """A float in (low_open, high_closed]."""
 

@@ -119,5 +119,5 @@ def configure_optimizers(model, weight_decay, learning_rate, betas=(0.9, 0.95), 
         return adamw
     # match_rms_adamw scales each update to AdamW's RMS, so the AdamW learning rate carries over
     muon = Muon(hidden, lr=learning_rate, weight_decay=weight_decay, momentum=0.95,
-                ns_dtype=orthogonalization_dtype(hidden[0].device if hidden else "cpu"))
+                ns_dtype=orthogonalization_dtype(hidden[0].device))
     return MuonWithAdamW(muon, adamw)
