@@ -315,17 +315,30 @@ STEM_SUFFIXES = (".mid", ".png", ".wav", ".json")
 
 def write_sample(stem, ids, tokenizer, settings, soundfont=None, audio=True):
     """stem.mid, stem.png, stem.wav (unless audio is off) and stem.json last; returns a summary
-    dict. All or nothing: a failed write or an interrupt removes what this sample had written."""
-    try:
-        ids, score, errors = decode_sample(tokenizer, ids)
-        summary = write_score(stem, score, audio, soundfont)
-        atomic_write_text(f"{stem}.json", json.dumps({**settings, "grammar_error_rate": errors,
-                                                      "notes": summary["notes"], "seconds": summary["seconds"],
-                                                      "voice": summary["voice"], "token_ids": ids}))
-    except BaseException:
-        remove_stem(stem)
-        raise
+    dict (keep_whole makes it all or nothing)."""
+    ids, score, errors = decode_sample(tokenizer, ids)
+    summary = write_score(stem, score, audio, soundfont)
+    atomic_write_text(f"{stem}.json", json.dumps({**settings, "grammar_error_rate": errors,
+                                                  "notes": summary["notes"], "seconds": summary["seconds"],
+                                                  "voice": summary["voice"], "token_ids": ids}))
     return {**summary, "grammar_error_rate": errors}
+
+
+def keep_whole(base, write):
+    """(stem, write(stem)) under a free stem (base, base-2, ...), all or nothing: a failed write or an
+    interrupt removes what that stem had written (never an earlier sample's files: nothing is removed
+    before the stem is claimed), and a failed write is a CliError naming the file."""
+    stem = base
+    try:
+        stem = claim_stem(base)
+        try:
+            return stem, write(stem)
+        except BaseException:
+            remove_stem(stem)
+            raise
+    except OSError as e:
+        raise CliError(f"cannot write {e.filename or stem + '.*'}: {e.strerror or e}; "
+                       f"{os.path.basename(stem)} was not kept") from None
 
 
 def remove_stem(stem):
@@ -439,13 +452,7 @@ def resolve_condition(args, composers):
 def keep_sample(base, ids, tokenizer, settings, soundfont, audio):
     """One sample written whole under a free stem (base, base-2, ...), or a CliError naming the
     write that failed, with nothing of the sample left; its summary, and what it printed."""
-    stem = base
-    try:
-        stem = claim_stem(base)
-        summary = write_sample(stem, ids, tokenizer, settings, soundfont, audio)
-    except OSError as e:
-        raise CliError(f"cannot write {e.filename or stem + '.*'}: {e.strerror or e}; "
-                       f"{os.path.basename(stem)} was not kept") from None
+    stem, summary = keep_whole(base, lambda stem: write_sample(stem, ids, tokenizer, settings, soundfont, audio))
     print(f"  {summary['midi']}: {summary['notes']} notes, {summary['seconds']:.1f} s, "
           f"grammar errors {summary['grammar_error_rate']:.2%}  (+ .json, .png{', .wav' if audio else ''})")
     return {**summary, "stem": stem}
@@ -678,7 +685,7 @@ def infill_request(args, model, checkpoint, tokenizer):
         except ValueError as e:
             raise CliError(f"--infill {args.infill}: {e}") from None
     try:
-        plan = plan_span(tokenizer, score, model.config.block_size, first, last)
+        plan = plan_span(tokenizer, merged, model.config.block_size, first, last)
     except ValueError as e:
         raise CliError(f"--infill {args.infill}: {e}") from None
     render_as = args.render_as if args.render_as != "any" else ("score" if piece_kind(score)[0] == "sequenced"
@@ -719,57 +726,49 @@ def fill_takes(model, tokenizer, plan, condition, num_samples, temperature, top_
 
 def make_fills(args, model, tokenizer, request, device, soundfont, kept, on_token=None):
     """Every take of the request at each guidance value, kept whole (its stem joins `kept`)."""
-    summaries = []
+    plan, summaries = request["plan"], []
+    piece = os.path.splitext(os.path.basename(args.infill))[0]
     for guidance in args.guidance:
-        takes = fill_takes(model, tokenizer, request["plan"], request["condition"], args.num_samples,
+        takes = fill_takes(model, tokenizer, plan, request["condition"], args.num_samples,
                            args.temperature, args.top_k, args.top_p, guidance, args.seed, args.constrained, device,
                            args.guidance_mode, request["kind"], on_token)
         for i, (middle, closed) in enumerate(takes):
-            settings = {**sample_settings(args, request | {"prompt": request["plan"].prompt}, guidance, i),
+            settings = {**sample_settings(args, request | {"prompt": plan.prompt}, guidance, i),
                         "render_as": request["render_as"]}
-            summary = keep_fill(os.path.join(args.out_dir, fill_name(args, request, guidance, i)), request, middle,
-                                closed, tokenizer, settings, soundfont, args.audio)
+            name = sample_name(args, request, guidance, i, prefix=f"{piece}_bars{plan.first}-{plan.last}_")
+            summary = keep_fill(os.path.join(args.out_dir, name), request, middle, closed, tokenizer, settings,
+                                soundfont, args.audio)
             kept.append(summary["stem"])
             summaries.append(summary)
     write_gallery(args.out_dir)
     return summaries
 
 
-def fill_name(args, request, guidance, i):
+def write_fill(stem, request, middle, closed, tokenizer, settings, soundfont, audio):
+    """stem.mid (the piece with its span replaced), .png (the span marked), .wav and .json last; a
+    summary dict (keep_whole makes it all or nothing)."""
     plan = request["plan"]
-    base = os.path.splitext(os.path.basename(args.infill))[0]
-    safe = "".join(c if c.isalnum() else "_" for c in request["composer_name"]).strip("_") or "unconditional"
-    tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
-    return (args.name or f"{base}_bars{plan.first}-{plan.last}_{safe}_{args.seed}") + tag + \
-        (f"_{i}" if args.num_samples > 1 else "")
+    _, middle_score, errors = decode_sample(tokenizer, middle)
+    score, removed, added = splice(request["score"], middle_score, plan.start_tick, plan.end_tick)
+    summary = write_score(stem, score, audio, soundfont, marked=(plan.start_tick, plan.end_tick))
+    atomic_write_text(f"{stem}.json", json.dumps({
+        **settings, "infill": {"file": settings["infill_file"], "bars": [plan.first, plan.last],
+                               "ticks": [plan.start_tick, plan.end_tick], "closed": closed,
+                               "notes_removed": removed, "notes_added": added},
+        "grammar_error_rate": errors, "notes": summary["notes"], "seconds": summary["seconds"],
+        "voice": summary["voice"], "token_ids": middle}))
+    return {**summary, "grammar_error_rate": errors, "notes_removed": removed, "notes_added": added}
 
 
 def keep_fill(base, request, middle, closed, tokenizer, settings, soundfont, audio):
-    """One take: the piece with its span replaced, written whole under a free stem (.mid, .png with
-    the span marked, .wav, .json), or a CliError with nothing of it left."""
+    """One take written whole under a free stem, or a CliError with nothing of it left; its summary."""
     plan = request["plan"]
-    stem = base
-    try:
-        stem = claim_stem(base)
-        _, middle_score, errors = decode_sample(tokenizer, middle)
-        score, removed, added = splice(request["score"], middle_score, plan.start_tick, plan.end_tick)
-        summary = write_score(stem, score, audio, soundfont, marked=(plan.start_tick, plan.end_tick))
-        atomic_write_text(f"{stem}.json", json.dumps({
-            **settings, "infill": {"file": settings["infill_file"], "bars": [plan.first, plan.last],
-                                   "ticks": [plan.start_tick, plan.end_tick], "closed": closed,
-                                   "notes_removed": removed, "notes_added": added},
-            "grammar_error_rate": errors, "notes": summary["notes"], "seconds": summary["seconds"],
-            "voice": summary["voice"], "token_ids": middle}))
-    except OSError as e:
-        remove_stem(stem)
-        raise CliError(f"cannot write {e.filename or stem + '.*'}: {e.strerror or e}; "
-                       f"{os.path.basename(stem)} was not kept") from None
-    except BaseException:
-        remove_stem(stem)
-        raise
-    print(f"  {stem}.mid: bars {plan.first}-{plan.last} rewritten ({removed} notes out, {added} in"
-          f"{'' if closed else ', ran out of tokens before the bar line'}), grammar errors {errors:.2%}")
-    return {**summary, "stem": stem, "closed": closed, "notes_added": added}
+    stem, summary = keep_whole(base, lambda stem: write_fill(stem, request, middle, closed, tokenizer, settings,
+                                                             soundfont, audio))
+    print(f"  {stem}.mid: bars {plan.first}-{plan.last} rewritten ({summary['notes_removed']} notes out, "
+          f"{summary['notes_added']} in{'' if closed else ', ran out of tokens before the bar line'}), grammar errors "
+          f"{summary['grammar_error_rate']:.2%}")
+    return {**summary, "stem": stem, "closed": closed}
 
 
 def print_request(args, request):
@@ -782,10 +781,11 @@ def print_request(args, request):
           f"rendered as {args.render_as}, prompt {len(request['prompt'])} tokens")
 
 
-def sample_name(args, request, guidance, i):
+def sample_name(args, request, guidance, i, prefix=""):
+    """<prefix><composer>_<seed> (or --name), with the guidance and the sample's index when several."""
     safe = "".join(c if c.isalnum() else "_" for c in request["composer_name"]).strip("_") or "unconditional"
     tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
-    return f"{args.name or f'{safe}_{args.seed}'}{tag}" + (f"_{i}" if args.num_samples > 1 else "")
+    return f"{args.name or f'{prefix}{safe}_{args.seed}'}{tag}" + (f"_{i}" if args.num_samples > 1 else "")
 
 
 def sample_settings(args, request, guidance, i):

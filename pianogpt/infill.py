@@ -7,7 +7,7 @@ ids): AFTER, BEFORE, MIDDLE, and LAST_BAR for the middle's final bar, so the mod
 the next bar line must join what follows. Plain training windows and continuations are PLAIN.
 
 Training rearranges a share of ordinary windows this way (arrange_window); sample.py --infill
-builds the same layout from a MIDI file (plan_span, prompt_of), decodes the new middle and puts
+builds the same layout from a MIDI file (plan_span, infill_prompt), decodes the new middle and puts
 its notes into the original score in place of the span's (splice), every other note untouched.
 Imports only remi.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pianogpt.remi import CHORD_LIMIT, RemiGrammar, encode_merged, merge_piano_tracks, notes_of
+from pianogpt.remi import CHORD_LIMIT, RemiGrammar, encode_merged, notes_of
 
 PLAIN, BEFORE, AFTER, MIDDLE, LAST_BAR = range(5)
 N_ROLES = 5
@@ -160,12 +160,9 @@ class Plan:
     span_tokens: int
 
 
-def plan_span(tokenizer, score, block_size, first, last):
-    """The Plan for bars first..last of a symusic score, or ValueError naming the bars it has or
-    the span that fits this context."""
-    merged, reason = merge_piano_tracks(score)
-    if merged is None:
-        raise ValueError(f"has no piano notes to keep ({reason})")
+def plan_span(tokenizer, merged, block_size, first, last):
+    """The Plan for bars first..last of a piece (merged: its one piano track, remi.merge_piano_tracks),
+    or ValueError naming the bars it has or the span that fits this context."""
     lines = bar_ticks(merged)
     if not 1 <= first <= last <= len(lines):
         raise ValueError(f"bars {first}-{last} are outside the piece: it has bars 1-{len(lines)}")
@@ -414,13 +411,11 @@ def gap_layouts(tokens, start, end, bos_id, block_size):
     the targets from that index on are the middle's tokens after its opening bar line, and the
     closing bar line."""
     middle = [int(t) for t in tokens[start:end + 1]]  # with the closing bar line
-    side = (block_size - 1 - len(middle)) // 2
-    after = [int(t) for t in tokens[end:end + side]]
-    before = [int(t) for t in tokens[max(0, start - (2 * side - len(after))):start]]
-    lines = [i for i, t in enumerate(middle[:-1]) if t == middle[0]]
-    middle_roles = [MIDDLE] * lines[-1] + [LAST_BAR] * (len(middle) - lines[-1])
-    infill = ([bos_id] + after + before + middle, [AFTER] * (1 + len(after)) + [BEFORE] * len(before) + middle_roles,
-              1 + len(after) + len(before))
+    last_bar = max(i for i, t in enumerate(middle[:-1]) if t == middle[0])
+    middle_roles = [MIDDLE] * last_bar + [LAST_BAR] * (len(middle) - last_bar)
+    prompt, roles = infill_prompt(tokens[:start], tokens[end:], (block_size - 1 - len(middle)) // 2, bos_id,
+                                  middle[0], last_bar == 0)  # the prompt ends on the middle's opening bar line
+    infill = (prompt + middle[1:], roles + middle_roles[1:], len(prompt) - 1)
     before_all = [int(t) for t in tokens[max(0, start - (block_size - len(middle))):start]]
     plain = ([bos_id] + before_all + middle, [PLAIN] * (1 + len(before_all) + len(middle)), 1 + len(before_all))
     return {"infill": infill, "continue": plain}

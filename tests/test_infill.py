@@ -134,9 +134,11 @@ def test_splice_keeps_every_note_outside_the_span_and_puts_the_new_notes_inside_
 
 def test_a_plan_puts_the_music_after_the_span_first_and_names_the_bars_that_fit(tiny_dataset):
     from pianogpt.dataset import open_dataset
+    from pianogpt.remi import merge_piano_tracks
 
     tokenizer = open_dataset(tiny_dataset).tokenizer
     score = make_score(n_bars=16, with_changes=False, out_of_range=False)
+    score = merge_piano_tracks(score)[0]
     plan = plan_span(tokenizer, score, 256, 5, 6)
     bar_id = tokenizer.vocab["Bar_None"]
     assert plan.prompt[0] == tokenizer.vocab["BOS_None"] and plan.prompt[-1] == bar_id and plan.roles[-1] == MIDDLE
@@ -348,3 +350,25 @@ def test_an_excerpt_ends_with_its_notes_not_with_the_pieces_later_tempo_changes(
     assert int((part == bar_id).sum()) == 2
     assert [t.time for t in excerpt(merged, 4 * 4 * score.tpq, 6 * 4 * score.tpq).tempos] == [0, score.tpq,
                                                                                             5 * score.tpq]
+
+
+def test_a_take_that_cannot_claim_its_name_leaves_the_earlier_takes_whole(tiny_infill_checkpoint, tmp_path,
+                                                                          monkeypatch, capsys):
+    import errno
+
+    import sample
+
+    piece = write_midi(str(tmp_path / "mine.mid"), make_score(seed=3, n_bars=12))
+    args = ["--ckpt", str(tiny_infill_checkpoint), "--infill", piece, "--bars", "5-6", "--composer_id", "1",
+            "--out_dir", str(tmp_path / "out"), "--no-audio"]
+    sample.main(args)
+    earlier = sorted(p.name for p in (tmp_path / "out").iterdir())
+
+    def full_disk(base):
+        raise OSError(errno.ENOSPC, "No space left on device", base + "-2.json")
+
+    monkeypatch.setattr(sample, "claim_stem", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        sample.main(args)
+    assert stop.value.code == 2 and "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == earlier  # the first take is untouched
