@@ -743,26 +743,24 @@ def infill_take_measures(e, per_composer, guidance):
     if not gaps:
         return {"takes_per_way": 0}
     ways = ("infill", "continue") if e.model.config.n_roles else ("continue",)
-    verdicts, closed, seams, requested = {w: [] for w in ways}, {w: [] for w in ways}, {w: [] for w in ways}, []
-    real = []
-    for i, (p, start, end) in enumerate(gaps):
+    requested = [e.candidates[i % len(e.candidates)] for i in range(len(gaps))]
+    takes, seams = {way: [] for way in ways}, {way: [] for way in ways}
+    for i, ((p, start, end), composer) in enumerate(zip(gaps, requested)):
         tokens, _, kind = pieces[p]
-        composer = e.candidates[i % len(e.candidates)]
-        requested.append(composer)
-        real.append((tokens[start:end].tolist(), pieces[p][1]))
         for way in ways:
-            middle, did_close = gap_take(e, tokens, start, end, composer, kind, guidance, way, bar_id, seed=i)
-            score, _ = decoded(e.tokenizer, [middle])[0]
-            verdicts[way].append(int(judge.predict(features([(score, 0.0)]))[0]))
-            closed[way].append(did_close)
-            joined = [int(t) for t in tokens[max(0, start - 16):start]] + middle + [int(t) for t in tokens[end:end + 16]]
+            take = gap_take(e, tokens, start, end, composer, kind, guidance, way, bar_id, seed=i)
+            takes[way].append(take)
+            joined = [int(t) for t in tokens[max(0, start - 16):start]] + take[0] + [int(t) for t in tokens[end:end + 16]]
             seams[way].append(grammar_error_rate(e.tokenizer, joined))
-    real_verdicts = judge.predict(features(decoded(e.tokenizer, [t for t, _ in real])))
+    real_verdicts = judge.predict(features(decoded(e.tokenizer, [pieces[p][0][start:end].tolist()
+                                                                 for p, start, end in gaps])))
     out = {"takes_per_way": len(gaps), "guidance": guidance, "judge_excerpt_tokens": e.model.config.block_size // 2,
-           "real_gaps_judge_accuracy": float(np.mean(real_verdicts == np.array([c for _, c in real])))}
+           "real_gaps_judge_accuracy": float(np.mean(real_verdicts == np.array([pieces[p][1] for p, _, _ in gaps])))}
     for way in ways:
-        right = (np.array(verdicts[way]) == np.array(requested)).astype(float)
-        out[way] = {"judge_accuracy": bootstrap_mean(right, np.ones(len(right))), "closed": float(np.mean(closed[way])),
+        verdicts = judge.predict(features(decoded(e.tokenizer, [middle for middle, _ in takes[way]])))
+        right = (verdicts == np.array(requested)).astype(float)
+        out[way] = {"judge_accuracy": bootstrap_mean(right, np.ones(len(right))),
+                    "closed": float(np.mean([did_close for _, did_close in takes[way]])),
                     "seam_grammar_error_rate": float(np.mean(seams[way])), "chance": 1 / len(e.candidates)}
     return out
 
@@ -773,7 +771,7 @@ def gap_take(e, tokens, start, end, composer, kind, guidance, way, bar_id, seed)
     both given the gap's bar lines' metre and the token budget sample.py --infill gives."""
     block = e.model.config.block_size
     budget, side = context_budget(block, end - start)
-    lines = [i for i in bar_lines(tokens[start:end], bar_id)]
+    lines = bar_lines(tokens[start:end], bar_id)
     metre = [int(tokens[start + i + 1]) for i in lines]
     if way == "infill":
         prompt, prompt_roles = infill_prompt(tokens[:start], tokens[end:], side, e.bos_id, bar_id, len(lines) == 1)

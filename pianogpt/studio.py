@@ -131,8 +131,8 @@ def allowed_hosts(host, port):
     return {f"[{n}]:{port}" if ":" in n else f"{n}:{port}" for n in names}
 
 
-def handler_for(studio, hosts=None):
-    """The request handler; hosts: the Host values to answer (None: any, for tests of the API)."""
+def handler_for(studio, hosts):
+    """The request handler; hosts: the Host values it answers (allowed_hosts)."""
 
     class Handler(BaseHTTPRequestHandler):
         timeout = CLIENT_TIMEOUT_S  # the socket's: a read that waits longer ends the connection
@@ -164,7 +164,7 @@ def handler_for(studio, hosts=None):
             host = self.headers.get("Host")
             if host is None:
                 return "a request must say which Host it is for"
-            if hosts is not None and host.lower() not in hosts:
+            if host.lower() not in hosts:
                 return (f"this studio answers at {sorted(hosts)[0]} only, not at Host {host[:60]!r} (a page of "
                         "another site reaching it through its own name is refused)")
             return None
@@ -196,16 +196,17 @@ def handler_for(studio, hosts=None):
             kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
             self.answer(200, data, kind + ("; charset=utf-8" if kind.startswith("text/") else ""))
 
-        def origin_problem(self):
-            """Why a POST is not from the studio's own page (None when it is, or from no page at all:
-            a command line tool sends no Origin and is the user's own)."""
+        def sender_refusal(self):
+            """(code, why) when a POST is not the studio's own page's JSON, else None (a POST from no
+            page at all, a command line tool that sends no Origin, is the user's own)."""
             origin, site = self.headers.get("Origin"), self.headers.get("Sec-Fetch-Site")
             if origin is not None and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
-                return f"a POST from another origin ({origin[:60]}) is refused: only the studio's own page may start work"
+                return 403, (f"a POST from another origin ({origin[:60]}) is refused: only the studio's own page may "
+                             "start work")
             if site not in (None, "same-origin", "none"):
-                return f"a POST from a {site} page is refused: only the studio's own page may start work"
+                return 403, f"a POST from a {site} page is refused: only the studio's own page may start work"
             if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
-                return "a POST must be JSON (Content-Type: application/json)"
+                return 415, "a POST must be JSON (Content-Type: application/json)"
             return None
 
         def body_length(self):
@@ -225,16 +226,16 @@ def handler_for(studio, hosts=None):
                 return self.refuse(403, problem)
             if self.path not in ("/api/generate", "/api/stop"):
                 return self.refuse(404, f"no action {self.path[:80]}")
-            problem = self.origin_problem()
-            if problem:
-                return self.refuse(403 if "origin" in problem or "page" in problem else 415, problem)
+            refusal = self.sender_refusal()
+            if refusal:
+                return self.refuse(*refusal)
             length, refusal = self.body_length()
             if refusal:
                 return self.refuse(*refusal)
             try:
                 raw = self.rfile.read(length)
             except (TimeoutError, OSError):
-                return self.refuse(408, f"the request body did not arrive within {CLIENT_TIMEOUT_S:g} s")
+                return self.refuse(408, f"the request body did not arrive within {self.timeout:g} s")
             if len(raw) < length:
                 return self.refuse(400, f"the request body ended after {len(raw)} of {length} bytes")
             if self.path == "/api/stop":
