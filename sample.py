@@ -379,15 +379,16 @@ def render_file(args):
         raise CliError(f"cannot read --render {args.render}: {type(e).__name__}: {e}") from None
     make_out_dir(args.out_dir)
     base = args.name or "real_" + os.path.splitext(os.path.basename(args.render))[0]
-    stem = claim_stem(os.path.join(args.out_dir, base))
-    try:
-        summary = write_score(stem, score, True, find_soundfont(args.soundfont))
+    soundfont = find_soundfont(args.soundfont)
+
+    def write(stem):
+        summary = write_score(stem, score, True, soundfont)
         atomic_write_text(f"{stem}.json", json.dumps({"rendered": os.path.abspath(args.render),
                                                       "notes": summary["notes"], "seconds": summary["seconds"],
                                                       "voice": summary["voice"]}))
-    except BaseException:
-        remove_stem(stem)
-        raise
+        return summary
+
+    stem, summary = keep_whole(os.path.join(args.out_dir, base), write)
     write_gallery(args.out_dir)
     print(f"  {stem}.wav: {summary['notes']} notes, {summary['seconds']:.1f} s, voice: {summary['voice']} "
           f"(+ .mid, .png, .json; {args.out_dir}/index.html)")

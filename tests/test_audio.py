@@ -136,6 +136,25 @@ def test_render_plays_a_real_midi_file_through_the_same_voice(tmp_path, capsys):
     assert "cannot read --render" in capsys.readouterr().err
 
 
+def test_a_render_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import sample
+
+    path = tmp_path / "real.mid"
+    score_of([(0, 1, 60, 80), (1, 1, 64, 80)]).dump_midi(str(path))
+
+    def full_disk(samples):
+        raise OSError(errno.ENOSPC, "No space left on device", "real_real.wav")
+
+    monkeypatch.setattr(sample, "wav_bytes", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        sample.main(["--render", str(path), "--out_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "No space left on device" in err and "Traceback" not in err
+    assert not any(p.name.startswith("real_real") for p in (tmp_path / "out").iterdir())
+
+
 def test_png_bytes_round_trip_every_pixel():
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     assert np.array_equal(decode_png(png_bytes(rgb)), rgb)
