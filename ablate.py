@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
-from pianogpt.cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fail, positive_float, positive_int,
-                          read_jsonl, run_program, write_or_fail)
+from pianogpt.cli import CliError, Parser, fail, positive_float, positive_int, run_program
+from pianogpt.files import atomic_write_bytes, atomic_write_text, read_jsonl, write_or_fail
 from pianogpt.pictures import chart, png_bytes
 
 ROOT = os.path.dirname(os.path.abspath(__file__))

@@ -6,10 +6,10 @@
 
 Cases:
   matmul   peak FLOP/s of a square matmul on this device (the MFU denominator)
-  train    training tokens/s, achieved FLOP/s and MFU: the seed's shape, the CPU config before the
+  train    training tokens/s, achieved FLOP/s and MFU: the GPT-2 baseline's shape, the CPU config before the
            modern recipe, and config/remi_cpu.py as shipped (its levers and optimizer)
-  sample   128 prompt + 2048 new tokens at the seed's shape: eager and compiled decode steps side
-           by side (compile seconds, 1 and 4 samples, guidance 1 and 3), and the seed's method
+  sample   128 prompt + 2048 new tokens at the GPT-2 baseline's shape: eager and compiled decode steps side
+           by side (compile seconds, 1 and 4 samples, guidance 1 and 3), and the GPT-2 baseline's method
            (recompute the whole context every step) for scale
   loop     where a training step of config/remi_cpu.py goes: the bare forward + backward, the
            optimizer step, a batch from the data sampler, an evaluation, and train.py's whole loop
@@ -28,14 +28,14 @@ import time
 
 import torch
 
-from pianogpt.cli import CliError, Parser, config_file_values, fail, positive_int, run_program
+from pianogpt.cli import CliError, Parser, fail, positive_int, run_program
+from pianogpt.config import config_file_values
 from pianogpt.engine import guided_logits, sample_next
 from model import ModelConfig, ModelOptions, MusicTransformer
-from pianogpt.devices import (autocast_context, cpu_description, machine_matmul_peak, require_compile,
+from pianogpt.devices import (autocast_context, cpu_description, device_type_of, machine_matmul_peak, require_compile,
                               resolve_device, resolve_dtype)
 
 CASES = ("matmul", "train", "loop", "sample", "prepare")
-SEED_SHAPE = dict(n_layer=8, n_head=8, n_embd=512)
 CPU_SHAPE_BEFORE = dict(n_layer=4, n_head=4, n_embd=128)  # config/remi_cpu.py before the modern recipe
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -45,7 +45,7 @@ def emit(record):
 
 
 def sync(device):
-    if device.startswith("cuda"):
+    if device_type_of(device) == "cuda":
         torch.cuda.synchronize()
 
 
@@ -58,17 +58,21 @@ def make_model(cfg, device):
     return MusicTransformer(cfg).to(device)
 
 
-def shipped_cpu_recipe():
-    """(ModelConfig, batch_size, optimizer) of config/remi_cpu.py as shipped: its model options
+def shipped_recipe(name):
+    """(ModelConfig, batch_size, optimizer) of config/<name>.py as shipped: its model options
     exactly as train.py reads them (model.ModelOptions), dropout off for timing."""
-    values = config_file_values(os.path.join(ROOT, "config", "remi_cpu.py"))
+    values = config_file_values(os.path.join(ROOT, "config", f"{name}.py"))
     options = {f.name: values[f.name] for f in dataclasses.fields(ModelOptions) if f.name in values}
     model_cfg = ModelConfig(**options | {"dropout": 0.0}, vocab_size=419, n_composers=27)
     return model_cfg, values["batch_size"] * values["grad_accum"], values["optimizer"]
 
 
+def shape_of(cfg):
+    return dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+
+
 def not_default(cfg):
-    """The ModelConfig fields that differ from the defaults (the seed's architecture): shape and levers."""
+    """The ModelConfig fields that differ from the defaults (the GPT-2 baseline's architecture): shape and levers."""
     default = ModelConfig()
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
             if getattr(cfg, f.name) != getattr(default, f.name)}
@@ -78,10 +82,10 @@ def bench_train(name, cfg, batch_size, device, dtype, peak, steps, compile_model
     block_size = cfg.block_size
     model = make_model(cfg, device)
     optimizer_name = optimizer
-    optimizer = model.configure_optimizers(0.1, 1e-4, device_type="cuda" if device.startswith("cuda") else "cpu",
+    optimizer = model.configure_optimizers(0.1, 1e-4, device_type=device_type_of(device),
                                            optimizer=optimizer_name)
     step_model = torch.compile(model) if compile_model else model
-    ctx = autocast_context("cuda" if device.startswith("cuda") else device, dtype)
+    ctx = autocast_context(device_type_of(device), dtype)
     x = torch.randint(2, 419, (batch_size, block_size), device=device)
     composer = torch.randint(0, 27, (batch_size,), device=device)
 
@@ -185,7 +189,7 @@ def loop_tokens_per_s(data_dir, iters):
 def bench_loop(cfg, batch_size, optimizer_name, device, dtype, data_dir, repeats, loop_iters):
     """Where a training step of the shipped config goes (see the module docstring)."""
     model = make_model(cfg, device)
-    device_type = "cuda" if device.startswith("cuda") else device
+    device_type = device_type_of(device)
     ctx = autocast_context(device_type, dtype)
     optimizer = model.configure_optimizers(0.1, 1e-4, device_type=device_type, optimizer=optimizer_name)
     x = torch.randint(2, cfg.vocab_size, (batch_size, cfg.block_size), device=device)
@@ -235,7 +239,7 @@ def bench_loop(cfg, batch_size, optimizer_name, device, dtype, data_dir, repeats
 @torch.no_grad()
 def generate_recompute(model, idx, composer, max_new_tokens, guidance, temperature=0.9, top_k=40, top_p=0.95,
                        generator=None):
-    """The seed's sampler: a full forward over the whole (cropped) context for every token.
+    """The GPT-2 baseline's sampler: a full forward over the whole (cropped) context for every token.
     CFG rows go in one batch here too, so the comparison isolates the KV cache."""
     block = model.config.block_size
     use_cfg = guidance != 1.0
@@ -339,8 +343,8 @@ def main(argv=None):
     parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
-    parser.add_argument("--seed_block_size", type=positive_int, default=None,
-                        help="context for the seed-shape training case (default: 8192 on CUDA, 1024 on CPU)")
+    parser.add_argument("--baseline_block_size", type=positive_int, default=None,
+                        help="context for the GPT-2 baseline's training case (default: 8192 on CUDA, 1024 on CPU)")
     parser.add_argument("--new_tokens", type=positive_int, default=2048)
     parser.add_argument("--midi_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared",
                                                            "midi", "piano-midi"))
@@ -349,7 +353,7 @@ def main(argv=None):
                         help="dataset for the loop case's data sampler and train.py run (skipped where absent)")
     parser.add_argument("--loop_iters", type=positive_int, default=60, help="train.py iterations of the loop case")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and lengths (tests the script)")
-    parser.add_argument("--no_recompute", action="store_true", help="skip the seed's recompute-every-step baseline")
+    parser.add_argument("--no_recompute", action="store_true", help="skip the GPT-2 baseline's recompute-every-step baseline")
     parser.add_argument("--sample_dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="weights and KV cache precision of the sample case")
     args = parser.parse_args(argv)
@@ -364,27 +368,27 @@ def main(argv=None):
 def run_cases(args, cases):
     """Each chosen case in turn, one JSON record per measurement on stdout."""
     device = resolve_device(args.device)
-    device_type = "cuda" if device.startswith("cuda") else device
+    device_type = device_type_of(device)
     if args.compile:
         require_compile(device, "--compile", "leave --compile out to time the eager step")
     dtype = resolve_dtype("auto", device_type)
     name = torch.cuda.get_device_name() if device_type == "cuda" else cpu_description()
     emit({"case": "machine", "device": device, "name": name, "threads": torch.get_num_threads(),
           "cpu_count": os.cpu_count(), "torch": torch.__version__, "dtype": dtype})
-    seed_shape, cpu_before = SEED_SHAPE, CPU_SHAPE_BEFORE
-    cpu_cfg, cpu_batch, cpu_optimizer = shipped_cpu_recipe()
-    seed_block = args.seed_block_size or (8192 if device_type == "cuda" else 1024)
+    baseline_shape, cpu_before = shape_of(shipped_recipe("remi_8layer")[0]), CPU_SHAPE_BEFORE
+    cpu_cfg, cpu_batch, cpu_optimizer = shipped_recipe("remi_cpu")
+    baseline_block = args.baseline_block_size or (8192 if device_type == "cuda" else 1024)
     new_tokens, steps, points = args.new_tokens, 5, 6
     if args.quick:
-        seed_shape = cpu_before = dict(n_layer=1, n_head=2, n_embd=32)
+        baseline_shape = cpu_before = dict(n_layer=1, n_head=2, n_embd=32)
         cpu_cfg = dataclasses.replace(cpu_cfg, n_layer=1, n_head=2, n_embd=32, block_size=64)
-        seed_block, new_tokens, steps, points, cpu_batch = 64, 16, 1, 2, 8
+        baseline_block, new_tokens, steps, points, cpu_batch = 64, 16, 1, 2, 8
     peak = machine_matmul_peak(device, dtype)
     if "matmul" in cases:
         emit({"case": "matmul", "dtype": dtype, "peak_GFLOPs": round(peak / 1e9, 1),
               **({"float32_GFLOPs": round(machine_matmul_peak(device, "float32") / 1e9, 1)} if dtype != "float32" else {})})
     if "train" in cases:
-        bench_train("seed", model_config(seed_shape, seed_block, dropout=0.1), 1 if device_type == "cpu" else 2,
+        bench_train("gpt2_baseline", model_config(baseline_shape, baseline_block, dropout=0.1), 1 if device_type == "cpu" else 2,
                     device, dtype, peak, steps, args.compile)
         # today's CPU recipe before the modern levers (the same maths as the old code), then the shipped one
         bench_train("remi_cpu_before", model_config(cpu_before, 64 if args.quick else 512), 8, device, dtype, peak,
@@ -394,7 +398,7 @@ def run_cases(args, cases):
         bench_loop(cpu_cfg, cpu_batch, cpu_optimizer, device, dtype, args.data_dir, 1 if args.quick else 5,
                    0 if args.quick else args.loop_iters)
     if "sample" in cases:
-        bench_sample(seed_shape, 64 if args.quick else 8192, 8 if args.quick else 128, new_tokens, device,
+        bench_sample(baseline_shape, 64 if args.quick else 8192, 8 if args.quick else 128, new_tokens, device,
                      0 if args.no_recompute else points, args.sample_dtype)
     if "prepare" in cases:
         if os.path.isdir(args.midi_dir):

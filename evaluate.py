@@ -20,19 +20,21 @@
    entropy, chord size and grammar errors, beside real val excerpts and their spread.
 """
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from pianogpt.checkpoints import load_trained
-from pianogpt.cli import (CliError, Parser, atomic_write_text, fail, non_negative_int, positive_int, run_program,
-                          write_or_fail)
+from pianogpt.cli import CliError, Parser, fail, non_negative_int, positive_int, run_program
+from pianogpt.files import atomic_write_text, write_or_fail
 from pianogpt.dataset import (KIND_IDS, RENDER_AS, WindowSampler, composer_key, merge_composer_tables, open_dataset,
                               work_of)
 from pianogpt.devices import autocast_context, device_type_of, resolve_dtype
@@ -42,7 +44,7 @@ from pianogpt.probes import Probes
 from pianogpt.ngram import HIGH_ORDER_MAX_TOKENS, NGRAM_ORDERS, NGram, unigram_entropy
 from pianogpt.infill import PLAIN, bar_lines, context_budget, gap_layouts, infill_prompt, real_gaps, write_middles
 from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, grammar_error_rate,
-                           guidance_kinds, piece_kind)
+                           guidance_types, piece_kind)
 
 
 KIND_NAMES = {kind_id: kind for kind, kind_id in KIND_IDS.items()}  # 1: "sequenced", 2: "performed"
@@ -136,13 +138,6 @@ def score_under(model, sequences, candidates, bos_id, max_windows=None, batch_si
                     lp = lp * masks[:, window[0, 1:]].T[None]
                 scores[row, i:i + len(k)] += lp.sum(1).cpu()
     return scores if counted is not None and counted.dim() == 2 else scores[..., 0]
-
-
-def bayes_classify(model, samples, n_composers, batch_size=8):
-    """log p(sample | k) for k = 1..N -> [S, N]; samples [S, T] start with BOS."""
-    bos = int(samples[0, 0])
-    return score_under(model, [s[1:].cpu().numpy() for s in samples], range(1, n_composers), bos,
-                       batch_size=batch_size).to(samples.device).float()
 
 
 def tie_shared_credit(scores, wanted, atol):
@@ -405,45 +400,69 @@ def excerpts(split, rows, length, per_piece, seed):
     return out
 
 
-def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1.0, 5.0), samples_per_composer=2,
-             sample_tokens=512, seed=0, device="cpu", max_composers=None, real_dir=None, min_train_pieces=30,
-             max_windows=4, judge_excerpts=3, dtype="auto", guidance_mode="within_types", per_work=1,
-             probes=(), score_tokens="all", infill_gaps=0, infill_takes=0, infill_guidance=3.0):
+@dataclass
+class Request:
+    """What evaluate() measures, and on how much: evaluate.py's flags (--help says what each does)."""
+    data_dir: str = None  # None: the checkpoint's own dataset
+    num_windows: int = 64
+    window: int = None
+    guidances: tuple = (0.0, 1.0, 5.0)
+    samples_per_composer: int = 2
+    sample_tokens: int = 512
+    seed: int = 0
+    device: str = "cpu"
+    max_composers: int = None
+    real_dir: str = None
+    min_train_pieces: int = 30
+    max_windows: int = 4
+    judge_excerpts: int = 3
+    dtype: str = "auto"
+    guidance_mode: str = "within_types"
+    per_work: int = 1
+    probes: tuple = ()
+    score_tokens: str = "all"
+    infill_gaps: int = 0
+    infill_takes: int = 0
+    infill_guidance: float = 3.0
+
+
+def evaluate(ckpt, request=Request()):
     """Every measure of the module docstring, as one dict (print_report prints it)."""
-    if real_dir and not os.path.isdir(real_dir):
-        raise CliError(f"--real_dir {real_dir} is not a folder")
-    e = set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composers, seed, max_windows)
-    e.scorings = scorings_of(e.tokenizer.vocab, score_tokens)
-    results = {"ckpt": str(ckpt), "data_dir": e.data_dir, "num_windows": num_windows, "window": e.window,
-               "score_tokens": score_tokens,
+    r = request
+    if r.real_dir and not os.path.isdir(r.real_dir):
+        raise CliError(f"--real_dir {r.real_dir} is not a folder")
+    e = set_up(ckpt, r.data_dir, r.window, r.device, r.dtype, r.min_train_pieces, r.max_composers, r.seed, r.max_windows)
+    e.scorings = scorings_of(e.tokenizer.vocab, r.score_tokens)
+    results = {"ckpt": str(ckpt), "data_dir": e.data_dir, "num_windows": r.num_windows, "window": e.window,
+               "score_tokens": r.score_tokens,
                "comparison_set": {"rule": e.rule, "composers": {e.names[c]: e.train_counts[c] for c in e.candidates},
                                   "fine_tuned": [e.names[c] for c in e.fine_tuned]}}
     progress = Progress()
-    x, y, composer, kind = (t.to(device) for t in val_windows(e.val, num_windows, seed))
+    x, y, composer, kind = (t.to(r.device) for t in val_windows(e.val, r.num_windows, r.seed))
     results.update(window_measures(e, x, y, composer, kind))
     progress.say("val windows scored")
     results["baselines"] = ngram_baselines(e, x, y, results["nll"]["true"])
     progress.say("baselines")
     if e.meta.get("heldout_sources"):
-        results["heldout_pieces"] = heldout_piece_measures(e, per_work)
+        results["heldout_pieces"] = heldout_piece_measures(e, r.per_work)
         progress.say(f"{results['heldout_pieces']['pieces']} pieces of the held-out sources scored")
     results["val_pieces"] = val_piece_measures(e)
     progress.say(f"{len(e.val)} val pieces scored under {len(e.candidates) + 3} conditions")
-    if real_dir:
-        results["real_dir"] = real_dir_measures(e, real_dir)
-        progress.say(f"pieces of {real_dir} scored")
-    if probes:
-        results["probes"] = probe_measures(e, probes, per_work)
-        progress.say(f"probes {', '.join(probes)}")
-    if infill_gaps:
-        results["infill"] = infill_nll_measures(e, infill_gaps)
+    if r.real_dir:
+        results["real_dir"] = real_dir_measures(e, r.real_dir)
+        progress.say(f"pieces of {r.real_dir} scored")
+    if r.probes:
+        results["probes"] = probe_measures(e, r.probes, r.per_work)
+        progress.say(f"probes {', '.join(r.probes)}")
+    if r.infill_gaps:
+        results["infill"] = infill_nll_measures(e, r.infill_gaps)
         progress.say(f"{results['infill']['gaps']} real gaps of val pieces scored")
-    if infill_takes:
-        results.setdefault("infill", {}).update(infill_take_measures(e, infill_takes, infill_guidance))
+    if r.infill_takes:
+        results.setdefault("infill", {}).update(infill_take_measures(e, r.infill_takes, r.infill_guidance))
         progress.say("gaps filled and continued, judged")
-    if samples_per_composer == 0:  # identification and NLL only: no judge, no copy index, no samples
+    if r.samples_per_composer == 0:  # identification and NLL only: no judge, no copy index, no samples
         return results
-    judge, val_scores, results["judge"] = fit_outside_judge(e, sample_tokens, judge_excerpts)
+    judge, val_scores, results["judge"] = fit_outside_judge(e, r.sample_tokens, r.judge_excerpts)
     progress.say("outside judge fitted")
     copies = CopyFinder([note_events(decode_sample(e.tokenizer, p)[1]) for p in e.train_pieces])
     real_runs = [copies.longest(note_events(score)) for score, _ in val_scores]
@@ -454,11 +473,11 @@ def evaluate(ckpt, data_dir=None, num_windows=64, window=None, guidances=(0.0, 1
     progress.say("copy index built")
     results["samples"] = {}
     # a model with a kind condition renders every guidance both ways (score, performance)
-    renderings = [(f"{g}", g, None) for g in guidances] if not e.model.config.n_kinds else \
-        [(f"{g} {kind}", g, kind) for g in guidances for kind in RENDER_AS]
+    renderings = [(f"{g}", g, None) for g in r.guidances] if not e.model.config.n_kinds else \
+        [(f"{g} {kind}", g, kind) for g in r.guidances for kind in RENDER_AS]
     for label, g, kind in renderings:
-        results["samples"][label] = sample_measures(e, judge, copies, g, kind, samples_per_composer, sample_tokens,
-                                                    guidance_mode)
+        results["samples"][label] = sample_measures(e, judge, copies, g, kind, r.samples_per_composer, r.sample_tokens,
+                                                    r.guidance_mode)
         progress.say(f"samples at guidance {label}")
     real_stats = [music_stats(score, errors) for score, errors in val_scores]
     results["samples"]["real val excerpts"] = mean_stats(real_stats)
@@ -671,7 +690,7 @@ def sample_measures(e, judge, copies, guidance, render_as, per_composer, sample_
     with e.ctx:
         out = e.model.generate(bos, requested, sample_tokens, guidance=guidance, generator=generator,
                                logits_processor=RemiGrammar(e.tokenizer, chord_limit=CHORD_LIMIT),
-                               guidance_kinds=guidance_kinds(e.tokenizer, guidance_mode), kind=kind)
+                               guidance_types=guidance_types(e.tokenizer, guidance_mode), kind=kind)
     token_lists = [row[1:].tolist() for row in out]
     scores = score_under(e.model, [np.array(t) for t in token_lists], e.candidates, e.bos_id, ctx=e.ctx,
                          kinds=None if kind is None else [kind] * len(token_lists))
@@ -782,7 +801,7 @@ def gap_take(e, tokens, start, end, composer, kind, guidance, way, bar_id, seed)
         return write_middles(e.model, e.tokenizer, prompt, prompt_roles, len(lines), metre, budget,
                              torch.tensor([composer], device=e.device), plain=way != "infill", guidance=guidance,
                              generator=torch.Generator(device=e.device).manual_seed(seed),
-                             guidance_kinds=guidance_kinds(e.tokenizer, "within_types"),
+                             guidance_types=guidance_types(e.tokenizer, "within_types"),
                              kind=kind if e.model.config.n_kinds else None)[0]
 
 
@@ -1009,11 +1028,8 @@ def main(argv=None):
         fail(parser.prog, f"--probes: unknown probe {unknown[0]!r}; choose from {', '.join(Probes.PROBES)} or all")
 
     def body():
-        results = evaluate(args.ckpt, args.data_dir, args.num_windows, args.window, guidances, args.samples_per_composer,
-                           args.sample_tokens, args.seed, args.device, args.max_composers, args.real_dir,
-                           args.min_train_pieces, args.max_windows, args.judge_excerpts, args.dtype,
-                           args.guidance_mode, args.per_work, probes, args.score_tokens, args.infill_gaps,
-                           args.infill_takes, args.infill_guidance)
+        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Request) if hasattr(args, f.name)}
+        results = evaluate(args.ckpt, Request(**flags | {"guidances": guidances, "probes": probes}))
         print_report(results)
         if args.json:
             write_or_fail(atomic_write_text, args.json, json.dumps(results, indent=1))

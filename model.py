@@ -8,7 +8,7 @@ gives new composers). Its forward runs a chunk (into a KV cache when given one) 
 one token; how tokens are produced (cache, prefill, guidance, filters) is engine.py's, the
 optimizers are optim.py's, checkpoint files are checkpoints.py's.
 
-The modern recipe's levers are ModelConfig options, each off by default so that the seed's
+The modern recipe's levers are ModelConfig options, each off by default so that the GPT-2 baseline's
 architecture is the default: rotary positions, RMSNorm, ReLU² MLPs, QK-norm, an untied head.
 (Levers that lost their ablation are gone; docs/LOG.md keeps their results.)
 """
@@ -38,16 +38,16 @@ class ModelOptions:
     n_head: int = 8
     n_embd: int = 512
     dropout: float = 0.1  # embedding and residual dropout (cheap)
-    attn_dropout: float = 0.0  # attention-probability dropout: makes CPU SDPA leave its fused kernel (~4x slower)
+    attn_dropout: float = 0.0  # attention-probability dropout: makes CPU SDPA leave its fused kernel (docs/LOG.md)
     bias: bool = True
     label_smoothing: float = 0.1
     grad_checkpoint: bool = False  # recompute each block's activations in backward (long contexts)
-    positions: str = "learned"  # learned: the seed's table of block_size vectors; rope: rotary q/k (no table)
+    positions: str = "learned"  # learned: the GPT-2 baseline's table of block_size vectors; rope: rotary q/k (no table)
     rope_base: float = 10000.0
-    norm: str = "layernorm"  # layernorm (the seed's) | rmsnorm (no mean, no bias)
-    mlp: str = "gelu"  # gelu (the seed's) | relu2 (relu(x)^2), both 4x wide
+    norm: str = "layernorm"  # layernorm (the GPT-2 baseline's) | rmsnorm (no mean, no bias)
+    mlp: str = "gelu"  # gelu (the GPT-2 baseline's) | relu2 (relu(x)^2), both 4x wide
     qk_norm: bool = False  # RMS-normalise queries and keys per head (learned gains) before attention
-    tie_head: bool = True  # the head shares the token embedding (the seed); False: its own matrix
+    tie_head: bool = True  # the head shares the token embedding (the GPT-2 baseline); False: its own matrix
     n_kinds: int = 0  # 3: a learned kind embedding beside the composer's (row 0 unknown, 1 score, 2 performance)
     composer_layers: bool = False  # each composer also has a row added before every block (a fine-tune's new
     # composers: the frozen network gives one input row little to say; the other rows stay zero)
@@ -172,14 +172,14 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.kind = cfg.mlp
+        self.activation = cfg.mlp
         self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
         h = self.c_fc(x)
-        h = F.relu(h).square() if self.kind == "relu2" else F.gelu(h)
+        h = F.relu(h).square() if self.activation == "relu2" else F.gelu(h)
         return self.dropout(self.c_proj(h))
 
 
@@ -297,6 +297,12 @@ class MusicTransformer(nn.Module):
         logits, _ = self(idx, composer, all_logits=True, kind=kind, role=role)
         return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
+    def target_nll(self, idx, composer, targets, kind=None):
+        """(NLL of every non-PAD target, 0 at PAD [B, T]; 1 where a target is real [B, T]): no label
+        smoothing, whatever the model trains with, so runs with and without it compare on one scale."""
+        real = (targets != self.config.pad_id).float()
+        return -self.token_log_probs(idx, composer, targets, kind) * real, real
+
     # ------------------------------------------------------------------ generation
 
     def decode_step(self, token, composer, caches, pos, kind=None, role=None):
@@ -339,9 +345,9 @@ class MusicTransformer(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
-        from pianogpt.checkpoints import load_checkpoint  # here, not at the top: checkpoints.py imports this module
-
-        return cls.from_checkpoint_dict(load_checkpoint(path, device), device)
+        """The model of a ckpt.pt or best.pt, weights only (a file carrying code is refused). Programs
+        load through pianogpt.checkpoints, which also checks the tokenizer and composers."""
+        return cls.from_checkpoint_dict(torch.load(path, map_location=device, weights_only=True), device)
 
     @classmethod
     def from_checkpoint_dict(cls, checkpoint, device="cpu"):

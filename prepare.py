@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pianogpt.cli import (CliError, FolderLock, Parser, fraction_in, non_negative_int, positive_float, positive_int,
-                          run_program)
+from pianogpt.cli import CliError, Parser, fraction_in, non_negative_int, positive_float, positive_int, run_program
+from pianogpt.files import FolderLock
 from pianogpt.rendition import performed_rendition
 from pianogpt.dataset import SPLITS, UNCONDITIONAL, composer_key, verify_dataset, work_of, write_dataset
 from pianogpt.remi import (KINDS, PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks,
@@ -374,11 +374,6 @@ def near_duplicate_links(pitch_seqs, k=12, threshold=0.5):
     pairs, shared, sizes = shared_runs(pitch_seqs, k)
     keep = shared >= threshold * np.minimum(sizes[pairs[:, 0]], sizes[pairs[:, 1]]) if len(pairs) else []
     return [tuple(p) for p in pairs[keep]]
-
-
-def near_duplicate_groups(pitch_seqs, k=12, threshold=0.5):
-    """Group id per piece: pieces linked by near_duplicate_links are one work, so they share a split."""
-    return union_groups(len(pitch_seqs), near_duplicate_links(pitch_seqs, k, threshold))
 
 
 PERFORMANCE_LINK_K = 8  # top-voice notes per run

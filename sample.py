@@ -13,30 +13,27 @@ ids), and rewrites samples/index.html: a page listing every sample in the folder
 The tokenizer and composer names come from the checkpoint itself.
 """
 import argparse
-import base64
-import contextlib
 import difflib
 import json
 import math
 import os
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from pianogpt.audio import SOUNDFONT_ENV, SOUNDFONT_FOLDERS, find_soundfont, render, wav_bytes
+from pianogpt.audio import SOUNDFONT_ENV, SOUNDFONT_FOLDERS, find_soundfont
 from pianogpt.checkpoints import load_trained
-from pianogpt.cli import (CliError, Parser, atomic_write_bytes, atomic_write_text, fraction_in, non_negative_int,
-                          positive_float, positive_int, run_program)
+from pianogpt.cli import CliError, Parser, fraction_in, non_negative_int, positive_float, positive_int, run_program
+from pianogpt.files import atomic_write_text
 from pianogpt.dataset import RENDER_AS, UNCONDITIONAL
 from pianogpt.devices import compile_problem, device_type_of, require_compile, resolve_device, resolve_dtype
-from pianogpt.gallery import write_gallery
+from pianogpt.outputs import (keep_sample, keep_whole, kept_line, make_out_dir, refresh_gallery, write_gallery,
+                              write_score)
 from pianogpt.infill import bar_ticks, bars_of_seconds, plan_span, seconds_at, splice, write_middles
-from pianogpt.pictures import piano_roll, png_bytes
-from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, PIANO_HIGH, PIANO_LOW, RemiGrammar, bar_line_seconds,
-                          decode_sample, encode_score, guidance_kinds, merge_piano_tracks, piece_kind)
+from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, bar_line_seconds,
+                          decode_sample, encode_score, guidance_types, merge_piano_tracks, piece_kind)
 
 
 # ----------------------------------------------------------------------------- composers
@@ -237,30 +234,51 @@ class StopAtBarLine:
         return bar_line_seconds(self.tokenizer, ids.tolist()) >= self.seconds
 
 
-def generate_samples(model, tokenizer, condition, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
-                     guidance, seed, constrained, device, progress=True, compile=False, guidance_mode="within_types",
-                     kind=None, stop=None, on_token=None):
-    """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces; with stop (a
-    StopAtBarLine) each ends at its bar line, or at max_new_tokens if it got no further.
-    on_token(step, total) follows the progress (the studio's progress bar; it may raise to stop)."""
+@dataclass
+class Draw:
+    """How every token of a request is drawn: temperature and filters, guidance, the seed, the grammar mask."""
+    temperature: float = 0.9
+    top_k: int = 40
+    top_p: float = 0.95
+    guidance: float = 5.0
+    seed: int = 1337
+    constrained: bool = True
+    guidance_mode: str = "within_types"
+
+    @classmethod
+    def of(cls, args, guidance):
+        """The command line's (or a studio job's) settings, at one of its guidance values."""
+        return cls(args.temperature, args.top_k, args.top_p, guidance, args.seed, args.constrained, args.guidance_mode)
+
+    def options(self, tokenizer, device, seed_offset=0):
+        """generate's keyword options for these settings."""
+        return dict(temperature=self.temperature, top_k=self.top_k or None, top_p=self.top_p, guidance=self.guidance,
+                    generator=torch.Generator(device=device).manual_seed(self.seed + seed_offset),
+                    guidance_types=guidance_types(tokenizer, self.guidance_mode))
+
+
+def generate_samples(model, tokenizer, request, num_samples, draw, device, compile=False, stop=None, on_token=None,
+                     progress=True):
+    """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces of the request
+    (its condition, prompt, kind and max_new_tokens); with stop (a StopAtBarLine) each ends at its
+    bar line, or at max_new_tokens if it got no further. on_token(step, total) follows the progress
+    (the studio's progress bar; it may raise to stop)."""
     from tqdm import tqdm
 
-    idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)
-    composer = condition_tensor(condition, num_samples, model.config.n_composers, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    max_new_tokens = request["max_new_tokens"]
+    idx = torch.tensor([request["prompt"]] * num_samples, dtype=torch.long, device=device)
+    composer = condition_tensor(request["condition"], num_samples, model.config.n_composers, device)
     bar = tqdm(total=max_new_tokens, desc="sampling", unit="tok", disable=not progress or None, file=sys.stdout)
-    out = model.generate(idx, composer, max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
-                         guidance=guidance, generator=generator,
-                         logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT) if constrained else None,
+    out = model.generate(idx, composer, max_new_tokens, **draw.options(tokenizer, device),
+                         logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT) if draw.constrained else None,
                          on_step=lambda step, *_: (bar.update(), on_token and on_token(step, max_new_tokens)),
-                         compile=compile,
-                         guidance_kinds=guidance_kinds(tokenizer, guidance_mode), kind=kind, stop=stop)
+                         compile=compile, kind=request["kind"], stop=stop)
     bar.close()
     cut = stop.cut if stop is not None else {}
     return [row[1:cut.get(i, len(row))] for i, row in enumerate(out.tolist())]
 
 
-SMALL_MODEL_PARAMS = 2_000_000  # float32 weights of at most 8 MB: they stay in a CPU's caches
+SMALL_MODEL_PARAMS = 2_000_000  # float32 weights this small stay in a CPU's caches (docs/LOG.md, "Sampling speed")
 
 
 def sampling_dtype(choice, model, device_type):
@@ -286,89 +304,6 @@ def compile_pays(choice, model, device, new_tokens):
     return choice == "auto" and str(device).startswith("cuda") and new_tokens >= 256 and not compile_problem(device)
 
 
-def claim_stem(base):
-    """base, or base-2, base-3, ...: the first stem no earlier or concurrent run has taken.
-
-    The claim is stem.json created with O_EXCL (atomic: two runs finishing at once never
-    get the same stem); write_sample later replaces it with the real .json.
-    """
-    for n in range(1, 100000):
-        stem = base if n == 1 else f"{base}-{n}"
-        if os.path.exists(f"{stem}.mid"):
-            continue
-        try:
-            fd = os.open(f"{stem}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write('{"status": "being written"}')
-        except OSError:  # a full disk: no claim is left behind
-            os.unlink(f"{stem}.json")
-            raise
-        return stem
-    raise CliError(f"no free file name for {base} in its folder")
-
-
-STEM_SUFFIXES = (".mid", ".png", ".wav", ".json")
-
-
-def write_sample(stem, ids, tokenizer, settings, soundfont=None, audio=True):
-    """stem.mid, stem.png, stem.wav (unless audio is off) and stem.json last; returns a summary
-    dict (keep_whole makes it all or nothing)."""
-    ids, score, errors = decode_sample(tokenizer, ids)
-    summary = write_score(stem, score, audio, soundfont)
-    atomic_write_text(f"{stem}.json", json.dumps({**settings, "grammar_error_rate": errors,
-                                                  "notes": summary["notes"], "seconds": summary["seconds"],
-                                                  "voice": summary["voice"], "token_ids": ids}))
-    return {**summary, "grammar_error_rate": errors}
-
-
-def keep_whole(base, write):
-    """(stem, write(stem)) under a free stem (base, base-2, ...), all or nothing: a failed write or an
-    interrupt removes what that stem had written (never an earlier sample's files: nothing is removed
-    before the stem is claimed), and a failed write is a CliError naming the file."""
-    stem = base
-    try:
-        stem = claim_stem(base)
-        try:
-            return stem, write(stem)
-        except BaseException:
-            remove_stem(stem)
-            raise
-    except OSError as e:
-        raise CliError(f"cannot write {e.filename or stem + '.*'}: {e.strerror or e}; "
-                       f"{os.path.basename(stem)} was not kept") from None
-
-
-def remove_stem(stem):
-    """Every file of one sample, and the temporary files a write may have left."""
-    folder, base = os.path.split(stem)
-    for name in os.listdir(folder or "."):
-        if any(name == base + suffix or name.startswith(base + suffix + ".") or name.startswith(f".{base}{suffix}.")
-               for suffix in STEM_SUFFIXES):
-            try:
-                os.unlink(os.path.join(folder, name))
-            except OSError:
-                pass
-
-
-def write_score(stem, score, audio=True, soundfont=None, marked=None):
-    """stem.mid, stem.png (marked: a (start, end) tick span shaded on it) and stem.wav of a score;
-    {"midi", "notes", "seconds", "voice"}."""
-    n_notes = sum(len(t.notes) for t in score.tracks)
-    seconds = float(score.to("second").end()) if n_notes else 0.0
-    tmp_mid = f"{stem}.mid.{os.getpid()}.tmp"
-    score.dump_midi(tmp_mid)  # symusic writes a path; rename it into place
-    os.replace(tmp_mid, f"{stem}.mid")
-    atomic_write_bytes(f"{stem}.png", png_bytes(piano_roll(score, PIANO_LOW, PIANO_HIGH, marked=marked)))
-    voice = None
-    if audio:
-        samples, voice = render(score, soundfont)
-        atomic_write_bytes(f"{stem}.wav", wav_bytes(samples))
-    return {"midi": f"{stem}.mid", "notes": n_notes, "seconds": seconds, "voice": voice}
-
-
 def render_file(args):
     """--render: a real MIDI file through the same voice, listed in the folder's gallery."""
     from symusic import Score
@@ -392,32 +327,6 @@ def render_file(args):
     write_gallery(args.out_dir)
     print(f"  {stem}.wav: {summary['notes']} notes, {summary['seconds']:.1f} s, voice: {summary['voice']} "
           f"(+ .mid, .png, .json; {args.out_dir}/index.html)")
-
-
-def make_out_dir(folder):
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise CliError(f"cannot create --out_dir {folder}: {e.strerror or e}") from None
-
-
-def kept_line(kept, out_dir):
-    """What a stopped or failed run leaves: the samples it finished, and where they are listed."""
-    if not kept:
-        return "no sample was finished; nothing partial was left"
-    return (f"kept the {len(kept)} finished sample(s) ({', '.join(os.path.basename(s) for s in kept)}: "
-            f".mid, .png{', .wav' if any(os.path.exists(s + '.wav') for s in kept) else ''}, .json), listed on "
-            f"{os.path.join(out_dir, 'index.html')}; nothing partial was left")
-
-
-def refresh_gallery(out_dir, kept):
-    """The listening page after a stop or a failed write, listing the samples this run kept (the old
-    page, still valid, stays when there are none or when it cannot be written)."""
-    try:
-        if kept:
-            write_gallery(out_dir)
-    except OSError:
-        pass
 
 
 def main(argv=None):
@@ -448,15 +357,6 @@ def resolve_condition(args, composers):
         return condition, None, composer_name
     composer_id, composer_name = resolve_composer(composers, args.composer, args.composer_id)
     return composer_id, composer_id, composer_name
-
-
-def keep_sample(base, ids, tokenizer, settings, soundfont, audio):
-    """One sample written whole under a free stem (base, base-2, ...), or a CliError naming the
-    write that failed, with nothing of the sample left; its summary, and what it printed."""
-    stem, summary = keep_whole(base, lambda stem: write_sample(stem, ids, tokenizer, settings, soundfont, audio))
-    print(f"  {summary['midi']}: {summary['notes']} notes, {summary['seconds']:.1f} s, "
-          f"grammar errors {summary['grammar_error_rate']:.2%}  (+ .json, .png{', .wav' if audio else ''})")
-    return {**summary, "stem": stem}
 
 
 def run(args, kept):
@@ -494,10 +394,11 @@ def run(args, kept):
 def serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept):
     """--serve: the studio page; each request from it is sample.py's own arguments with the page's
     choices, checked as the command line is, and generated and kept as the command line does."""
-    from pianogpt.studio import serve
+    from pianogpt.studio import (STUDIO_MAX_BARS, STUDIO_MAX_SECONDS, STUDIO_MAX_TOKENS, serve, studio_arguments,
+                                 uploaded_prompt)
 
     def check(choices):  # a bad request is a CliError, answered on the page; nothing runs
-        job_args = studio_arguments(args, choices)
+        job_args = studio_arguments(args, choices, MAX_BARS)
         fill = choices.get("mode") == "infill"
         with uploaded_prompt(choices) as prompt_path:
             if fill and prompt_path is None:
@@ -527,73 +428,6 @@ def serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept):
 
 
 UNCONDITIONAL_ID = 0
-STUDIO_LIMITS = {"guidance": (0.0, 20.0), "temperature": (0.05, 5.0)}
-STUDIO_MAX_BARS, STUDIO_MAX_SECONDS, STUDIO_MAX_TOKENS = 64, 300, 8192  # one request's most work, shown on the page
-
-
-def studio_arguments(args, choices):
-    """A copy of the server's arguments with the page's choices: composer (or a mix of two),
-    guidance, temperature, length in bars or seconds, rendering, seed."""
-    job = argparse.Namespace(**vars(args))
-    composer, other = str(choices.get("composer") or "").strip(), str(choices.get("mix_with") or "").strip()
-    if not composer:
-        raise CliError("choose a composer")
-    share = studio_number(choices, "mix_share", 0.5, (0.0, 1.0)) if other else 0.0
-    job.composer_id, job.composer = None, (f"{composer}:{1 - share:g},{other}:{share:g}" if other and 0 < share < 1
-                                           else other if other and share >= 1 else composer)
-    job.guidance = [studio_number(choices, "guidance", args.guidance[0], STUDIO_LIMITS["guidance"])]
-    job.temperature = studio_number(choices, "temperature", args.temperature, STUDIO_LIMITS["temperature"])
-    unit = choices.get("unit", "bars")
-    if unit not in ("bars", "seconds"):
-        raise CliError(f"length unit must be bars or seconds, got {unit!r}")
-    most = STUDIO_MAX_BARS if unit == "bars" else STUDIO_MAX_SECONDS
-    length = studio_number(choices, "length", 16, (1, most))
-    job.bars, job.seconds = (int(length), None) if unit == "bars" else (None, length)
-    job.infill = None
-    if choices.get("mode") == "infill":  # the bars to fill, by number
-        first = int(studio_number(choices, "fill_from", 1, (1, MAX_BARS)))
-        job.bars, job.seconds = (first, int(studio_number(choices, "fill_to", first, (first, MAX_BARS)))), None
-    job.max_new_tokens, job.num_samples, job.name = STUDIO_MAX_TOKENS, 1, None
-    job.render_as = choices.get("render_as") or "any"
-    if job.render_as not in ("any",) + tuple(RENDER_AS):
-        raise CliError(f"render as must be one of any, {', '.join(RENDER_AS)}; got {job.render_as!r}")
-    job.seed = int(studio_number(choices, "seed", int.from_bytes(os.urandom(2), "big"), (0, 2**31 - 1)))
-    return job
-
-
-def studio_number(choices, key, default, bounds):
-    value = choices.get(key, default)
-    try:
-        value = float(default if value in (None, "") else value)
-    except (TypeError, ValueError):
-        raise CliError(f"{key} must be a number, got {value!r}") from None
-    if not (math.isfinite(value) and bounds[0] <= value <= bounds[1]):
-        raise CliError(f"{key} must be between {bounds[0]:g} and {bounds[1]:g}, got {value:g}")
-    return value
-
-
-@contextlib.contextmanager
-def uploaded_prompt(choices):
-    """The page's MIDI file to continue, as a temporary file (None when there is none); a file
-    that is not MIDI is a CliError naming it."""
-    data = choices.get("prompt_b64")
-    if not data:
-        yield None
-        return
-    name = choices.get("prompt_name") or "the uploaded file"
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (ValueError, TypeError):
-        raise CliError(f"{name} did not arrive whole (not base64)") from None
-    if not raw.startswith(b"MThd"):
-        raise CliError(f"{name} is not a MIDI file (a .mid starts with MThd)")
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "prompt.mid")
-        with open(path, "wb") as f:
-            f.write(raw)
-        yield path
-
-
 def make_samples(args, model, tokenizer, request, device, compiled, soundfont, kept, on_token=None):
     """Generate the request at each guidance value and keep every sample whole (its stem joins
     `kept` as soon as it is); the listening page lists them. (new tokens, seconds, summaries)."""
@@ -601,11 +435,8 @@ def make_samples(args, model, tokenizer, request, device, compiled, soundfont, k
     for guidance in args.guidance:
         start = time.time()
         stop = StopAtBarLine(tokenizer, args.bars, args.seconds) if args.bars or args.seconds else None
-        samples = generate_samples(model, tokenizer, request["condition"], request["prompt"], args.num_samples,
-                                   request["max_new_tokens"], args.temperature, args.top_k, args.top_p, guidance,
-                                   args.seed, args.constrained, device, compile=compiled,
-                                   guidance_mode=args.guidance_mode, kind=request["kind"], stop=stop,
-                                   on_token=on_token)
+        samples = generate_samples(model, tokenizer, request, args.num_samples, Draw.of(args, guidance), device,
+                                   compile=compiled, stop=stop, on_token=on_token)
         elapsed += time.time() - start
         tokens += sum(len(ids) for ids in samples) - args.num_samples * (len(request["prompt"]) - 1)
         if stop is not None and len(stop.cut) < len(samples):
@@ -698,8 +529,7 @@ def infill_request(args, model, checkpoint, tokenizer):
 FILL_RETRIES = 2  # a take that has not reached its closing bar line within its tokens is drawn again this often
 
 
-def fill_takes(model, tokenizer, plan, condition, num_samples, temperature, top_k, top_p, guidance, seed, constrained,
-               device, guidance_mode="within_types", kind=None, on_token=None):
+def fill_takes(model, tokenizer, plan, condition, num_samples, draw, device, kind=None, on_token=None):
     """(middle tokens, closed) per take: the span written between the music before and after it. A
     take that has not reached the bar line where the piece resumes within its tokens is drawn again
     (the next seed), at most FILL_RETRIES times; the last draw is kept either way."""
@@ -711,10 +541,8 @@ def fill_takes(model, tokenizer, plan, condition, num_samples, temperature, top_
         bar = tqdm(total=plan.max_new_tokens, desc="filling" if not attempt else f"again ({len(todo)})", unit="tok",
                    disable=None, file=sys.stdout)
         drawn = write_middles(model, tokenizer, plan.prompt, plan.roles, plan.last - plan.first + 1,
-                              plan.time_signatures, plan.max_new_tokens, conditions[todo], constrained,
-                              temperature=temperature, top_k=top_k or None, top_p=top_p, guidance=guidance,
-                              generator=torch.Generator(device=device).manual_seed(seed + attempt), kind=kind,
-                              guidance_kinds=guidance_kinds(tokenizer, guidance_mode),
+                              plan.time_signatures, plan.max_new_tokens, conditions[todo], draw.constrained,
+                              **draw.options(tokenizer, device, seed_offset=attempt), kind=kind,
                               on_step=lambda step, *_: (bar.update(), on_token and on_token(step, plan.max_new_tokens)))
         bar.close()
         for row, take in zip(todo, drawn):
@@ -730,9 +558,8 @@ def make_fills(args, model, tokenizer, request, device, soundfont, kept, on_toke
     plan, summaries = request["plan"], []
     piece = os.path.splitext(os.path.basename(args.infill))[0]
     for guidance in args.guidance:
-        takes = fill_takes(model, tokenizer, plan, request["condition"], args.num_samples,
-                           args.temperature, args.top_k, args.top_p, guidance, args.seed, args.constrained, device,
-                           args.guidance_mode, request["kind"], on_token)
+        takes = fill_takes(model, tokenizer, plan, request["condition"], args.num_samples, Draw.of(args, guidance),
+                           device, request["kind"], on_token)
         for i, (middle, closed) in enumerate(takes):
             settings = {**sample_settings(args, request | {"prompt": plan.prompt}, guidance, i),
                         "render_as": request["render_as"]}

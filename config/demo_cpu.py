@@ -1,5 +1,6 @@
 # The quick start: the synthetic demo corpus (python prepare.py with no --midi_dir), a small
-# model, a few minutes on a 2-core CPU. python train.py config/demo_cpu.py
+# model, a few minutes on a 2-core CPU: python train.py config/demo_cpu.py
+# Its figures: docs/LOG.md.
 data_dir = "data/demo"
 out_dir = "out/demo"
 block_size = 256

@@ -1,14 +1,6 @@
 # Teach a trained model new composers from a folder of their pieces (README, "Make it yours"):
-#   python prepare.py --midi_dir my_midi --out_dir data/mine --val_fraction 0.2 --renditions 1
-#   python train.py config/finetune.py --init_from=out/classical/ckpt.pt --data_dir=data/mine
-# The network is the checkpoint's (its options are taken from it); composers it knows keep their
-# ids, new ones get new rows. finetune="new_rows" learns only the new composers' rows: their input
-# row and a row added before every block; the network and the old composers stay bit for bit as
-# they were, so nothing is forgotten and a few pieces cannot be memorised. Over four folds of 60
-# Bartok pieces it named 43 of the 60 held out, the input row alone (the earlier new_rows) 32,
-# the input row and then every weight at a fortieth of the rate with half of each batch replayed
-# 29; finetune="all" learned its 46 training pieces by heart in 10 minutes and named none of the 14
-# held out (docs/LOG.md, 2026-12-02 and 2026-12-03).
+# python train.py config/finetune.py --init_from=out/classical/ckpt.pt --data_dir=data/mine
+# Why new_rows: docs/LOG.md (2026-12-02 and 2026-12-03, Bartók over four folds).
 init_from = "out/classical/ckpt.pt"
 data_dir = "data/mine"
 out_dir = "out/mine"

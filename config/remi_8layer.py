@@ -1,5 +1,6 @@
-# The seed's run: 8 layers x 8 heads x 512 dims, 8192-token context (a GPU job).
+# The GPT-2 baseline's run: 8 layers x 8 heads x 512 dims, an 8192-token context (a GPU job):
 # python train.py config/remi_8layer.py   |   torchrun --nproc_per_node=N train.py config/remi_8layer.py
+# None of the modern levers (config/remi_cpu.py uses them; docs/LOG.md measures them).
 data_dir = "data/piano-midi"
 out_dir = "out/remi_8layer"
 block_size = 8192
@@ -23,5 +24,4 @@ log_interval = 10
 dtype = "auto"  # bf16 autocast where supported, else fp16 + GradScaler
 grad_checkpoint = True
 compile = "on"
-# The seed's architecture and optimizer exactly: none of the modern levers (config/remi_cpu.py uses them).
 positions, norm, mlp, qk_norm, tie_head, optimizer = "learned", "layernorm", "gelu", False, True, "adamw"

@@ -1,11 +1,6 @@
-# The CPU recipe as it was before the modern levers (the seed's architecture, AdamW): the baseline
-# that ablate.py measures every lever against. The shipped recipe is config/remi_cpu.py.
-#   python prepare.py --midi_dir ../shared/midi/piano-midi --midi_dir ../shared/midi/classical-keyboard \
-#                     --midi_dir ../shared/midi/asap-performed --out_dir data/classical
-#   python train.py config/remi_cpu_baseline.py
-# Chosen by the experiments in docs/LOG.md ("Composer style: levers tried"): no label smoothing,
-# no transposition (a composer's keys are part of the style), composer-balanced sampling 0.3,
-# the seed's additive composer embedding; a time budget, so every CPU ends its schedule.
+# The CPU recipe before the modern levers (the GPT-2 baseline's architecture, AdamW): what
+# ablate.py measures every lever against. python train.py config/remi_cpu_baseline.py
+# Why each value: docs/LOG.md ("Composer style: levers tried", "Learning more per CPU-minute").
 data_dir = "data/classical"
 out_dir = "out/classical-baseline"
 block_size = 512
@@ -20,7 +15,6 @@ min_lr = 2e-4
 warmup_frac = 0.03
 weight_decay = 0.1
 label_smoothing = 0.0
-transpose = 0
 composer_balance = 0.3
 cond_drop = 0.1
 max_minutes = 20

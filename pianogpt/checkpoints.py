@@ -14,7 +14,8 @@ import zipfile
 
 import torch
 
-from pianogpt.cli import CliError, atomic_write_bytes
+from pianogpt.cli import CliError
+from pianogpt.files import atomic_write_bytes
 from pianogpt.dataset import composer_table_problem
 from model import MusicTransformer
 from pianogpt.remi import check_tokenizer

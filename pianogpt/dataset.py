@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from pianogpt.cli import CliError
-from pianogpt.remi import check_tokenizer, transpose_pitches
+from pianogpt.remi import KINDS, check_tokenizer
 
 FORMAT_VERSION = 2
 UNCONDITIONAL = "<unconditional>"  # composers.json name of id 0; real composers are 1..N by name
 SPLITS = ("train", "val", "heldout")  # heldout: the pieces of sources held out whole (prepare.py --holdout)
-KIND_IDS = {"sequenced": 1, "performed": 2}  # 0: unknown (or dropped in training, like composer 0)
-RENDER_AS = {"score": KIND_IDS["sequenced"], "performance": KIND_IDS["performed"]}  # a new piece's kind, by its use
+KIND_IDS = {kind: i for i, kind in enumerate(KINDS, start=1)}  # 0: unknown (or dropped in training, like composer 0)
+RENDER_AS = dict(zip(("score", "performance"), KIND_IDS.values()))  # the same kinds in a user's words (--render_as)
 CHECKSUMMED = tuple(f"{split}{ext}" for split in SPLITS for ext in (".bin", ".idx.npy")) + (
     "composers.json", "tokenizer.json", "pieces.jsonl")
 
@@ -340,22 +340,12 @@ class WindowSampler:
         x[1:1 + len(crop)] = crop
         return x
 
-    def transpose(self, x, semitones):
-        return transpose_pitches(x, semitones, self.pitch_lo, self.pitch_hi)
-
-    def batch(self, pieces, rng, cond_drop=0.0, transpose=0, kind_drop=0.0):
+    def batch(self, pieces, rng, cond_drop=0.0, kind_drop=0.0):
         """(input [B, T], target [B, T], composer [B], kind [B]) for the given piece rows.
-        Augmentation per window: a pitch shift in [-transpose, transpose] semitones.
         cond_drop / kind_drop: the share of windows whose composer / kind becomes 0 (unknown)."""
         import torch
 
-        rows = []
-        for piece in pieces:
-            x = self.window(piece, rng)
-            if transpose:
-                x = self.transpose(x, int(rng.integers(-transpose, transpose + 1)))
-            rows.append(x)
-        x = torch.from_numpy(np.stack(rows))
+        x = torch.from_numpy(np.stack([self.window(piece, rng) for piece in pieces]))
         composer = torch.from_numpy(self.index[pieces, 2].astype(np.int64))
         dropped = torch.from_numpy(rng.random(len(pieces)) < cond_drop)
         composer = torch.where(dropped, torch.zeros_like(composer), composer)
@@ -363,3 +353,36 @@ class WindowSampler:
         if kind_drop:  # drawn only when asked: runs without kinds keep their random stream
             kind = torch.where(torch.from_numpy(rng.random(len(pieces)) < kind_drop), torch.zeros_like(kind), kind)
         return x[:, :-1], x[:, 1:], composer, kind
+
+
+def train_pieces(n_pieces, seed, sample_start, count, weights=None):
+    """Piece rows for global samples [sample_start, sample_start + count): a fresh permutation
+    every epoch, so each epoch takes one window from every training piece. With weights
+    (one per piece, summing to 1), each epoch is n_pieces draws with those probabilities."""
+    out = []
+    for k in range(sample_start, sample_start + count):
+        epoch, position = divmod(k, n_pieces)
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(n_pieces) if weights is None else rng.choice(n_pieces, n_pieces, p=weights)
+        out.append(order[position])
+    return np.array(out)
+
+
+def piece_weights(composer_ids, renditions, balance, rendition_weight=1.0):
+    """Sampling weight per piece, proportional to (pieces of its composer) ** -balance (0 keeps
+    every piece equal, 1 makes every composer equal), a rendition's times rendition_weight.
+    None when every piece weighs the same (each epoch then visits every piece once)."""
+    if balance == 0 and (rendition_weight == 1 or not renditions.any()):
+        return None
+    _, inverse, counts = np.unique(composer_ids, return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(np.float64) ** -balance * np.where(renditions, rendition_weight, 1.0)
+    return weights / weights.sum()
+
+
+def pad_share(sampler, batch_size, seed, n=20):
+    """The share of PAD among the targets of n batches: how much of each step learns nothing."""
+    import torch
+
+    rng = np.random.default_rng([seed, 99])
+    targets = [sampler.batch(rng.integers(0, len(sampler), batch_size), rng)[1] for _ in range(n)]
+    return float(torch.cat(targets).eq(sampler.pad_id).float().mean())

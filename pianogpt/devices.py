@@ -8,7 +8,8 @@ import time
 
 import torch
 
-from pianogpt.cli import CliError, atomic_write_bytes
+from pianogpt.cli import CliError
+from pianogpt.files import atomic_write_bytes
 
 
 def resolve_device(name):
@@ -49,6 +50,8 @@ def cpu_description():
 def resolve_dtype(name, device_type):
     """auto -> bf16 on a GPU that has it (else fp16), bf16 on a CPU with native bf16
     (AVX512-BF16 or AMX), float32 elsewhere: bf16 emulated on AVX2 crawls."""
+    if name == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CliError("this GPU does not support bfloat16; use --dtype=float16")
     if name != "auto":
         return name
     if device_type == "cuda":
@@ -70,7 +73,7 @@ def compile_problem(device):
 
     Inductor needs a working C++ compiler for a CPU and Triton for a GPU, and many machines lack
     them (a laptop without build tools, most Windows installs): the first compiled call then fails
-    deep inside torch. Compiling a tiny function finds out first (a few seconds, once per process;
+    deep inside torch. Compiling a tiny function finds out first (once per process;
     only programs about to compile ask)."""
     try:
         torch.compile(lambda x: x * 2 + 1, fullgraph=True, dynamic=False)(torch.ones(4, device=device))

@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from pianogpt.devices import first_line
+from pianogpt.devices import cpu_has_native_bf16, first_line
 
 # ---------------------------------------------------------------------- the KV cache
 
@@ -73,14 +73,14 @@ def can_prepack(weight):
         return False
     if weight.dtype == torch.float32:
         return weight.numel() >= PREPACK_MIN_FLOAT32
-    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return weight.dtype == torch.bfloat16 and cpu_has_native_bf16()
 
 
 @contextmanager
 def prepacked_weights(model, rows):
     """Inside: every model.Linear (a Linear with a `packed` slot) runs from a weight reordered once
     for oneDNN (rows: the batch it will mostly see). Same results, bit for bit in bf16 (tested);
-    about half the time of a CPU decoding step. Packs are dropped on exit, so training never sees
+    faster CPU decoding steps (docs/LOG.md, "Sampling speed"). Packs are dropped on exit, so training never sees
     stale ones."""
     linears = [m for m in model.modules() if hasattr(m, "packed") and can_prepack(m.weight)]
     for m in linears:
@@ -95,7 +95,7 @@ def prepacked_weights(model, rows):
 def gemv_pays(rows, weight):
     """One row of bf16 on a CPU: aten's own bf16 matrix-vector kernel (float32 accumulation,
     rounded once, like oneDNN's) reads the weights faster than oneDNN's packed kernel (measured
-    at the seed's shape: docs/LOG.md, "Sampling speed"), so such decoding steps run with oneDNN
+    at the GPT-2 baseline's shape: docs/LOG.md, "Sampling speed"), so such decoding steps run with oneDNN
     off (see onednn_off). With more rows aten's bf16 path is far slower than oneDNN's."""
     return rows == 1 and weight.device.type == "cpu" and weight.dtype == torch.bfloat16
 
@@ -134,25 +134,25 @@ def check_sampling_args(temperature, top_k, top_p, guidance):
         raise ValueError(f"guidance must be >= 0, got {guidance}")
 
 
-def guided_logits(logits, guidance, kinds=None):
+def guided_logits(logits, guidance, types=None):
     """Classifier-free guidance over a batch whose first half is conditional and second half
     unconditional: uncond + g * (cond - uncond).
 
-    kinds (a type id per vocabulary entry, e.g. remi.token_kinds): guidance only chooses within
+    types (a type id per vocabulary entry, e.g. remi.token_types): guidance only chooses within
     a token type (which pitch, duration, position); how likely each type is (another note in
     this chord, or move on in time) stays the conditional model's, so guidance cannot thicken
     or thin the texture by itself. The outside judge rates it level with plain guidance (docs/LOG.md)."""
     cond, uncond = logits.float().chunk(2)
     mixed = uncond + guidance * (cond - uncond)
-    if kinds is None:
+    if types is None:
         return mixed
-    return mixed - kind_logsumexp(mixed, kinds) + kind_logsumexp(cond, kinds)
+    return mixed - type_logsumexp(mixed, types) + type_logsumexp(cond, types)
 
 
-def kind_logsumexp(logits, kinds):
-    """[B, V]: for every vocabulary entry, the logsumexp of the logits of all entries of its kind."""
-    index = kinds.expand_as(logits)
-    peak = torch.full_like(logits, float("-inf"))  # one slot per kind id (< vocabulary size): no host sync
+def type_logsumexp(logits, types):
+    """[B, V]: for every vocabulary entry, the logsumexp of the logits of all entries of its type."""
+    index = types.expand_as(logits)
+    peak = torch.full_like(logits, float("-inf"))  # one slot per type id (< vocabulary size): no host sync
     peak = peak.scatter_reduce(1, index, logits, reduce="amax").clamp_min(torch.finfo(logits.dtype).min)
     shifted = torch.exp(logits - peak.gather(1, index))
     total = torch.zeros_like(peak).scatter_add(1, index, shifted)
@@ -252,14 +252,14 @@ def batched_conditions(composer, kind, batch, use_cfg, device):
 
 @torch.no_grad()  # no autograd graph: each step's would keep every earlier step's keys alive
 def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, top_p=0.95, guidance=1.0,
-             generator=None, logits_processor=None, on_step=None, slide=None, compile=False, guidance_kinds=None,
+             generator=None, logits_processor=None, on_step=None, compile=False, guidance_types=None,
              prepack=True, kind=None, stop=None, roles=None):
     """Continue idx [B, T] by max_new_tokens sampled tokens; returns [B, T + max_new_tokens], or
     fewer when stop(seq [B, L]) -> True ends the run early (it reads the tokens, so each call
     waits for the device: only a length in musical units needs it).
 
     guidance g != 1 runs the conditional rows and unconditional (composer 0) rows in ONE batched
-    forward and samples from uncond + g * (cond - uncond); guidance_kinds (see guided_logits)
+    forward and samples from uncond + g * (cond - uncond); guidance_types (see guided_logits)
     keeps each token type's probability the conditional model's. kind (an int or [B]: 1 score,
     2 performance; a model with n_kinds > 0) chooses the texture; both guidance branches keep it,
     so guidance moves the composer only. The prompt is prefilled in one forward; each new token
@@ -267,50 +267,32 @@ def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, to
     compiles it once). Guidance, the logits processor and the draw stay on the device: the loop
     never waits for a token's value. prepack (eager steps): the Linears run from weights packed
     once for oneDNN, or one bf16 row through aten's matrix-vector kernel (see gemv_pays). When the
-    context reaches block_size the window slides: the cache is refilled from the last
-    block_size - slide tokens (slide defaults to block_size // 4). logits_processor(seq, logits)
+    context reaches block_size the window slides: its oldest quarter is dropped and the cache
+    refilled from the rest. logits_processor(seq, logits)
     -> logits may mask tokens (grammar constraints); on_step(step, logits, window_start) sees the
     logits each token is drawn from. roles (infilling, a model with n_roles > 0: infill.MiddleRoles)
     gives the prompt's roles [B, T] (.prompt) and each new token's (.next_roles); such a run must
     fit the context, as a slide would drop the music after the gap.
     """
     check_sampling_args(temperature, top_k, top_p, guidance)
-    if idx.dim() != 2 or idx.size(1) == 0:
-        raise ValueError("idx must be [batch, >=1 tokens] (start with BOS)")
-    block = model.config.block_size
-    if roles is not None and idx.size(1) + max_new_tokens > block:
-        raise ValueError(f"an infilling prompt of {idx.size(1)} tokens leaves {block - idx.size(1)} of the context's "
-                         f"{block} for the middle, not {max_new_tokens}")
-    slide = max(1, min(block - 1, slide or block // 4))
+    check_request(model, idx, max_new_tokens, roles)
     use_cfg = guidance != 1.0
-    if guidance_kinds is not None:
-        guidance_kinds = guidance_kinds.to(idx.device)
-    conditions, kind = batched_conditions(composer, kind, idx.size(0), use_cfg, idx.device)
-    # the KV cache (and so attention) stays float32 on a CPU even under bf16 weights: one query
-    # against thousands of cached keys runs far slower in the CPU's bf16 attention than in float32
-    dtype = torch.float32 if idx.device.type == "cpu" else next(model.parameters()).dtype
+    if guidance_types is not None:
+        guidance_types = guidance_types.to(idx.device)
+    decoding = Decoding(model, idx, composer, kind, use_cfg, max_new_tokens, compile, prepack, roles)
     prompt_len = idx.size(1)
-    cache_len = min(block, prompt_len + max_new_tokens)  # static for this call: no slot is wasted
-    step = compiled_decode_step(model, idx.device.type) if compile else model.decode_step
-    cuda_graphs = compile and idx.device.type == "cuda"  # compiled_decode_step's mode there
     was_training = model.training
     model.eval()
-    tuned_matmuls = prepack and not compile  # eager CPU steps: packed weights, or one bf16 row through GEMV
-    packing = prepacked_weights(model, conditions.size(0)) if tuned_matmuls else nullcontext()
-    gemv = tuned_matmuls and gemv_pays(conditions.size(0), next(model.parameters()))
-    with packing:
+    with decoding.tuned_matmuls:
         out = torch.empty(idx.size(0), prompt_len + max_new_tokens, dtype=idx.dtype, device=idx.device)
         out[:, :prompt_len] = idx
-        length = min(prompt_len, block)  # cached positions (host int: known without asking the device)
-        logits, caches, start = prefill(model, idx, block, conditions, kind, dtype, cache_len, compile,
-                                        roles.prompt if roles is not None else None)
-        pos = torch.full((1,), length, dtype=torch.long, device=idx.device)
+        logits = decoding.first_logits(idx)
         for i in range(max_new_tokens):
-            mixed = guided_logits(logits, guidance, guidance_kinds) if use_cfg else logits.float()
+            mixed = guided_logits(logits, guidance, guidance_types) if use_cfg else logits.float()
             if logits_processor is not None:
                 mixed = logits_processor(out[:, :prompt_len + i], mixed)
             if on_step is not None:
-                on_step(i, mixed, start)
+                on_step(i, mixed, decoding.start)
             next_token = sample_next(mixed, temperature, top_k, top_p, generator)
             out[:, prompt_len + i] = next_token[:, 0]
             if stop is not None and stop(out[:, :prompt_len + i + 1]):
@@ -318,20 +300,64 @@ def generate(model, idx, composer, max_new_tokens, temperature=0.9, top_k=40, to
                 break
             if i == max_new_tokens - 1:
                 break
-            if length == block:  # window full: slide and re-prefill
-                logits, caches, start = prefill(model, out[:, :prompt_len + i + 1], block - slide, conditions, kind,
-                                                dtype, cache_len, compile)
-                length = caches[0].length
-                pos.fill_(length)
-            else:
-                rows = torch.cat([next_token, next_token]) if use_cfg else next_token
-                role = roles.next_roles(next_token[:, 0])[:, None].repeat(rows.size(0) // next_token.size(0), 1) \
-                    if roles is not None else None
-                with onednn_off() if gemv else nullcontext():
-                    logits = step(rows, conditions, caches, pos, kind, role)
-                if cuda_graphs:
-                    logits = logits.clone()  # a CUDA graph overwrites its outputs at its next replay
-                pos += 1
-                length += 1
+            logits = decoding.next_logits(out[:, :prompt_len + i + 1], next_token)
     model.train(was_training)
     return out
+
+
+def check_request(model, idx, max_new_tokens, roles):
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError("idx must be [batch, >=1 tokens] (start with BOS)")
+    block = model.config.block_size
+    if roles is not None and idx.size(1) + max_new_tokens > block:
+        raise ValueError(f"an infilling prompt of {idx.size(1)} tokens leaves {block - idx.size(1)} of the context's "
+                         f"{block} for the middle, not {max_new_tokens}")
+
+
+class Decoding:
+    """One generate call's decoding state: the batched conditions, the KV caches, how the steps
+    run (compiled, or eager with tuned matmuls) and where the context window starts."""
+
+    def __init__(self, model, idx, composer, kind, use_cfg, max_new_tokens, compile, prepack, roles):
+        self.model, self.use_cfg, self.compile, self.roles = model, use_cfg, compile, roles
+        self.block = model.config.block_size
+        self.slide = max(1, min(self.block - 1, self.block // 4))  # the oldest quarter goes when the context is full
+        self.conditions, self.kind = batched_conditions(composer, kind, idx.size(0), use_cfg, idx.device)
+        # the KV cache (and so attention) stays float32 on a CPU even under bf16 weights: one query
+        # against thousands of cached keys runs far slower in the CPU's bf16 attention than in float32
+        self.dtype = torch.float32 if idx.device.type == "cpu" else next(model.parameters()).dtype
+        self.cache_len = min(self.block, idx.size(1) + max_new_tokens)  # static for this call: no slot is wasted
+        self.step = compiled_decode_step(model, idx.device.type) if compile else model.decode_step
+        self.cuda_graphs = compile and idx.device.type == "cuda"  # compiled_decode_step's mode there
+        tuned = prepack and not compile  # eager CPU steps: packed weights, or one bf16 row through GEMV
+        self.tuned_matmuls = prepacked_weights(model, self.conditions.size(0)) if tuned else nullcontext()
+        self.gemv = tuned and gemv_pays(self.conditions.size(0), next(model.parameters()))
+
+    def first_logits(self, idx):
+        """The prompt prefilled in one forward: the logits of the first new token."""
+        self.length = min(idx.size(1), self.block)  # cached positions (host int: known without asking the device)
+        logits, self.caches, self.start = prefill(self.model, idx, self.block, self.conditions, self.kind,
+                                                  self.dtype, self.cache_len, self.compile,
+                                                  self.roles.prompt if self.roles is not None else None)
+        self.pos = torch.full((1,), self.length, dtype=torch.long, device=idx.device)
+        return logits
+
+    def next_logits(self, seq, token):
+        """The logits after token, the last of seq: one decode step, or, with the window full, a
+        slide and a prefill of what is left."""
+        if self.length == self.block:
+            logits, self.caches, self.start = prefill(self.model, seq, self.block - self.slide, self.conditions,
+                                                      self.kind, self.dtype, self.cache_len, self.compile)
+            self.length = self.caches[0].length
+            self.pos.fill_(self.length)
+            return logits
+        rows = torch.cat([token, token]) if self.use_cfg else token
+        role = self.roles.next_roles(token[:, 0])[:, None].repeat(rows.size(0) // token.size(0), 1) \
+            if self.roles is not None else None
+        with onednn_off() if self.gemv else nullcontext():
+            logits = self.step(rows, self.conditions, self.caches, self.pos, self.kind, role)
+        if self.cuda_graphs:
+            logits = logits.clone()  # a CUDA graph overwrites its outputs at its next replay
+        self.pos += 1
+        self.length += 1
+        return logits

@@ -1,4 +1,4 @@
-"""The optimizers: AdamW, and Muon for the hidden matrices with AdamW for the rest.
+"""The optimizers (AdamW; Muon for the hidden matrices, AdamW for the rest) and the learning rate.
 
 Muon (Keller Jordan's MomentUm Orthogonalized by Newton-schulz) replaces each hidden matrix's
 momentum by its nearest semi-orthogonal matrix before the step. The orthogonalisation is five
@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from pianogpt.devices import cpu_has_native_bf16
+
 OPTIMIZERS = ("adamw", "muon")
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic of torch.optim.Muon / Keller Jordan's reference
@@ -20,7 +22,7 @@ def orthogonalization_dtype(device):
     """bf16 where it runs natively (any GPU, a CPU with AVX512-BF16 or AMX), float32 elsewhere."""
     device = torch.device(device)
     if device.type == "cpu":
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return torch.bfloat16
 
 
@@ -121,3 +123,29 @@ def configure_optimizers(model, weight_decay, learning_rate, betas=(0.9, 0.95), 
     muon = Muon(hidden, lr=learning_rate, weight_decay=weight_decay, momentum=0.95,
                 ns_dtype=orthogonalization_dtype(hidden[0].device))
     return MuonWithAdamW(muon, adamw)
+
+
+# ----------------------------------------------------------------------------- the learning rate
+
+
+def lr_at(it, cfg, max_iters, time_progress=0.0):
+    """Linear warmup for warmup_frac of the run, then cosine decay to min_lr.
+
+    time_progress (share of max_minutes used): with a time budget, the run's progress is
+    the larger of the iteration share and the time share, so the schedule ends when
+    either runs out.
+    """
+    if time_progress > 0:
+        progress = min(1.0, max(it / max_iters, time_progress))
+        if progress < cfg.warmup_frac:
+            return cfg.learning_rate * progress / cfg.warmup_frac
+        return cosine_decay(cfg, (progress - cfg.warmup_frac) / max(1e-9, 1 - cfg.warmup_frac))
+    warmup = int(cfg.warmup_frac * max_iters)
+    if it < warmup:
+        return cfg.learning_rate * (it + 1) / (warmup + 1)
+    return cosine_decay(cfg, min(1.0, (it - warmup) / max(1, max_iters - warmup)))
+
+
+def cosine_decay(cfg, progress):
+    """learning_rate at progress 0, min_lr at 1, along half a cosine."""
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)

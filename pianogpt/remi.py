@@ -19,10 +19,10 @@ ONSET_STEPS_PER_QUARTER = 8  # REMI positions per beat (beat_res 8 for the first
 # ----------------------------------------------------------------------------- tokenizer
 
 def build_tokenizer():
-    """The seed's REMI: 419 tokens with miditok 3.1.
+    """The original design's REMI: 419 tokens with miditok 3.1.
 
     pitch_range is inclusive in miditok 3, so (21, 109) holds one more Pitch token than the
-    piano has; it is the seed's 419-token vocabulary (miditok 2's range(21, 109) carried
+    piano has; it is the original design's 419-token vocabulary (miditok 2's range(21, 109) carried
     over). Our data never contains Pitch_109: notes are kept inside 21..108.
     """
     from miditok import REMI, TokenizerConfig
@@ -129,15 +129,15 @@ def transpose_pitches(ids, semitones, pitch_lo, pitch_hi):
     return np.where(movable, shifted, ids)
 
 
-def token_kinds(vocab):
-    """(kinds, type_index): LongTensor [vocab size] with the number of every id's token type, and
+def token_types(vocab):
+    """(types, type_index): LongTensor [vocab size] with the number of every id's token type, and
     {type name: number} (Bar, Duration, Pitch, ... numbered in sorted order). Guidance within
     token types (model.guided_logits) and RemiGrammar's tables share this numbering."""
     type_index = {name: k for k, name in enumerate(sorted({token.split("_", 1)[0] for token in vocab}))}
-    kinds = torch.zeros(len(vocab), dtype=torch.long)
+    types = torch.zeros(len(vocab), dtype=torch.long)
     for token, i in vocab.items():
-        kinds[i] = type_index[token.split("_", 1)[0]]
-    return kinds, type_index
+        types[i] = type_index[token.split("_", 1)[0]]
+    return types, type_index
 
 
 GUIDANCE_MODES = ("within_types", "plain")
@@ -146,11 +146,11 @@ GUIDANCE_MODES = ("within_types", "plain")
 CHORD_LIMIT = 16
 
 
-def guidance_kinds(tokenizer, mode):
-    """generate's guidance_kinds for a --guidance_mode: token kinds (within_types) or None (plain)."""
+def guidance_types(tokenizer, mode):
+    """generate's guidance_types for a --guidance_mode: token types (within_types) or None (plain)."""
     if mode not in GUIDANCE_MODES:
         raise ValueError(f"guidance mode must be one of {', '.join(GUIDANCE_MODES)}, got {mode!r}")
-    return token_kinds(tokenizer.vocab)[0] if mode == "within_types" else None
+    return token_types(tokenizer.vocab)[0] if mode == "within_types" else None
 
 
 # ----------------------------------------------------------------------------- one stream per piece
@@ -335,15 +335,15 @@ class RemiGrammar:
         type_of, value_of = [""] * size, [""] * size
         for token, i in vocab.items():
             type_of[i], value_of[i] = token.split("_", 1)
-        kinds, self.type_index = token_kinds(vocab)
+        type_ids, self.type_index = token_types(vocab)
         types = list(self.type_index)  # in number order
         playable = np.ones(size, dtype=bool)
-        for i, (kind, value) in enumerate(zip(type_of, value_of)):
-            if kind in ("PAD", "BOS", "PitchDrum") or (kind == "Pitch" and not PIANO_LOW <= int(value) <= PIANO_HIGH):
+        for i, (name, value) in enumerate(zip(type_of, value_of)):
+            if name in ("PAD", "BOS", "PitchDrum") or (name == "Pitch" and not PIANO_LOW <= int(value) <= PIANO_HIGH):
                 playable[i] = False
         graph = tokenizer.tokens_types_graph
-        allowed_after = np.stack([np.array([t in graph.get(kind, set(types)) for t in type_of]) & playable
-                                  for kind in types])
+        allowed_after = np.stack([np.array([t in graph.get(name, set(types)) for t in type_of]) & playable
+                                  for name in types])
         allowed_after[self.type_index["BOS"]] = np.array([t == "Bar" for t in type_of])  # a piece opens with a bar
         positions_per_beat = max(tokenizer.config.beat_res.values())
         position_value = np.array([int(v) if t == "Position" else -1 for t, v in zip(type_of, value_of)])
@@ -351,39 +351,39 @@ class RemiGrammar:
                                for t, v in zip(type_of, value_of)])
         self.default_bar = 4 * positions_per_beat
         self.pad_id = vocab["PAD_None"]
-        self.kind = kinds.to(device)
+        self.type_id = type_ids.to(device)
         self.allowed_after = torch.from_numpy(allowed_after).to(device)
         self.position_value = torch.from_numpy(position_value).to(device)
         self.is_position = self.position_value >= 0
         self.bar_length = torch.from_numpy(bar_length).to(device)
         self.chord_limit = chord_limit
-        self.is_pitch = self.kind == self.type_index["Pitch"]
-        self.moves_time = torch.isin(self.kind, torch.tensor([self.type_index[t] for t in ("Bar", "Position", "Rest")
+        self.is_pitch = self.type_id == self.type_index["Pitch"]
+        self.moves_time = torch.isin(self.type_id, torch.tensor([self.type_index[t] for t in ("Bar", "Position", "Rest")
                                                               if t in self.type_index], device=device))
         self.state = None
         self.consumed = 0
 
     def to(self, device):
-        for name in ("kind", "allowed_after", "position_value", "is_position", "bar_length", "is_pitch", "moves_time"):
+        for name in ("type_id", "allowed_after", "position_value", "is_position", "bar_length", "is_pitch", "moves_time"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
     def start(self, batch):
         """The state of `batch` rows before their first token (as after BOS)."""
-        device = self.kind.device
+        device = self.type_id.device
         bos = torch.full((batch,), self.type_index["BOS"], dtype=torch.long, device=device)
         return {"type": bos, "before": bos.clone(), "pos": torch.full_like(bos, -1),
                 "bar_positions": torch.full_like(bos, self.default_bar),
-                "struck": torch.zeros(batch, len(self.kind), dtype=torch.bool, device=device)}  # pitches at this onset
+                "struck": torch.zeros(batch, len(self.type_id), dtype=torch.bool, device=device)}  # pitches at this onset
 
     def advance(self, state, tokens):
         """Feed one token per row (tokens [B]); PAD leaves a row's state as it was."""
         real = tokens != self.pad_id
-        kind = self.kind[tokens]
-        pos = torch.where(kind == self.type_index["Bar"], -1, state["pos"])
+        token_type = self.type_id[tokens]
+        pos = torch.where(token_type == self.type_index["Bar"], -1, state["pos"])
         pos = torch.where(self.is_position[tokens], self.position_value[tokens], pos)
-        bar = torch.where(kind == self.type_index["TimeSig"], self.bar_length[tokens], state["bar_positions"])
-        for key, value in (("pos", pos), ("bar_positions", bar), ("before", state["type"]), ("type", kind)):
+        bar = torch.where(token_type == self.type_index["TimeSig"], self.bar_length[tokens], state["bar_positions"])
+        for key, value in (("pos", pos), ("bar_positions", bar), ("before", state["type"]), ("type", token_type)):
             state[key] = torch.where(real, value, state[key])
         struck = state["struck"] & ~(self.moves_time[tokens] & real)[:, None]
         state["struck"] = struck.scatter(1, tokens[:, None], struck.gather(1, tokens[:, None])

@@ -3,7 +3,7 @@ of a MIDI file (a model trained to infill), and hear the result.
 
 Standard library only (http.server). `sample.py --serve` owns the model and passes two callbacks:
 check(choices) -> job (a CliError for a bad request: nothing runs) and run_job(job, on_token) ->
-the kept sample's summary, where on_token(step, total) follows the progress and raises Stopped when
+the kept sample's summary, where on_token(step, total) follows the progress and raises Cancelled when
 the page asked to stop. One generation runs at a time; a request that comes meanwhile is answered
 "busy" with how far the running one is. Every sample is written by sample.py's own writer (whole
 or not at all) into out_dir, whose listening page lists the earlier ones.
@@ -13,19 +13,26 @@ studio's (DNS rebinding) or a POST from another origin, or not JSON, is refused;
 not to be framed by other sites nor sniffed. Work is bounded: MAX_HANDLERS connections at once,
 CLIENT_TIMEOUT_S for a client that stops sending, one generation, and the caller's length caps.
 Every request gets an answer (a malformed one a 4xx with one sentence) and the terminal one line per
-refused request. Imports nothing of this project but cli.
+refused request. The page's choices become sample.py's arguments here (studio_arguments), checked as
+the command line checks its own.
 """
+import argparse
+import base64
+import contextlib
 import json
+import math
 import mimetypes
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from pianogpt.cli import CliError
+from pianogpt.dataset import RENDER_AS
 
 MAX_REQUEST_BYTES = 8 * 2**20  # a MIDI file to continue, base64 in JSON
 MAX_HANDLERS = 16  # connections handled at once; more wait in the listen queue until one ends
@@ -37,7 +44,7 @@ SAFETY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "SAMEO
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-class Stopped(Exception):
+class Cancelled(Exception):
     """The page asked to stop the running generation (raised from its on_token)."""
 
 
@@ -93,7 +100,7 @@ class Studio:
 
     def on_token(self, step, total=None):
         if self.stop_asked.is_set():
-            raise Stopped()
+            raise Cancelled()
         self.status.update(tokens=step + 1, total=total or self.status.get("total"))
 
     def work(self, job, number):
@@ -104,7 +111,7 @@ class Studio:
                      if os.path.exists(os.path.join(self.out_dir, f"{stem}.{ext}"))}
             self.status = {"state": "done", "job": number, "stem": stem, "files": files,
                            "notes": summary["notes"], "seconds": round(summary["seconds"], 1)}
-        except Stopped:
+        except Cancelled:
             self.status = {"state": "stopped", "job": number}
         except CliError as e:  # a failed write: the request gets the one line, the server serves on
             self.status = {"state": "error", "job": number, "error": str(e)}
@@ -131,130 +138,134 @@ def allowed_hosts(host, port):
     return {f"[{n}]:{port}" if ":" in n else f"{n}:{port}" for n in names}
 
 
+class StudioHandler(BaseHTTPRequestHandler):
+    """One connection's requests: the page, its files, status, generate and stop. The class of a
+    running studio (handler_for) sets .studio and .hosts, the Host values it answers."""
+
+    studio, hosts = None, frozenset()
+    timeout = CLIENT_TIMEOUT_S  # the socket's: a read that waits longer ends the connection
+
+    def log_message(self, *args):  # the terminal shows what matters: requests are not it
+        pass
+
+    def answer(self, code, body, content_type="application/json", extra=None):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in {**SAFETY_HEADERS, **(extra or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def refuse(self, code, why, extra=None):
+        """A 4xx with one sentence, and one line in the server's terminal."""
+        what = f"{getattr(self, 'command', None) or '?'} {getattr(self, 'path', '')[:80]}".strip()
+        print(f"studio: refused {what} from {self.client_address[0]} ({code}): {why}", flush=True)
+        self.close_connection = True
+        self.answer(code, {"error": why}, extra=extra)
+
+    def send_error(self, code, message=None, explain=None):  # http.server's own refusals, as ours
+        self.refuse(code, message or self.responses.get(code, ("refused",))[0])
+
+    def host_problem(self):
+        host = self.headers.get("Host")
+        if host is None:
+            return "a request must say which Host it is for"
+        if host.lower() not in self.hosts:
+            return (f"this studio answers at {sorted(self.hosts)[0]} only, not at Host {host[:60]!r} (a page of "
+                    "another site reaching it through its own name is refused)")
+        return None
+
+    def do_GET(self):
+        problem = self.host_problem()
+        if problem:
+            return self.refuse(403, problem)
+        path = self.path.split("?", 1)[0]
+        if path == "/":
+            return self.answer(200, PAGE.encode(), "text/html; charset=utf-8")
+        if path == "/api/info":
+            return self.answer(200, self.studio.info)
+        if path == "/api/status":
+            return self.answer(200, self.studio.status_after(1.0 if "wait" in self.path else 0.0))
+        if path.startswith("/files/"):
+            return self.send_file(path[len("/files/"):])
+        return self.answer(404, {"error": f"no page {path}"})
+
+    def send_file(self, name):
+        from urllib.parse import unquote
+
+        name = unquote(name)
+        full = os.path.join(self.studio.out_dir, name)
+        if "/" in name or name.startswith(".") or not name.endswith(SERVED) or not os.path.isfile(full):
+            return self.answer(404, {"error": f"no file {name}"})
+        with open(full, "rb") as f:
+            data = f.read()
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        self.answer(200, data, kind + ("; charset=utf-8" if kind.startswith("text/") else ""))
+
+    def sender_refusal(self):
+        """(code, why) when a POST is not the studio's own page's JSON, else None (a POST from no
+        page at all, a command line tool that sends no Origin, is the user's own)."""
+        origin, site = self.headers.get("Origin"), self.headers.get("Sec-Fetch-Site")
+        if origin is not None and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
+            return 403, (f"a POST from another origin ({origin[:60]}) is refused: only the studio's own page may "
+                         "start work")
+        if site not in (None, "same-origin", "none"):
+            return 403, f"a POST from a {site} page is refused: only the studio's own page may start work"
+        if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+            return 415, "a POST must be JSON (Content-Type: application/json)"
+        return None
+
+    def body_length(self):
+        """(length, None) of the POST's body, or (None, (code, why))."""
+        text = self.headers.get("Content-Length")
+        if text is None:
+            return None, (411, "a POST must say its Content-Length")
+        if not text.strip().isdigit():
+            return None, (400, f"Content-Length must be a number of bytes, got {text[:30]!r}")
+        if int(text) > MAX_REQUEST_BYTES:
+            return None, (413, f"the request is over {MAX_REQUEST_BYTES // 2**20} MB; continue a shorter MIDI file")
+        return int(text), None
+
+    def do_POST(self):
+        problem = self.host_problem()
+        if problem:
+            return self.refuse(403, problem)
+        if self.path not in ("/api/generate", "/api/stop"):
+            return self.refuse(404, f"no action {self.path[:80]}")
+        refusal = self.sender_refusal()
+        if refusal:
+            return self.refuse(*refusal)
+        length, refusal = self.body_length()
+        if refusal:
+            return self.refuse(*refusal)
+        try:
+            raw = self.rfile.read(length)
+        except (TimeoutError, OSError):
+            return self.refuse(408, f"the request body did not arrive within {self.timeout:g} s")
+        if len(raw) < length:
+            return self.refuse(400, f"the request body ended after {len(raw)} of {length} bytes")
+        if self.path == "/api/stop":
+            return self.answer(*self.studio.stop())
+        try:
+            choices = json.loads(raw or b"{}")
+            if not isinstance(choices, dict):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            return self.refuse(400, "the request is not a JSON object")
+        self.answer(*self.studio.start(choices))
+
+    def not_allowed(self):
+        self.refuse(405, f"{self.command} is not served here: the studio answers GET and POST",
+                    extra={"Allow": "GET, POST"})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = do_CONNECT = not_allowed
+
+
 def handler_for(studio, hosts):
-    """The request handler; hosts: the Host values it answers (allowed_hosts)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = CLIENT_TIMEOUT_S  # the socket's: a read that waits longer ends the connection
-
-        def log_message(self, *args):  # the terminal shows what matters: requests are not it
-            pass
-
-        def answer(self, code, body, content_type="application/json", extra=None):
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in {**SAFETY_HEADERS, **(extra or {})}.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def refuse(self, code, why, extra=None):
-            """A 4xx with one sentence, and one line in the server's terminal."""
-            what = f"{getattr(self, 'command', None) or '?'} {getattr(self, 'path', '')[:80]}".strip()
-            print(f"studio: refused {what} from {self.client_address[0]} ({code}): {why}", flush=True)
-            self.close_connection = True
-            self.answer(code, {"error": why}, extra=extra)
-
-        def send_error(self, code, message=None, explain=None):  # http.server's own refusals, as ours
-            self.refuse(code, message or self.responses.get(code, ("refused",))[0])
-
-        def host_problem(self):
-            host = self.headers.get("Host")
-            if host is None:
-                return "a request must say which Host it is for"
-            if host.lower() not in hosts:
-                return (f"this studio answers at {sorted(hosts)[0]} only, not at Host {host[:60]!r} (a page of "
-                        "another site reaching it through its own name is refused)")
-            return None
-
-        def do_GET(self):
-            problem = self.host_problem()
-            if problem:
-                return self.refuse(403, problem)
-            path = self.path.split("?", 1)[0]
-            if path == "/":
-                return self.answer(200, PAGE.encode(), "text/html; charset=utf-8")
-            if path == "/api/info":
-                return self.answer(200, studio.info)
-            if path == "/api/status":
-                return self.answer(200, studio.status_after(1.0 if "wait" in self.path else 0.0))
-            if path.startswith("/files/"):
-                return self.send_file(path[len("/files/"):])
-            return self.answer(404, {"error": f"no page {path}"})
-
-        def send_file(self, name):
-            from urllib.parse import unquote
-
-            name = unquote(name)
-            full = os.path.join(studio.out_dir, name)
-            if "/" in name or name.startswith(".") or not name.endswith(SERVED) or not os.path.isfile(full):
-                return self.answer(404, {"error": f"no file {name}"})
-            with open(full, "rb") as f:
-                data = f.read()
-            kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
-            self.answer(200, data, kind + ("; charset=utf-8" if kind.startswith("text/") else ""))
-
-        def sender_refusal(self):
-            """(code, why) when a POST is not the studio's own page's JSON, else None (a POST from no
-            page at all, a command line tool that sends no Origin, is the user's own)."""
-            origin, site = self.headers.get("Origin"), self.headers.get("Sec-Fetch-Site")
-            if origin is not None and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
-                return 403, (f"a POST from another origin ({origin[:60]}) is refused: only the studio's own page may "
-                             "start work")
-            if site not in (None, "same-origin", "none"):
-                return 403, f"a POST from a {site} page is refused: only the studio's own page may start work"
-            if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
-                return 415, "a POST must be JSON (Content-Type: application/json)"
-            return None
-
-        def body_length(self):
-            """(length, None) of the POST's body, or (None, (code, why))."""
-            text = self.headers.get("Content-Length")
-            if text is None:
-                return None, (411, "a POST must say its Content-Length")
-            if not text.strip().isdigit():
-                return None, (400, f"Content-Length must be a number of bytes, got {text[:30]!r}")
-            if int(text) > MAX_REQUEST_BYTES:
-                return None, (413, f"the request is over {MAX_REQUEST_BYTES // 2**20} MB; continue a shorter MIDI file")
-            return int(text), None
-
-        def do_POST(self):
-            problem = self.host_problem()
-            if problem:
-                return self.refuse(403, problem)
-            if self.path not in ("/api/generate", "/api/stop"):
-                return self.refuse(404, f"no action {self.path[:80]}")
-            refusal = self.sender_refusal()
-            if refusal:
-                return self.refuse(*refusal)
-            length, refusal = self.body_length()
-            if refusal:
-                return self.refuse(*refusal)
-            try:
-                raw = self.rfile.read(length)
-            except (TimeoutError, OSError):
-                return self.refuse(408, f"the request body did not arrive within {self.timeout:g} s")
-            if len(raw) < length:
-                return self.refuse(400, f"the request body ended after {len(raw)} of {length} bytes")
-            if self.path == "/api/stop":
-                return self.answer(*studio.stop())
-            try:
-                choices = json.loads(raw or b"{}")
-                if not isinstance(choices, dict):
-                    raise ValueError
-            except (ValueError, UnicodeDecodeError):
-                return self.refuse(400, "the request is not a JSON object")
-            self.answer(*studio.start(choices))
-
-        def not_allowed(self):
-            self.refuse(405, f"{self.command} is not served here: the studio answers GET and POST",
-                        extra={"Allow": "GET, POST"})
-
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = do_CONNECT = not_allowed
-
-    return Handler
+    """The request handler of this studio; hosts: the Host values it answers (allowed_hosts)."""
+    return type("Handler", (StudioHandler,), {"studio": studio, "hosts": hosts})
 
 
 class StudioServer(ThreadingHTTPServer):
@@ -425,3 +436,74 @@ $("stop").addEventListener("click", async () => { const r = await post("/api/sto
 load();
 </script></body></html>
 """
+
+
+# ----------------------------------------------------------------------------- the page's choices
+
+
+STUDIO_LIMITS = {"guidance": (0.0, 20.0), "temperature": (0.05, 5.0)}
+STUDIO_MAX_BARS, STUDIO_MAX_SECONDS, STUDIO_MAX_TOKENS = 64, 300, 8192  # one request's most work, shown on the page
+
+
+def studio_arguments(args, choices, max_bar):
+    """A copy of sample.py's arguments with the page's choices: composer (or a mix of two),
+    guidance, temperature, length in bars or seconds (or the bars to fill, up to max_bar), rendering,
+    seed."""
+    job = argparse.Namespace(**vars(args))
+    composer, other = str(choices.get("composer") or "").strip(), str(choices.get("mix_with") or "").strip()
+    if not composer:
+        raise CliError("choose a composer")
+    share = studio_number(choices, "mix_share", 0.5, (0.0, 1.0)) if other else 0.0
+    job.composer_id, job.composer = None, (f"{composer}:{1 - share:g},{other}:{share:g}" if other and 0 < share < 1
+                                           else other if other and share >= 1 else composer)
+    job.guidance = [studio_number(choices, "guidance", args.guidance[0], STUDIO_LIMITS["guidance"])]
+    job.temperature = studio_number(choices, "temperature", args.temperature, STUDIO_LIMITS["temperature"])
+    unit = choices.get("unit", "bars")
+    if unit not in ("bars", "seconds"):
+        raise CliError(f"length unit must be bars or seconds, got {unit!r}")
+    most = STUDIO_MAX_BARS if unit == "bars" else STUDIO_MAX_SECONDS
+    length = studio_number(choices, "length", 16, (1, most))
+    job.bars, job.seconds = (int(length), None) if unit == "bars" else (None, length)
+    job.infill = None
+    if choices.get("mode") == "infill":  # the bars to fill, by number
+        first = int(studio_number(choices, "fill_from", 1, (1, max_bar)))
+        job.bars, job.seconds = (first, int(studio_number(choices, "fill_to", first, (first, max_bar)))), None
+    job.max_new_tokens, job.num_samples, job.name = STUDIO_MAX_TOKENS, 1, None
+    job.render_as = choices.get("render_as") or "any"
+    if job.render_as not in ("any",) + tuple(RENDER_AS):
+        raise CliError(f"render as must be one of any, {', '.join(RENDER_AS)}; got {job.render_as!r}")
+    job.seed = int(studio_number(choices, "seed", int.from_bytes(os.urandom(2), "big"), (0, 2**31 - 1)))
+    return job
+
+
+def studio_number(choices, key, default, bounds):
+    value = choices.get(key, default)
+    try:
+        value = float(default if value in (None, "") else value)
+    except (TypeError, ValueError):
+        raise CliError(f"{key} must be a number, got {value!r}") from None
+    if not (math.isfinite(value) and bounds[0] <= value <= bounds[1]):
+        raise CliError(f"{key} must be between {bounds[0]:g} and {bounds[1]:g}, got {value:g}")
+    return value
+
+
+@contextlib.contextmanager
+def uploaded_prompt(choices):
+    """The page's MIDI file to continue, as a temporary file (None when there is none); a file
+    that is not MIDI is a CliError naming it."""
+    data = choices.get("prompt_b64")
+    if not data:
+        yield None
+        return
+    name = choices.get("prompt_name") or "the uploaded file"
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (ValueError, TypeError):
+        raise CliError(f"{name} did not arrive whole (not base64)") from None
+    if not raw.startswith(b"MThd"):
+        raise CliError(f"{name} is not a MIDI file (a .mid starts with MThd)")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "prompt.mid")
+        with open(path, "wb") as f:
+            f.write(raw)
+        yield path

@@ -91,8 +91,9 @@ def test_samples_follow_the_requested_style_with_guidance_3(demo_midi, tmp_path)
     from model import MusicTransformer
     from prepare import prepare
     from pianogpt.remi import tokenizer_from_json
-    from sample import generate_samples
-    from train import TrainConfig, train
+    from sample import Draw, generate_samples
+    from pianogpt.config import TrainConfig
+    from train import train
 
     data, out = tmp_path / "data", tmp_path / "out"
     prepare(demo_midi, data, workers=1, isolate=False, val_fraction=0.1)
@@ -107,8 +108,8 @@ def test_samples_follow_the_requested_style_with_guidance_3(demo_midi, tmp_path)
     judge = NearestCentroid(features)
     verdicts = []
     for style in STYLES:
-        samples = generate_samples(model, tokenizer, checkpoint["composers"][style], [1], 3, 192, 0.9, 40, 0.95, 3.0,
-                                   seed=1, constrained=True, device="cpu", progress=False)
+        request = {"condition": checkpoint["composers"][style], "prompt": [1], "kind": None, "max_new_tokens": 192}
+        samples = generate_samples(model, tokenizer, request, 3, Draw(guidance=3.0, seed=1), "cpu", progress=False)
         for ids in samples:
             score = tokenizer.decode([ids])
             notes = sum(len(t.notes) for t in score.tracks)

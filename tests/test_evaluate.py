@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import (CopyFinder, NGram, accuracy_on, adherence, bayes_classify, bootstrap_mean, derangement, evaluate,
+from evaluate import (CopyFinder, NGram, accuracy_on, adherence, bootstrap_mean, derangement, evaluate, Request,
                       identification, judge_pieces, print_report, score_under, scored_span, tokens_scored,
                       unigram_entropy, window_starts)
 from pianogpt.judge import Judge, note_features
@@ -42,6 +42,11 @@ def test_derangement_always_names_a_different_real_composer():
     assert wrong.tolist() == [0, 2, 3, 4, 5, 1]
 
 
+def log_p_under_each_composer(model, samples, n_composers):
+    """log p(sample | k) for k = 1..N-1 -> [S, N-1]; samples [S, T] start with BOS."""
+    return score_under(model, [s[1:].numpy() for s in samples], range(1, n_composers), int(samples[0, 0])).float()
+
+
 def test_adherence_of_a_model_that_ignores_the_composer_is_chance():
     torch.manual_seed(0)
     model = MusicTransformer(ModelConfig(block_size=32, vocab_size=30, n_composers=5, n_layer=1, n_head=2, n_embd=16,
@@ -50,10 +55,10 @@ def test_adherence_of_a_model_that_ignores_the_composer_is_chance():
         model.wce.weight.zero_()  # every composer looks the same
     samples = torch.randint(2, 30, (8, 20))
     requested = [1, 2, 3, 4, 1, 2, 3, 4]
-    assert adherence(bayes_classify(model, samples, 5), requested) == pytest.approx(0.25)
+    assert adherence(log_p_under_each_composer(model, samples, 5), requested) == pytest.approx(0.25)
     with torch.no_grad():
         model.wce.weight.normal_(0, 1.0)
-    scores = bayes_classify(model, samples, 5)
+    scores = log_p_under_each_composer(model, samples, 5)
     perfect = [int(row.argmax()) + 1 for row in scores]
     assert adherence(scores, perfect) == 1.0
 
@@ -63,7 +68,7 @@ def test_samples_longer_than_the_context_are_scored_window_by_window():
     model = MusicTransformer(ModelConfig(block_size=16, vocab_size=30, n_composers=3, n_layer=1, n_head=2, n_embd=16,
                                          dropout=0.0)).eval()
     sample = torch.cat([torch.ones(1, dtype=torch.long), torch.randint(2, 30, (40,))])
-    scores = bayes_classify(model, sample.unsqueeze(0), 3)
+    scores = log_p_under_each_composer(model, sample.unsqueeze(0), 3)
     expected = torch.zeros(2)
     for start in range(0, 40, 15):
         window = torch.cat([sample[:1], sample[1 + start:1 + start + 15]]).unsqueeze(0)
@@ -92,8 +97,8 @@ def test_a_short_context_model_is_scored_on_as_many_tokens_of_each_piece():
 
 
 def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, tiny_dataset, capsys):
-    r = evaluate(tiny_checkpoint, str(tiny_dataset), num_windows=6, guidances=(1.0, 3.0), samples_per_composer=1,
-                 sample_tokens=100)  # longer than the model's 64-token context
+    r = evaluate(tiny_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=6, guidances=(1.0, 3.0), samples_per_composer=1,
+                 sample_tokens=100))  # longer than the model's 64-token context
     assert set(r["nll"]) == {"true", "uncond", "wrong"} and all(math.isfinite(v) for v in r["nll"].values())
     assert r["baselines"]["trigram_witten_bell_nll"] < r["baselines"]["unigram_nll"]
     b = r["baselines"]
@@ -118,8 +123,8 @@ def test_a_large_training_set_gets_only_the_trigram_baseline(tiny_checkpoint, ti
     """Orders above 3 need memory in proportion to the training tokens: past the limit they are skipped."""
     import evaluate as evaluate_module
     monkeypatch.setattr(evaluate_module, "HIGH_ORDER_MAX_TOKENS", 0)
-    r = evaluate(tiny_checkpoint, str(tiny_dataset), num_windows=2, guidances=(1.0,), samples_per_composer=1,
-                 sample_tokens=16)
+    r = evaluate(tiny_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=2, guidances=(1.0,), samples_per_composer=1,
+                 sample_tokens=16))
     b = r["baselines"]
     assert b["witten_bell_nll_by_order"] == {"3": b["trigram_witten_bell_nll"]} and b["best_ngram_order"] == 3
 
@@ -215,7 +220,7 @@ def test_note_features_have_one_length_for_any_excerpt():
 
 
 def test_no_samples_scores_the_val_pieces_only(tiny_checkpoint, tiny_dataset, capsys):
-    r = evaluate(tiny_checkpoint, str(tiny_dataset), num_windows=2, samples_per_composer=0)
+    r = evaluate(tiny_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0))
     assert "val_pieces" in r and not {"judge", "copying", "samples"} & set(r)
     print_report(r)
     assert "identification" in capsys.readouterr().out

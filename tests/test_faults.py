@@ -40,10 +40,10 @@ def sample_main(args, capsys):
 
 
 def test_ctrl_c_during_the_third_sample_keeps_the_first_two(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    import sample
+    from pianogpt import outputs
 
     calls = []
-    real_render = sample.render
+    real_render = outputs.render
 
     def render_then_interrupt(score, soundfont):
         calls.append(1)
@@ -51,7 +51,7 @@ def test_ctrl_c_during_the_third_sample_keeps_the_first_two(tiny_checkpoint, tmp
             raise KeyboardInterrupt
         return real_render(score, soundfont)
 
-    monkeypatch.setattr(sample, "render", render_then_interrupt)
+    monkeypatch.setattr(outputs, "render", render_then_interrupt)
     code, err = sample_main(["--ckpt", str(tiny_checkpoint), "--composer_id", "1", "--num_samples", "4",
                              "--max_new_tokens", "30", "--out_dir", str(tmp_path), "--soundfont", "builtin"], capsys)
     assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -63,10 +63,10 @@ def test_ctrl_c_during_the_third_sample_keeps_the_first_two(tiny_checkpoint, tmp
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_sample(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    import sample
+    from pianogpt import outputs
 
     writes = []
-    real_write = sample.atomic_write_bytes
+    real_write = outputs.atomic_write_bytes
 
     def write_until_full(path, data):
         writes.append(path)
@@ -74,7 +74,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_sample(tiny_checkpoint, t
             raise OSError(errno.ENOSPC, "No space left on device", path)
         return real_write(path, data)
 
-    monkeypatch.setattr(sample, "atomic_write_bytes", write_until_full)
+    monkeypatch.setattr(outputs, "atomic_write_bytes", write_until_full)
     code, err = sample_main(["--ckpt", str(tiny_checkpoint), "--composer_id", "1", "--num_samples", "2",
                              "--max_new_tokens", "30", "--out_dir", str(tmp_path), "--soundfont", "builtin"], capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1

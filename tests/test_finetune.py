@@ -119,11 +119,11 @@ def test_a_dataset_of_another_tokenizer_is_a_one_line_error(tiny_checkpoint, new
 
 def test_evaluate_reads_a_dataset_by_composer_name_and_checks_the_new_composer_for_copies(
         tiny_checkpoint, new_composer_data, tmp_path, capsys):
-    from evaluate import evaluate, print_report
+    from evaluate import Request, evaluate, print_report
 
     fine_tune(tiny_checkpoint, new_composer_data, tmp_path)
-    r = evaluate(str(tmp_path / "ckpt.pt"), str(new_composer_data), num_windows=2, guidances=(1.0,),
-                 samples_per_composer=1, sample_tokens=16)
+    r = evaluate(str(tmp_path / "ckpt.pt"), Request(data_dir=str(new_composer_data), num_windows=2, guidances=(1.0,),
+                 samples_per_composer=1, sample_tokens=16))
     assert "Satie" in r["comparison_set"]["composers"]  # a fine-tuned composer is always compared
     assert r["comparison_set"]["fine_tuned"] == ["Satie"]
     assert np.isfinite(r["val_pieces"]["identification"]["accuracy"])

@@ -246,13 +246,13 @@ def test_both_layouts_of_a_real_gap_predict_the_same_middle_tokens():
 
 def test_evaluate_scores_real_gaps_both_ways_and_judges_filled_and_continued_takes(tiny_infill_checkpoint, tiny_dataset,
                                                                                   tmp_path, capsys):
-    from evaluate import evaluate, print_report
+    from evaluate import Request, evaluate, print_report
     from train import train
 
     from conftest import tiny_train_config
 
-    r = evaluate(tiny_infill_checkpoint, str(tiny_dataset), num_windows=2, samples_per_composer=0, infill_gaps=6,
-                 infill_takes=1, infill_guidance=2.0)
+    r = evaluate(tiny_infill_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0, infill_gaps=6,
+                 infill_takes=1, infill_guidance=2.0))
     f = r["infill"]
     assert f["gaps"] == 6 and len(f["per_gap"]["infill"]) == len(f["per_gap"]["continue"]) == 6
     assert f["infill_minus_continue"]["mean"] == pytest.approx(
@@ -263,18 +263,18 @@ def test_evaluate_scores_real_gaps_both_ways_and_judges_filled_and_continued_tak
     out = capsys.readouterr().out
     assert "music after it visible" in out and "infilling takes" in out
     train(tiny_train_config(tiny_dataset, tmp_path / "plain", block_size=256, max_iters=4, eval_interval=4))
-    plain = evaluate(tmp_path / "plain" / "ckpt.pt", str(tiny_dataset), num_windows=2, samples_per_composer=0,
-                     infill_gaps=6)
+    plain = evaluate(tmp_path / "plain" / "ckpt.pt", Request(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0,
+                     infill_gaps=6))
     assert set(plain["infill"]["nll"]) == {"continue"}  # a model that only continues is scored one way ...
     assert len(plain["infill"]["per_gap"]["continue"]) == 6  # ... on the same gaps
     capsys.readouterr()
 
 
 def test_a_context_too_short_for_any_gap_says_so(tiny_checkpoint, tiny_dataset, capsys):
-    from evaluate import evaluate, print_report
+    from evaluate import Request, evaluate, print_report
 
-    r = evaluate(tiny_checkpoint, str(tiny_dataset), num_windows=2, samples_per_composer=0, infill_gaps=6,
-                 infill_takes=1)  # a 64-token context: no 2-bar gap with music on both sides
+    r = evaluate(tiny_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0, infill_gaps=6,
+                 infill_takes=1))  # a 64-token context: no 2-bar gap with music on both sides
     assert r["infill"] == {"gaps": 0, "bars": 2, "takes_per_way": 0}
     print_report(r)
     assert "no val piece has a gap of 2 bars that fits this model's context" in capsys.readouterr().out
@@ -325,9 +325,10 @@ def test_a_take_that_does_not_reach_its_bar_line_is_drawn_again_with_the_next_se
         return [([len(draws), row], row == 0 or row == 1 and len(draws) == 2) for row in rows]
 
     monkeypatch.setattr(sample, "write_middles", fake_write_middles)
-    monkeypatch.setattr(sample, "guidance_kinds", lambda tokenizer, mode: None)
+    monkeypatch.setattr(sample, "guidance_types", lambda tokenizer, mode: None)
     plan = Plan(1, 2, 4, [1, 9], [AFTER, MIDDLE], 10, 0, 960, [5, 5], 8)
-    takes = sample.fill_takes(tiny_model(n_roles=5), None, plan, 3, 3, 1.0, 0, 1.0, 1.0, 100, True, "cpu")
+    draw = sample.Draw(temperature=1.0, top_k=0, top_p=1.0, guidance=1.0, seed=100)
+    takes = sample.fill_takes(tiny_model(n_roles=5), None, plan, 3, 3, draw, "cpu")
     assert draws == [(3, 100), (2, 101), (1, 102)]  # all takes, then those left open, each time the next seed
     assert takes == [([1, 0], True), ([2, 1], True), ([3, 2], False)]  # the last draw is kept either way
 
@@ -367,7 +368,9 @@ def test_a_take_that_cannot_claim_its_name_leaves_the_earlier_takes_whole(tiny_i
     def full_disk(base):
         raise OSError(errno.ENOSPC, "No space left on device", base + "-2.json")
 
-    monkeypatch.setattr(sample, "claim_stem", full_disk)
+    from pianogpt import outputs
+
+    monkeypatch.setattr(outputs, "claim_stem", full_disk)
     with pytest.raises(SystemExit) as stop:
         sample.main(args)
     assert stop.value.code == 2 and "No space left on device" in capsys.readouterr().err

@@ -3,7 +3,6 @@ the kind condition that lets the composer carry style alone."""
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -115,7 +114,8 @@ def test_generation_keeps_the_kind_in_both_guidance_branches():
 def mixed_checkpoint(tmp_path_factory):
     """A tiny model with the kind condition, trained briefly on scores and performances of 2 composers."""
     from prepare import prepare
-    from train import TrainConfig, train
+    from pianogpt.config import TrainConfig
+    from train import train
 
     root = tmp_path_factory.mktemp("mixed")
     for c, composer in enumerate(["Bach", "Chopin"]):
@@ -131,11 +131,11 @@ def mixed_checkpoint(tmp_path_factory):
 
 
 def test_evaluate_reports_each_kind_and_samples_rendered_both_ways(mixed_checkpoint, capsys):
-    from evaluate import evaluate, print_report
+    from evaluate import Request, evaluate, print_report
 
     ckpt, data = mixed_checkpoint
-    r = evaluate(ckpt, str(data), num_windows=4, guidances=(3.0,), samples_per_composer=1, sample_tokens=40,
-                 min_train_pieces=1)
+    r = evaluate(ckpt, Request(data_dir=str(data), num_windows=4, guidances=(3.0,), samples_per_composer=1, sample_tokens=40,
+                 min_train_pieces=1))
     by_kind = r["val_pieces"]["by_kind"]
     assert set(by_kind) == {"sequenced", "performed"}  # the fixture's val split holds both (a fixed hash)
     assert sum(part["pieces"] for part in by_kind.values()) == r["val_pieces"]["pieces"]

@@ -311,7 +311,7 @@ def test_composer_spellings_that_are_one_composer():
 
 
 def test_another_sequencing_of_a_piece_is_one_work_and_unrelated_pieces_are_not():
-    from prepare import near_duplicate_groups
+    from prepare import near_duplicate_links, union_groups
 
     rng = np.random.default_rng(0)
     piece = rng.integers(40, 80, 400)
@@ -319,6 +319,7 @@ def test_another_sequencing_of_a_piece_is_one_work_and_unrelated_pieces_are_not(
     resequenced[rng.choice(400, 8, replace=False)] += 1  # a few notes differ
     other = rng.integers(40, 80, 400)
     scale = np.tile(np.arange(60, 72), 30)  # shared figures alone do not make a work
-    groups = near_duplicate_groups([piece, other, resequenced, scale, scale[5:] + 0])
+    pieces = [piece, other, resequenced, scale, scale[5:] + 0]
+    groups = union_groups(len(pieces), near_duplicate_links(pieces))
     assert groups[0] == groups[2] and groups[0] != groups[1]
     assert len({groups[0], groups[1], groups[3]}) == 3

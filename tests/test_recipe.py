@@ -1,5 +1,5 @@
 """The modern recipe's levers (model.py, train.py, remi.py): each does what it promises, the
-seed's architecture stays the default, and caching, causality and resume hold for all."""
+GPT-2 baseline's architecture stays the default, and caching, causality and resume hold for all."""
 import numpy as np
 import pytest
 import torch
@@ -133,14 +133,14 @@ def test_muon_learns_and_its_state_round_trips():
         again.load_state_dict(model.configure_optimizers(0.0, 1e-3).state_dict())
 
 
-# ----------------------------------------------------------------------------- the seed's run
+# ----------------------------------------------------------------------------- the GPT-2 baseline's run
 
 
 def test_the_seed_run_builds_and_takes_one_step_at_8192_tokens_with_gradient_checkpointing():
-    """config/remi_8layer.py is the seed's architecture exactly, and its full context fits a CPU step."""
-    from pianogpt.cli import load_config
+    """config/remi_8layer.py is the GPT-2 baseline's architecture exactly, and its full context fits a CPU step."""
+    from pianogpt.config import load_config
     from conftest import ROOT
-    from train import TrainConfig, model_config_of
+    from pianogpt.config import TrainConfig, model_config_of
 
     cfg = load_config(TrainConfig, [f"{ROOT}/config/remi_8layer.py"])
     model_cfg = model_config_of(cfg, {"vocab_size": 419, "n_composers": 27, "pad_id": 0})
@@ -197,9 +197,9 @@ def test_bench_times_the_shipped_cpu_model_exactly_as_train_builds_it(capsys):
     import os
 
     import bench
-    from pianogpt.cli import load_config
+    from pianogpt.config import load_config
     from conftest import ROOT
-    from train import TrainConfig
+    from pianogpt.config import TrainConfig
 
     bench.main(["--quick", "--cases", "train"])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
@@ -209,10 +209,10 @@ def test_bench_times_the_shipped_cpu_model_exactly_as_train_builds_it(capsys):
         assert shipped[key] == getattr(cfg, key), key
     import dataclasses
 
-    from train import model_config_of
+    from pianogpt.config import model_config_of
 
-    model_cfg, batch, optimizer = bench.shipped_cpu_recipe()  # read without importing train.py
+    model_cfg, batch, optimizer = bench.shipped_recipe("remi_cpu")  # read without importing train.py
     expected = model_config_of(cfg, {"vocab_size": 419, "n_composers": 27, "pad_id": 0})
     assert model_cfg == dataclasses.replace(expected, dropout=0.0)
     assert (batch, optimizer) == (cfg.batch_size * cfg.grad_accum, cfg.optimizer)
-    assert {r["model"] for r in records if r["case"] == "train"} == {"seed", "remi_cpu_before", "remi_cpu"}
+    assert {r["model"] for r in records if r["case"] == "train"} == {"gpt2_baseline", "remi_cpu_before", "remi_cpu"}

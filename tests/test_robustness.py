@@ -233,7 +233,6 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
     path = tmp_path / "ckpt.pt"
     script = f"""
 import os, signal, torch
-from pianogpt import cli
 from pianogpt.checkpoints import save_checkpoint
 save_checkpoint({str(path)!r}, {{"model": {{"w": torch.ones(3)}}, "iter": 1}})
 real_fsync = os.fsync
@@ -249,7 +248,7 @@ save_checkpoint({str(path)!r}, {{"model": {{"w": torch.zeros(1000000)}}, "iter":
 
 
 def test_disk_full_during_a_checkpoint_write_is_a_clear_error(tmp_path, monkeypatch):
-    from pianogpt import cli
+    from pianogpt import files
     from pianogpt.cli import CliError
     from pianogpt.checkpoints import save_checkpoint
 
@@ -259,7 +258,7 @@ def test_disk_full_during_a_checkpoint_write_is_a_clear_error(tmp_path, monkeypa
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(CliError, match="No space left on device; the previous checkpoint is kept"):
         save_checkpoint(path, {"iter": 2})
     assert torch.load(path, weights_only=True)["iter"] == 1
@@ -290,7 +289,8 @@ def test_every_loader_refuses_a_pickle_payload(tmp_path, script, args):
 
 def test_resume_refuses_a_pickle_payload_and_a_different_shape(tiny_dataset, tmp_path):
     from pianogpt.cli import CliError
-    from train import TrainConfig, train
+    from pianogpt.config import TrainConfig
+    from train import train
 
     cfg = dict(data_dir=str(tiny_dataset), out_dir=str(tmp_path), block_size=32, n_layer=1, n_head=2, n_embd=32,
                batch_size=2, grad_accum=1, max_iters=1, eval_interval=1, eval_iters=1, device="cpu", dtype="float32")

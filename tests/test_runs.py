@@ -11,17 +11,19 @@ import pytest
 import torch
 
 import train as train_module
-from pianogpt.cli import CliError, FolderLock
+from pianogpt.cli import CliError
+from pianogpt.files import FolderLock
 from conftest import ROOT, tiny_train_config
 from prepare import prepare
-from sample import claim_stem
-from train import TrainingStopped, train
+from pianogpt.outputs import claim_stem
+from pianogpt.cli import Stopped
+from train import train
 
 
 def tiny(data_dir, out_dir, **overrides):
     """The shared tiny run, longer, with transposition on: resume must reproduce its random draws too.
     Never compiled: a run told to go on until it is stopped would otherwise stall in a compile."""
-    return tiny_train_config(data_dir, out_dir, **{"max_iters": 12, "eval_interval": 100000, "transpose": 2,
+    return tiny_train_config(data_dir, out_dir, **{"max_iters": 12, "eval_interval": 100000, "n_roles": 5, "infill_share": 0.5,
                                                    "compile": "off", **overrides})
 
 
@@ -65,7 +67,10 @@ def test_a_signal_between_evaluations_checkpoints_the_last_step_and_exits_cleanl
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
     assert "Traceback" not in err and "Traceback" not in out
-    assert "--init_from=resume" in out, "the resume command is printed"
+    last = err.strip().splitlines()[-1]
+    name = signal.Signals(signum).name
+    assert last.startswith(f"train.py: {name}: stopped; before iteration") and last.endswith("--init_from=resume"), \
+        "one line, as every program stops, with the command that resumes"
     checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     finished = max(losses(tmp_path))
     assert checkpoint["iter"] == finished + 1, "the state after the last finished step"
@@ -85,7 +90,7 @@ def test_resume_after_a_signal_reproduces_the_uninterrupted_run(tiny_dataset, tm
         return real_lr_at(it, *args)
 
     monkeypatch.setattr(train_module, "lr_at", lr_at_that_signals)
-    with pytest.raises(TrainingStopped) as stopped:
+    with pytest.raises(Stopped) as stopped:
         train(tiny(tiny_dataset, tmp_path / "part"))
     assert stopped.value.code == 143
     assert torch.load(tmp_path / "part" / "ckpt.pt", weights_only=True)["iter"] == 6

@@ -110,10 +110,10 @@ def test_constrained_sampling_from_an_untrained_model_has_zero_grammar_errors():
 
 
 def test_token_kinds_group_the_vocabulary_by_token_type():
-    from pianogpt.remi import build_tokenizer, token_kinds
+    from pianogpt.remi import build_tokenizer, token_types
 
     vocab = build_tokenizer().vocab
-    kinds, type_index = token_kinds(vocab)
+    kinds, type_index = token_types(vocab)
     pitches = kinds[3:91]  # the 88 piano pitches are ids 3..90
     assert len(kinds) == len(vocab) and (pitches == pitches[0]).all()
     names = {token.split("_", 1)[0] for token in vocab}
@@ -140,7 +140,7 @@ def test_samples_are_midi_files_symusic_opens_and_the_same_seed_repeats(tiny_che
         assert meta["composer_id"] == 3 and meta["seed"] == 5 and meta["grammar_error_rate"] == 0.0
         assert meta["guidance_mode"] == "within_types"  # the default
         assert (tmp_path / "a" / f"Chopin_5_{i}.png").read_bytes()[:4] == b"\x89PNG"
-    second = run_sample(*args, "--out_dir", str(tmp_path / "b"))
+    run_sample(*args, "--out_dir", str(tmp_path / "b"))
     for i in range(2):
         a = json.load(open(tmp_path / "a" / f"Chopin_5_{i}.json"))["token_ids"]
         b = json.load(open(tmp_path / "b" / f"Chopin_5_{i}.json"))["token_ids"]

@@ -109,17 +109,17 @@ def test_a_failed_write_answers_its_request_and_the_server_serves_on(fake_studio
 def test_the_page_asks_for_numbers_in_range_and_a_midi_file():
     import argparse
 
-    from sample import studio_arguments, uploaded_prompt
+    from pianogpt.studio import studio_arguments, uploaded_prompt
 
     args = argparse.Namespace(guidance=[5.0], temperature=0.9, composer=None, composer_id=None)
-    job = studio_arguments(args, {"composer": "Bach", "mix_with": "Chopin", "mix_share": "0.25", "length": "16"})
+    job = studio_arguments(args, {"composer": "Bach", "mix_with": "Chopin", "mix_share": "0.25", "length": "16"}, 1000)
     assert job.composer == "Bach:0.75,Chopin:0.25" and job.bars == 16 and job.seconds is None
-    assert studio_arguments(args, {"composer": "Bach", "unit": "seconds", "length": 30}).seconds == 30
+    assert studio_arguments(args, {"composer": "Bach", "unit": "seconds", "length": 30}, 1000).seconds == 30
     for bad, message in (({"length": 5000}, "between 1 and 64"), ({"guidance": "loud"}, "must be a number"),
                          ({"temperature": 0}, "between 0.05 and 5"), ({"unit": "beats"}, "bars or seconds"),
                          ({"composer": ""}, "choose a composer")):
         with pytest.raises(CliError, match=message):
-            studio_arguments(args, {"composer": "Bach", **bad})
+            studio_arguments(args, {"composer": "Bach", **bad}, 1000)
     with pytest.raises(CliError, match="notes.txt is not a MIDI file"):
         with uploaded_prompt({"prompt_b64": base64.b64encode(b"hello").decode(), "prompt_name": "notes.txt"}):
             pass

@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from pianogpt.cli import CliError, load_config
+from pianogpt.cli import CliError
+from pianogpt.config import load_config
 from conftest import ROOT, tiny_train_config
 from pianogpt.dataset import WindowSampler, open_dataset
 import train as train_module
-from train import TrainConfig, lr_at, piece_weights, train, train_pieces
+from pianogpt import compile_auto
+from pianogpt.cli import StopAtSafePoint, Stopped
+from pianogpt.compile_auto import CompileTrial
+from pianogpt.config import TrainConfig
+from pianogpt.dataset import piece_weights, train_pieces
+from pianogpt.remi import transpose_pitches
+from pianogpt.optim import lr_at
+from train import train
 
 
 
@@ -74,12 +82,12 @@ def test_kind_dropout_replaces_the_kind_at_its_own_rate(tiny_dataset):
 
 
 def test_transposition_moves_pitch_tokens_only_and_stays_on_the_piano(tiny_dataset):
-    sampler, meta = sampler_of(tiny_dataset)
+    _, meta = sampler_of(tiny_dataset)
     lo, hi = meta["pitch_ids"]
     x = np.array([1, 2, lo, lo + 1, hi - 1, hi, 200, 400])
-    up = sampler.transpose(x, 2)
+    up = transpose_pitches(x, 2, lo, hi)
     assert up.tolist() == [1, 2, lo + 2, lo + 3, hi - 1, hi, 200, 400]
-    down = sampler.transpose(x, -1)
+    down = transpose_pitches(x, -1, lo, hi)
     assert down.tolist() == [1, 2, lo, lo, hi - 2, hi - 1, 200, 400]
 
 
@@ -141,17 +149,16 @@ def test_a_few_iterations_lower_the_loss(tiny_dataset, tmp_path):
 
 
 def compile_trial_run(max_iters, step_times, max_minutes=0.0, memory_key=None):
-    """A run object as the loop holds it, and a CompileTrial fed those step times (torch.compile
-    patched to mark its model); (the model of the next step, the eager one, the verdicts said)."""
+    """A CompileTrial fed those step times (torch.compile patched to mark its model), in a run of
+    max_iters iterations or max_minutes; (the model of the next step, the eager one, the verdicts said)."""
     from types import SimpleNamespace
 
     eager, said = object(), []
-    run = SimpleNamespace(cfg=SimpleNamespace(max_minutes=max_minutes), max_iters=max_iters, ddp=False, device="cpu",
-                          master=True, model=eager, log=lambda record: None, train_seconds=lambda: 0.0)
-    trial = train_module.CompileTrial(eager, memory_key)
+    run = SimpleNamespace(cfg=SimpleNamespace(max_minutes=max_minutes), max_iters=max_iters, train_seconds=lambda: 0.0)
+    trial = CompileTrial(eager, memory_key, "cpu", say=said.append)
     for it, seconds in enumerate(step_times):
-        trial.step_done(run, it, seconds, SimpleNamespace(write=said.append))
-    return run.model, eager, [line.removeprefix("compile=auto: ") for line in said]
+        trial.step_done(it, seconds, lambda step_s: train_module.seconds_left(run, it, step_s))
+    return trial.model, eager, [line.removeprefix("compile=auto: ") for line in said]
 
 
 FASTER_COMPILED = [5.0, 1.0, 1.0, 1.0, 61.0] + [1.0, 0.8] * 3  # warm-up, eager x3, compiling, alternating
@@ -159,7 +166,7 @@ FASTER_COMPILED = [5.0, 1.0, 1.0, 1.0, 61.0] + [1.0, 0.8] * 3  # warm-up, eager 
 
 def test_compile_auto_compiles_only_where_the_time_left_repays_it_and_keeps_the_faster_step(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda model: ("compiled", model))
-    monkeypatch.setattr(train_module, "compile_problem", lambda device: None)
+    monkeypatch.setattr(compile_auto, "compile_problem", lambda device: None)
     model, eager, said = compile_trial_run(200, [5.0, 1.0, 1.0, 1.0])  # 196 s left: a 60 s compile cannot repay
     assert model is eager and said[0].startswith("eager") and "would not repay" in said[0]
     model, eager, said = compile_trial_run(5000, [5.0, 1.0, 1.0, 1.0], max_minutes=2.0)  # the time budget counts too
@@ -182,7 +189,7 @@ def test_compile_auto_decides_by_what_compiling_cost_and_saved_on_this_machine_b
     from pianogpt.devices import recall, remember
 
     monkeypatch.setattr(torch, "compile", lambda model: ("compiled", model))
-    monkeypatch.setattr(train_module, "compile_problem", lambda device: None)
+    monkeypatch.setattr(compile_auto, "compile_problem", lambda device: None)
     monkeypatch.setenv("PIANOGPT_CACHE", str(tmp_path))
     compile_trial_run(5000, FASTER_COMPILED, memory_key="this step")
     assert recall("compile.json", "this step") == {"compile_s": 60.0, "speedup": 1.25}  # 61 - 1 s; 1.0 / 0.8
@@ -202,7 +209,7 @@ def test_compile_auto_decides_by_what_compiling_cost_and_saved_on_this_machine_b
 def test_compile_auto_trains_eager_and_says_why_where_torch_compile_cannot_run(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda model: ("compiled", model))
     asked = []
-    monkeypatch.setattr(train_module, "compile_problem",
+    monkeypatch.setattr(compile_auto, "compile_problem",
                         lambda device: asked.append(device) or "InvalidCxxCompiler: No working C++ compiler found")
     model, eager, said = compile_trial_run(200, [5.0, 1.0, 1.0, 1.0])
     assert model is eager and not asked, "a run too short to compile never pays for the probe"
@@ -228,8 +235,8 @@ def test_a_compiled_step_that_fails_to_build_is_taken_again_eager_and_the_run_go
     eager = tmp_path / "eager"
     train(tiny_train_config(tiny_dataset, eager, max_iters=12, compile="off"))
     monkeypatch.setattr(torch, "compile", CompiledStepThatFails)
-    monkeypatch.setattr(train_module, "compile_problem", lambda device: None)  # a compiler is there
-    monkeypatch.setattr(train_module.CompileTrial, "expected", lambda self: (0.0, 0.5, "(pays at once)"))
+    monkeypatch.setattr(compile_auto, "compile_problem", lambda device: None)  # a compiler is there
+    monkeypatch.setattr(CompileTrial, "expected", lambda self: (0.0, 0.5, "(pays at once)"))
     failed = tmp_path / "failed"
     train(tiny_train_config(tiny_dataset, failed, max_iters=12, compile="auto"))
     log = read_log(failed)
@@ -247,22 +254,22 @@ def test_compile_auto_leaves_a_short_run_eager_and_logs_why(tiny_dataset, tmp_pa
 
 
 MODERN = dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_head=False, optimizer="muon",
-              n_kinds=3)
+              n_kinds=3, n_roles=5, infill_share=0.5)
 
 
-@pytest.mark.parametrize("recipe", [{}, MODERN], ids=["seed", "modern"])
+@pytest.mark.parametrize("recipe", [{}, MODERN], ids=["gpt2", "modern"])
 def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path, recipe, monkeypatch):
     """Exact on CPU float32: data, dropout and LR are functions of the iteration; Muon's
     momentum and AdamW's moments travel in the checkpoint."""
     full = tmp_path / "full"
-    train(tiny_train_config(tiny_dataset, full, transpose=2, **recipe))
+    train(tiny_train_config(tiny_dataset, full, **recipe))
     part = tmp_path / "part"
     steps = iter(range(1000))  # Ctrl-C arrives during iteration 3: the loop stops before iteration 4
     with monkeypatch.context() as patch:
-        patch.setattr(train_module.StopRequest, "agreed", lambda self, ddp: signal.SIGINT if next(steps) == 4 else 0)
-        with pytest.raises(train_module.TrainingStopped):
-            train(tiny_train_config(tiny_dataset, part, transpose=2, **recipe))
-    train(tiny_train_config(tiny_dataset, part, transpose=2, init_from="resume", **recipe))
+        patch.setattr(StopAtSafePoint, "asked", lambda self: signal.SIGINT if next(steps) == 4 else 0)
+        with pytest.raises(Stopped):
+            train(tiny_train_config(tiny_dataset, part, **recipe))
+    train(tiny_train_config(tiny_dataset, part, init_from="resume", **recipe))
     losses = lambda out: {r["iter"]: r["loss"] for r in read_log(out) if "loss" in r}  # noqa: E731
     a, b = losses(full), losses(part)
     assert set(a) == set(b) == set(range(8))
@@ -350,7 +357,7 @@ def test_sigkill_mid_training_leaves_a_loadable_checkpoint_and_resume_finishes(t
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter"] == ckpt["iter"] + 2
 
 
-@pytest.mark.parametrize("recipe", [{}, dict(optimizer="muon", positions="rope", transpose=2)],
+@pytest.mark.parametrize("recipe", [{}, dict(optimizer="muon", positions="rope", n_roles=5, infill_share=0.5)],
                          ids=["adamw", "muon"])
 def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path, recipe):
     args = cli_args(tiny_dataset, tmp_path, max_iters=3, grad_accum=2, eval_interval=3, **recipe)
