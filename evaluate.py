@@ -27,7 +27,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -66,14 +65,13 @@ def derangement(composer, n_composers):
 
 
 @torch.no_grad()
-def window_nll(model, x, y, composer, kind, pad_id, batch_size=8):
-    """Per-window mean NLL (nats/token) over non-PAD targets, no label smoothing."""
+def window_nll(model, x, y, composer, kind, batch_size=8):
+    """Per-window mean NLL (nats/token) over non-PAD targets, no label smoothing (model.target_nll)."""
     out = []
     for i in range(0, len(x), batch_size):
-        lp = model.token_log_probs(x[i:i + batch_size], composer[i:i + batch_size], y[i:i + batch_size],
-                                   kind[i:i + batch_size])
-        mask = (y[i:i + batch_size] != pad_id).float()
-        out.append((-(lp * mask).sum(1) / mask.sum(1).clamp(min=1)))
+        part = slice(i, i + batch_size)
+        nll, real = model.target_nll(x[part], composer[part], y[part], kind[part])
+        out.append(nll.sum(1) / real.sum(1).clamp(min=1))
     return torch.cat(out)
 
 
@@ -485,6 +483,36 @@ def evaluate(ckpt, request=Request()):
     return results
 
 
+@dataclass
+class Evaluation:
+    """What every stage of evaluate() reads: the checked model and its dataset, the splits (val,
+    held-out sources, train), the comparison set and how it was chosen, and how to score."""
+    model: object
+    tokenizer: object
+    checkpoint: dict
+    data_dir: str
+    dataset: object
+    meta: dict
+    window: int  # tokens per scored window
+    val: object  # WindowSamplers of the splits, composer ids the checkpoint's
+    heldout: object
+    train_split: object
+    train_counts: dict  # {composer id: training pieces}
+    rule: str  # how the comparison set was chosen
+    fine_tuned: list  # composer ids taught by fine-tuning
+    candidates: list  # the compared composer ids
+    train_pieces: list  # token arrays, for the copy finder
+    names: dict  # {composer id: name}
+    n_composers: int
+    bos_id: int
+    device: str
+    seed: int
+    max_windows: int  # spans scored per whole piece
+    ctx: object  # autocast
+    val_sources: list  # the folder of each val piece, with several folders; else None
+    scorings: dict = None  # {name: the tokens a sum counts} (scorings_of)
+
+
 def set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composers, seed, max_windows):
     """What every stage reads: the checked model and dataset, the splits, the comparison set."""
     model, checkpoint, tokenizer = load_trained(ckpt, device)
@@ -509,7 +537,7 @@ def set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composer
     if new:  # composers taught by fine-tuning are compared however few pieces taught them
         candidates, rule = sorted(set(candidates) | set(new)), rule + " and the fine-tuned composers"
     several_sources = isinstance(meta.get("source"), list)
-    return SimpleNamespace(
+    return Evaluation(
         model=model, tokenizer=tokenizer, checkpoint=checkpoint, data_dir=data_dir, dataset=dataset, meta=meta,
         window=window, val=val, heldout=heldout, train_split=train_split, train_counts=train_counts, rule=rule, fine_tuned=new,
         candidates=candidates[:max_composers],  # max_composers None: all
@@ -525,9 +553,9 @@ def window_measures(e, x, y, composer, kind):
     """NLL with the true composer, composer 0 and a wrong one on seeded val windows, overall and
     per composer, and the perplexities."""
     pad_id = e.meta["pad_id"]
-    nll = {"true": window_nll(e.model, x, y, composer, kind, pad_id),
-           "uncond": window_nll(e.model, x, y, torch.zeros_like(composer), kind, pad_id),
-           "wrong": window_nll(e.model, x, y, derangement(composer, e.n_composers), kind, pad_id)}
+    nll = {"true": window_nll(e.model, x, y, composer, kind),
+           "uncond": window_nll(e.model, x, y, torch.zeros_like(composer), kind),
+           "wrong": window_nll(e.model, x, y, derangement(composer, e.n_composers), kind)}
     weights = (y != pad_id).sum(1).float()
     overall = {k: float((v * weights).sum() / weights.sum()) for k, v in nll.items()}
     per_composer = {}
