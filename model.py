@@ -51,6 +51,7 @@ class ModelOptions:
     n_kinds: int = 0  # 3: a learned kind embedding beside the composer's (row 0 unknown, 1 score, 2 performance)
     composer_layers: bool = False  # each composer also has a row added before every block (a fine-tune's new
     # composers: the frozen network gives one input row little to say; the other rows stay zero)
+    n_periods: int = 0  # 6: a row per period (pianogpt/periods.py) that every composer's rows add to
     n_roles: int = 0  # 5: a learned role embedding per token for infilling (pianogpt/infill.py: plain, before,
     # after, middle, the middle's last bar), so a window can hold the music after a gap before the gap itself
 
@@ -67,6 +68,8 @@ class ModelConfig(ModelOptions):
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kinds not in (0, 3):
             raise ValueError(f"n_kinds must be 0 (off) or 3 (unknown, score, performance); got {self.n_kinds}")
+        if self.n_periods < 0:
+            raise ValueError(f"n_periods must be >= 0, got {self.n_periods}")
         if self.n_roles not in (0, 5):
             raise ValueError(f"n_roles must be 0 (off) or 5 (infilling: plain, before, after, middle, last bar); "
                              f"got {self.n_roles}")
@@ -208,6 +211,11 @@ class MusicTransformer(nn.Module):
             self.wre = nn.Embedding(cfg.n_roles, cfg.n_embd)
         if cfg.composer_layers:  # zero: a composer without learned layer rows is exactly as without them
             self.wcl = nn.Parameter(torch.zeros(cfg.n_composers, cfg.n_layer, cfg.n_embd))
+        if cfg.n_periods:  # the composer's period (0: unknown, adds nothing), set from the composer names
+            self.wpr = nn.Embedding(cfg.n_periods, cfg.n_embd)
+            self.register_buffer("period_of", torch.zeros(cfg.n_composers, dtype=torch.long))
+            if cfg.composer_layers:
+                self.wpl = nn.Parameter(torch.zeros(cfg.n_periods, cfg.n_layer, cfg.n_embd))
         if cfg.positions == "learned":
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         else:  # not in the state dict: a function of the config
@@ -272,7 +280,7 @@ class MusicTransformer(nn.Module):
     def embed(self, idx, composer, positions, kind=None, role=None):
         """The residual stream's input for tokens idx [B, T] at positions [T] (a device tensor), and
         the rotary angles of those positions (None with learned positions)."""
-        x = self.wte(idx) + composer_vectors(self.wce.weight, composer)[:, None, :]
+        x = self.wte(idx) + composer_vectors(self.with_periods(self.wce.weight, "wpr"), composer)[:, None, :]
         if self.config.n_kinds:
             kind = torch.zeros(idx.size(0), dtype=torch.long, device=idx.device) if kind is None else kind
             x = x + self.wke(kind)[:, None, :]
@@ -287,7 +295,16 @@ class MusicTransformer(nn.Module):
 
     def composer_layer_rows(self, composer):
         """[B, n_layer, n_embd]: what composer_layers adds before each block, or None without it."""
-        return composer_vectors(self.wcl, composer) if self.config.composer_layers else None
+        return composer_vectors(self.with_periods(self.wcl, "wpl"), composer) if self.config.composer_layers else None
+
+    def with_periods(self, rows, name):
+        """A composer table [n_composers, ...] with each composer's period row added (none for period 0)."""
+        if not self.config.n_periods:
+            return rows
+        table = getattr(self, name)
+        table = table.weight if isinstance(table, nn.Embedding) else table
+        known = (self.period_of > 0).to(rows.dtype).view(-1, *[1] * (rows.dim() - 1))
+        return rows + table[self.period_of] * known
 
     def head(self, x):
         return self.lm_head(x)
@@ -334,7 +351,7 @@ class MusicTransformer(nn.Module):
     def flops_per_token(self, seq_len):
         """Training (forward + backward) FLOPs per token, PaLM appendix B."""
         cfg = self.config
-        lookups = [p for name, p in self.named_parameters() if name.startswith(("wpe", "wce"))
+        lookups = [p for name, p in self.named_parameters() if name.startswith(("wpe", "wce", "wpr"))
                    or name == "wte.weight" and not cfg.tie_head]  # tables read, not multiplied
         non_embedding = self.num_params() - sum(p.numel() for p in lookups)
         return 6 * non_embedding + 12 * cfg.n_layer * cfg.n_embd * seq_len

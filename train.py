@@ -37,6 +37,7 @@ from pianogpt.lifecycle import (across_processes, check_ranks_agree, end_process
                                 largest_on_any_rank, rank0_value, resume_command, start_processes, under_torchrun,
                                 write_curves)
 from pianogpt.optim import lr_at, orthogonalization_dtype
+from pianogpt.periods import period_ids
 
 
 class Run:
@@ -165,6 +166,8 @@ def set_up_model(run):
         load_state(model, checkpoint["model"])
     elif run.base is not None:
         load_base_weights(model, run.base)
+    if run.model_cfg.n_periods:  # by name: a fine-tune's new composers join their period's rows
+        model.period_of.copy_(torch.tensor(period_ids(run.composers)))
     model.to(run.device)
     weight_decay = cfg.weight_decay
     if is_fine_tune(cfg, run.base) and cfg.finetune == "new_rows":
@@ -182,12 +185,9 @@ def set_up_model(run):
     if cfg.compile == "on":
         model = torch.compile(model)
     run.model = model = across_processes(model, run.device) if run.ddp else model
-    run.compile_trial = None
-    if cfg.compile == "auto":
-        key = memory_key(machine_key(run.device, run.dtype), run.model_cfg, cfg.block_size, cfg.batch_size,
-                         cfg.optimizer)
-        run.compile_trial = CompileTrial(model, key, run.device, run.ddp, run.master,
-                                         say=lambda line: run.bar.write(line), log=run.log)
+    key = memory_key(machine_key(run.device, run.dtype), run.model_cfg, cfg.block_size, cfg.batch_size, cfg.optimizer)
+    run.compile_trial = CompileTrial(model, key, run.device, run.ddp, run.master, say=lambda line: run.bar.write(line),
+                                     log=run.log) if cfg.compile == "auto" else None
 
 
 def say_what_runs(run):

@@ -24,6 +24,7 @@ qk_norm = True
 tie_head = False
 n_kinds = 3
 composer_layers = True
+n_periods = 6
 n_roles = 5
 infill_share = 0.25
 infill_bars = 4

@@ -40,6 +40,9 @@ def with_composer_rows(state, n_composers, layer_rows_shape=None):
     if len(rows) < n_composers:
         new = rows[1:].mean(dim=0, keepdim=True).expand(n_composers - len(rows), -1)
         state = {**state, "wce.weight": torch.cat([rows, new])}
+    if "period_of" in state and len(state["period_of"]) < n_composers:  # a new composer's period: set by name
+        saved = state["period_of"]
+        state = {**state, "period_of": torch.cat([saved, saved.new_zeros(n_composers - len(saved))])}
     if layer_rows_shape is not None:
         layer_rows = torch.zeros(layer_rows_shape, dtype=rows.dtype)
         saved = state.get("wcl")

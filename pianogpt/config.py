@@ -12,6 +12,7 @@ from model import ModelConfig, ModelOptions
 from pianogpt.cli import CliError
 from pianogpt.infill import N_ROLES
 from pianogpt.optim import OPTIMIZERS
+from pianogpt.periods import PERIODS
 
 FINETUNES = ("all", "new_rows")
 
@@ -98,6 +99,8 @@ class TrainConfig(ModelOptions):
             raise CliError(f"composer_balance must be in [0, 1], got {self.composer_balance}")
         if not 0 <= self.infill_share < 1:
             raise CliError(f"infill_share must be in [0, 1), got {self.infill_share}")
+        if self.n_periods not in (0, len(PERIODS)):
+            raise CliError(f"n_periods must be 0 (off) or {len(PERIODS)} (pianogpt/periods.py), got {self.n_periods}")
         if self.infill_share and self.n_roles != N_ROLES:
             raise CliError(f"infill_share needs a role embedding: set n_roles={N_ROLES}")
         if not 1 <= self.infill_bars <= 64:

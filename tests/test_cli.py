@@ -16,7 +16,7 @@ BAD_FLAGS = {
               ["--dtype=float8"], ["--device=tpu"], ["--compile=maybe"], ["--grad_clip=-1"], ["--n_head=3"],
               ["--warmup_frac=1"], ["--label_smoothing=-0.1"], ["--init_from=gpt2"], ["--epochs=0", "--max_iters=0"],
               ["--no_such_key=1"], ["--batch_size"], ["--composer_balance=2"],
-              ["--n_kinds=1"], ["--kind_drop=-0.5"], ["--max_minutes=-5"], ["--max_minutes=x"],
+              ["--n_kinds=1"], ["--n_periods=3"], ["--kind_drop=-0.5"], ["--max_minutes=-5"], ["--max_minutes=x"],
               ["--save_every_min=-1"], ["--positions=alibi"], ["--norm=batch"], ["--mlp=tanh"], ["--qk_norm=maybe"],
               ["--tie_head=x"], ["--mlp=swiglu"], ["--optimizer=sgd"],
               ["--positions=rope", "--n_embd=36", "--n_head=4"]],

@@ -158,3 +158,20 @@ def test_new_rows_learn_at_every_layer_and_leave_the_network_and_the_old_compose
         for composer in range(n_old):  # every old composer, and unconditional row 0, predicts as before
             ids = torch.full((3,), composer)
             assert torch.equal(new_model(idx, ids, all_logits=True)[0], old_model(idx, ids, all_logits=True)[0])
+
+
+def test_each_composer_has_its_period_by_name_and_a_new_composer_joins_its_period(tiny_dataset, new_composer_data,
+                                                                                 tmp_path):
+    from pianogpt.periods import PERIODS, period_ids
+    from train import train
+
+    train(tiny_train_config(tiny_dataset, tmp_path / "base", n_periods=len(PERIODS), composer_layers=True))
+    base = torch.load(tmp_path / "base" / "ckpt.pt", weights_only=True)
+    assert base["model"]["period_of"].tolist() == period_ids(base["composers"])
+    assert [PERIODS[p] for p in base["model"]["period_of"].tolist()[1:]] == ["early romantic", "baroque and earlier",
+                                                                            "early romantic"]  # Alkan, Bach, Chopin
+    tuned = fine_tune(tmp_path / "base" / "ckpt.pt", new_composer_data, tmp_path / "tuned", finetune="new_rows",
+                      replay_share=0.0)
+    assert PERIODS[tuned["model"]["period_of"][tuned["composers"]["Satie"]]] == "twentieth century"
+    for rows in ("wpr.weight", "wpl"):  # frozen with the network: Satie's period rows were learned before him
+        assert torch.equal(tuned["model"][rows], base["model"][rows])

@@ -369,3 +369,18 @@ def test_one_bf16_row_decodes_through_aten_gemv_with_onednns_numbers():
         assert not torch._C._get_mkldnn_enabled()
         raise RuntimeError("a failing step")
     assert torch._C._get_mkldnn_enabled(), "restored after an exception too"
+
+
+def test_a_period_row_moves_every_composer_of_its_period_and_no_other():
+    model = tiny_model(n_composers=5, n_periods=3, composer_layers=True)
+    model.period_of.copy_(torch.tensor([0, 1, 1, 2, 0]))  # row 0 unconditional; composer 4 of no known period
+    idx = torch.randint(2, 64, (5, 8))
+    composers = torch.arange(5)
+    before = model(idx, composers, all_logits=True)[0]
+    with torch.no_grad():
+        model.wpr.weight[1].normal_()
+        model.wpl[1].normal_()
+        model.wpr.weight[0].normal_()  # period 0 (unknown) adds nothing, whatever its row holds
+    after = model(idx, composers, all_logits=True)[0]
+    moved = [not torch.allclose(before[i], after[i]) for i in range(5)]
+    assert moved == [False, True, True, False, False]
