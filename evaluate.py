@@ -43,7 +43,7 @@ from pianogpt.probes import Probes
 from pianogpt.ngram import HIGH_ORDER_MAX_TOKENS, NGRAM_ORDERS, NGram, unigram_entropy
 from pianogpt.infill import PLAIN, bar_lines, context_budget, gap_layouts, infill_prompt, real_gaps, write_middles
 from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, grammar_error_rate,
-                           guidance_types, piece_kind)
+                           guidance_types, note_token_mask, piece_kind)
 
 
 KIND_NAMES = {kind_id: kind for kind, kind_id in KIND_IDS.items()}  # 1: "sequenced", 2: "performed"
@@ -213,15 +213,8 @@ SCORE_TOKENS = ("all", "notes")  # notes: what is played and when (Pitch, Positi
 
 
 def counted_tokens(vocab, which):
-    """score_under's `counted` for --score_tokens: None (all) or the note tokens: a piece's pitches
-    and onsets, which every source writes alike, without its velocities, durations, tempo and
-    time-signature tokens, whose habits differ from one archive to the next (issue 36)."""
-    if which == "all":
-        return None
-    counted = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
-    for name, i in vocab.items():
-        counted[i] = name.split("_")[0] in ("Pitch", "Position", "Bar", "Rest")
-    return counted
+    """score_under's `counted` for --score_tokens: None (all) or the note tokens (remi.note_token_mask)."""
+    return None if which == "all" else note_token_mask(vocab)
 
 
 def scorings_of(vocab, primary):
@@ -1003,7 +996,7 @@ def print_like_for_like(samples, judge_by_kind):
               f"real {real['balanced_accuracy_on_real_val']:.3f} balanced")
 
 
-def main(argv=None):
+def flag_parser():
     parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", default="out/ckpt.pt")
     parser.add_argument("--data_dir", default=None, help="prepared dataset (default: the checkpoint's data_dir)")
@@ -1043,6 +1036,11 @@ def main(argv=None):
                              "accuracy, how often a take reaches the bar line where the piece resumes, seam grammar")
     parser.add_argument("--infill_guidance", type=float, default=3.0, help="guidance of those takes")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    return parser
+
+
+def main(argv=None):
+    parser = flag_parser()
     args = parser.parse_args(argv)
     try:
         guidances = tuple(float(g) for g in args.guidance.split(","))

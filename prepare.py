@@ -8,6 +8,7 @@ The corpus pipeline: finding files, layouts, composers, splits, the crash-isolat
 pool and the skip report. What a token means lives in remi.py; the on-disk format and its
 checks live in dataset.py.
 """
+import collections
 import csv
 import importlib.metadata
 import hashlib
@@ -464,6 +465,20 @@ def held_out_labels(midi_dirs, holdout):
     return held
 
 
+def split_rule(folders, val_fraction, held_labels):
+    """meta.json's sentence for how pieces were split."""
+    if folders[0][0] == "maestro" and len(folders) == 1:
+        rule = "maestro csv split (validation+test -> val)"
+    else:
+        rule = (f"val if int(sha1(work inside its folder)[:8], 16) / 2**32 < {val_fraction} "
+                "(a work: <Work> of <Work>__<performer>.mid, else the file); maestro folders keep their csv split; "
+                "another sequencing of a piece (near-duplicate notes) or a performance of it (shared top-voice "
+                "runs) joins the split of its first copy")
+    held = ("; every piece of the --holdout folders is heldout, and a copy of one of their works in another folder "
+            "val" if held_labels else "")
+    return rule + held
+
+
 def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate, file_timeout,
                   max_memory_mb, renditions, start, held_labels=frozenset()):
     labels = folder_labels(midi_dirs) if len(midi_dirs) > 1 else [""]
@@ -478,9 +493,7 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
     kept, skipped, n_files = encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes, isolate,
                                             file_timeout, max_memory_mb, renditions)
     kept = drop_duplicates(kept, skipped, pitch_lo, pitch_hi)
-    reasons = {}
-    for s in skipped:
-        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    reasons = dict(collections.Counter(s["reason"] for s in skipped))
     if not kept:
         raise CliError(f"no piece could be encoded from {n_files} files ("
                        + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + "); nothing was written")
@@ -489,8 +502,6 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
     composers, pieces, merged = number_composers(kept)
     pieces += rendition_pieces(pieces, kept)
     lengths = [p["n_tokens"] for p in pieces]
-    split_rule = (f"val if int(sha1(work inside its folder)[:8], 16) / 2**32 < {val_fraction} "
-                  "(a work: <Work> of <Work>__<performer>.mid, else the file)")
     meta = {
         "vocab_size": len(tokenizer),
         "pad_id": tokenizer.vocab["PAD_None"],
@@ -510,12 +521,7 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
         "skipped": reasons,
         "source": str(midi_dirs[0].resolve()) if len(midi_dirs) == 1 else [str(d.resolve()) for d in midi_dirs],
         "layout": folders[0][0] if len(midi_dirs) == 1 else [f[0] for f in folders],
-        "split_rule": ("maestro csv split (validation+test -> val)" if folders[0][0] == "maestro" and len(folders) == 1
-                       else split_rule + "; maestro folders keep their csv split; another sequencing of a piece "
-                                         "(near-duplicate notes) or a performance of it (shared top-voice runs) "
-                                         "joins the split of its first copy")
-                      + ("; every piece of the --holdout folders is heldout, and a copy of one of their works in "
-                         "another folder val" if held_labels else ""),
+        "split_rule": split_rule(folders, val_fraction, held_labels),
         "works_moved_to_one_split": n_moved,
         "performances_linked_to_a_score": n_played_linked,
         "renditions_per_sequenced_train_piece": renditions,

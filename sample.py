@@ -151,6 +151,12 @@ def parse_args(argv):
     parser.add_argument("--prompt_tokens", type=positive_int, default=128, help="tokens of --prompt to keep")
     parser.add_argument("--constrained", default=True, action=argparse.BooleanOptionalAction,
                         help="mask tokens that break REMI's grammar (default on)")
+    add_output_flags(parser)
+    return parser, parser.parse_args(argv)
+
+
+def add_output_flags(parser):
+    """Where and how the samples are written, the device they are drawn on, and the other modes."""
     parser.add_argument("--out_dir", default="samples")
     parser.add_argument("--name", default=None, help="file name stem (default: <composer>_<seed>); a name taken by "
                         "an earlier or concurrent run gets -2, -3, ... instead of overwriting it")
@@ -173,7 +179,6 @@ def parse_args(argv):
     parser.add_argument("--port", type=non_negative_int, default=8000, help="--serve: the port (0: any free one)")
     parser.add_argument("--render", metavar="FILE.mid", help="render a MIDI file (real music, to compare) through the "
                         "same voice into --out_dir, and exit; needs no checkpoint")
-    return parser, parser.parse_args(argv)
 
 
 DEFAULT_NEW_TOKENS = 2048

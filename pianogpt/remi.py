@@ -140,6 +140,19 @@ def token_types(vocab):
     return types, type_index
 
 
+NOTE_TOKEN_TYPES = ("Pitch", "Position", "Bar", "Rest")  # what is played and when, not how
+
+
+def note_token_mask(vocab):
+    """BoolTensor [vocab size]: the note tokens (a piece's pitches and onsets, which every source
+    writes alike), not its velocities, durations, tempo and time-signature tokens, whose habits differ
+    from one archive to the next (issue 36)."""
+    mask = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    for token, i in vocab.items():
+        mask[i] = token.split("_", 1)[0] in NOTE_TOKEN_TYPES
+    return mask
+
+
 GUIDANCE_MODES = ("within_types", "plain")
 # notes per onset that sampling allows: in the training tokens of both shared sets 99.9 % of onsets
 # have <= 8 notes and 99.99 % <= 14 (the most is 25, from merged doubled voices)
