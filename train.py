@@ -25,7 +25,6 @@ from model import MusicTransformer, load_state
 from pianogpt.checkpoints import save_checkpoint
 from pianogpt.cli import CliError, StopAtSafePoint, Stopped, run_program
 from pianogpt.compile_auto import CompileTrial, memory_key
-from pianogpt.contrast import composer_odds, contrast_rows, lm_and_contrast_loss
 from pianogpt.config import TrainConfig, load_config, model_config_of
 from pianogpt.dataset import WindowSampler, open_dataset, pad_share, piece_weights, train_pieces
 from pianogpt.devices import (autocast_context, cpu_description, device_type_of, machine_key, machine_matmul_peak,
@@ -39,7 +38,6 @@ from pianogpt.lifecycle import (across_processes, check_ranks_agree, end_process
                                 write_curves)
 from pianogpt.optim import lr_at, orthogonalization_dtype
 from pianogpt.periods import period_ids
-from pianogpt.remi import note_token_mask
 
 
 class Run:
@@ -151,11 +149,6 @@ def set_up_data(run):
     run.piece_weights = piece_weights(run.train_data.index[:, 2], run.train_data.renditions, cfg.composer_balance,
                                       cfg.rendition_weight)
     run.composer_train_pieces = composer_train_pieces(cfg, run.base, run.composers, run.train_data, run.replay_data)
-    run.contrast_odds = composer_odds(run.train_data.index[:, 2], run.piece_weights, len(run.composers))
-    run.note_mask = note_token_mask(dataset.tokenizer.vocab)
-    if cfg.contrast_share and np.count_nonzero(run.contrast_odds) < 2:
-        raise CliError(f"contrast_share needs training pieces of two composers or more; {cfg.data_dir} has "
-                       f"{np.count_nonzero(run.contrast_odds)}")
     samples_per_iter = cfg.batch_size * cfg.grad_accum
     run.max_iters = cfg.max_iters or math.ceil(cfg.epochs * len(run.train_data) / samples_per_iter)
     run.tokens_per_iter = samples_per_iter * cfg.block_size
@@ -298,21 +291,13 @@ def train_step(run, model, it, lr):
     torch.manual_seed(cfg.seed + 1_000_003 * it + run.rank)  # dropout masks: a function of (iter, rank)
     loss_sum = 0.0
     for micro in range(run.accum):
-        x, y, composer, kind, role, contrast = micro_batch(run, it, micro)
-        x, y, composer, kind, role = (t if t is None else t.to(run.device) for t in (x, y, composer, kind, role))
+        x, y, composer, kind, role = (t if t is None else t.to(run.device) for t in micro_batch(run, it, micro))
         sync = model.no_sync() if run.ddp and micro < run.accum - 1 else contextlib.nullcontext()
         with sync, run.ctx:
-            if contrast is None:
-                _, loss = model(x, composer, targets=y, kind=kind, role=role)
-                lm_loss = loss
-            else:
-                contrast = tuple(t if isinstance(t, int) else t.to(run.device) for t in contrast)
-                loss, lm_loss = lm_and_contrast_loss(model, x, y, composer, kind, role, contrast,
-                                                     run.note_mask.to(run.device), run.train_data.pad_id,
-                                                     run.model_cfg.label_smoothing, cfg.contrast_weight)
-            loss, lm_loss = loss / run.accum, lm_loss / run.accum
+            _, loss = model(x, composer, targets=y, kind=kind, role=role)
+            loss = loss / run.accum
         run.scaler.scale(loss).backward()
-        loss_sum += lm_loss.item()  # the language model's loss: comparable with and without contrast
+        loss_sum += loss.item()
     run.scaler.unscale_(run.optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                      cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
@@ -324,9 +309,9 @@ def train_step(run, model, it, lr):
 
 
 def micro_batch(run, it, micro):
-    """The windows of one micro-step (x, y, composer, kind, role or None, contrast or None: see
-    contrast.contrast_rows): a function of (seed, rank, iteration, micro-step) alone, so a resumed
-    run draws exactly the batches the uninterrupted one would have."""
+    """The windows of one micro-step (x, y, composer, kind, role or None): a function of (seed,
+    rank, iteration, micro-step) alone, so a resumed run draws exactly the batches the
+    uninterrupted one would have."""
     cfg = run.cfg
     rng = np.random.default_rng([cfg.seed, run.rank, it, micro])
     micro_step = it * cfg.grad_accum + run.rank * run.accum + micro
@@ -338,15 +323,11 @@ def micro_batch(run, it, micro):
     if n_replay:  # fine-tuning: the rest of the windows from the data the checkpoint learned from
         old = train_pieces(len(run.replay_data), cfg.seed + 1, micro_step * n_replay, n_replay, run.replay_weights)
         batch = tuple(torch.cat(pair) for pair in zip(batch, run.replay_data.batch(old, rng, *options)))
-    contrast = None
-    if cfg.contrast_share:  # its own generator: the windows drawn are those of a run without contrast
-        contrast = contrast_rows(batch[2], cfg.contrast_share, run.contrast_odds,
-                                 np.random.default_rng([cfg.seed, run.rank, it, micro, 1]))
     if not cfg.infill_share:
-        return (*batch, None, contrast)
+        return (*batch, None)
     x, y, role = arrange_batch(batch[0], batch[1], rng, cfg.infill_share, run.train_data.bar_id,
                                run.train_data.pad_id, cfg.infill_bars, int(cfg.infill_middle * cfg.block_size))
-    return x, y, batch[2], batch[3], role, contrast
+    return x, y, batch[2], batch[3], role
 
 
 # ----------------------------------------------------------------------------- evaluate, save, stop

@@ -60,9 +60,6 @@ class TrainConfig(ModelOptions):
     infill_share: float = 0.0  # share of windows rearranged to teach infilling (needs n_roles=5; pianogpt/infill.py)
     infill_bars: int = 4  # the longest middle, in bars, of such a window
     infill_middle: float = 0.5  # the longest middle, as a share of the context
-    contrast_share: float = 0.0  # share of windows also scored under another composer and trained to be likelier
-    # under their own, on the note tokens (pianogpt/contrast.py); 0: the language-model loss alone
-    contrast_weight: float = 1.0  # the contrast loss's weight beside the language-model loss
     # system
     device: str = "auto"  # auto | cpu | cuda | mps (or cuda:N)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
@@ -100,10 +97,6 @@ class TrainConfig(ModelOptions):
             raise CliError(f"rendition_weight must be in [0, 10], got {self.rendition_weight}")
         if not 0 <= self.composer_balance <= 1:
             raise CliError(f"composer_balance must be in [0, 1], got {self.composer_balance}")
-        if not 0 <= self.contrast_share <= 1:
-            raise CliError(f"contrast_share must be in [0, 1], got {self.contrast_share}")
-        if self.contrast_weight < 0:
-            raise CliError(f"contrast_weight must be >= 0, got {self.contrast_weight}")
         if not 0 <= self.infill_share < 1:
             raise CliError(f"infill_share must be in [0, 1), got {self.infill_share}")
         if self.n_periods not in (0, len(PERIODS)):

@@ -254,7 +254,7 @@ def test_compile_auto_leaves_a_short_run_eager_and_logs_why(tiny_dataset, tmp_pa
 
 
 MODERN = dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_head=False, optimizer="muon",
-              n_kinds=3, n_roles=5, infill_share=0.5, contrast_share=0.5)
+              n_kinds=3, n_roles=5, infill_share=0.5)
 
 
 @pytest.mark.parametrize("recipe", [{}, MODERN], ids=["gpt2", "modern"])
@@ -391,7 +391,6 @@ def test_torchrun_two_cpu_processes_agree_on_the_weights(tiny_dataset, tmp_path,
     (["--composer_balance=1.5"], "composer_balance must be in [0, 1]"),
     (["--n_kinds=2"], "n_kinds must be 0 (off) or 3"),
     (["--kind_drop=1"], "kind_drop must be in [0, 1)"),
-    (["--contrast_share=1.5"], "contrast_share must be in [0, 1]"),
     (["--max_minutes=-1"], "max_minutes must be >= 0"),
 ])
 def test_bad_config_keys_and_values_are_clean_errors(argv, message):
