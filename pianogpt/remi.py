@@ -147,10 +147,8 @@ def note_token_mask(vocab):
     """BoolTensor [vocab size]: the note tokens (a piece's pitches and onsets, which every source
     writes alike), not its velocities, durations, tempo and time-signature tokens, whose habits differ
     from one archive to the next (issue 36)."""
-    mask = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
-    for token, i in vocab.items():
-        mask[i] = token.split("_", 1)[0] in NOTE_TOKEN_TYPES
-    return mask
+    types, type_index = token_types(vocab)
+    return torch.isin(types, torch.tensor([type_index[name] for name in NOTE_TOKEN_TYPES if name in type_index]))
 
 
 GUIDANCE_MODES = ("within_types", "plain")
