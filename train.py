@@ -318,7 +318,7 @@ def micro_batch(run, it, micro):
     n_replay = round(cfg.batch_size * cfg.replay_share) if run.replay_data is not None else 0
     n_new = cfg.batch_size - n_replay
     pieces = train_pieces(len(run.train_data), cfg.seed, micro_step * n_new, n_new, run.piece_weights)
-    options = (cfg.cond_drop, cfg.kind_drop if cfg.n_kinds else 0.0, cfg.tempo_map_share)
+    options = (cfg.cond_drop, cfg.kind_drop if cfg.n_kinds else 0.0)
     batch = run.train_data.batch(pieces, rng, *options)
     if n_replay:  # fine-tuning: the rest of the windows from the data the checkpoint learned from
         old = train_pieces(len(run.replay_data), cfg.seed + 1, micro_step * n_replay, n_replay, run.replay_weights)

@@ -57,7 +57,6 @@ class TrainConfig(ModelOptions):
     kind_drop: float = 0.1  # with n_kinds: share of windows whose kind becomes 0 (a prompt of unknown kind)
     composer_balance: float = 0.0  # 0: every piece equally often; 1: every composer equally often
     rendition_weight: float = 1.0  # how often a performed rendition (prepare --renditions) is drawn, per file drawn
-    tempo_map_share: float = 0.0  # share of sequenced windows given the other tempo-map style (pianogpt/tempomaps.py)
     infill_share: float = 0.0  # share of windows rearranged to teach infilling (needs n_roles=5; pianogpt/infill.py)
     infill_bars: int = 4  # the longest middle, in bars, of such a window
     infill_middle: float = 0.5  # the longest middle, as a share of the context
@@ -85,8 +84,7 @@ class TrainConfig(ModelOptions):
             raise CliError(f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise CliError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got {self.device!r}")
-        for key in ("dropout", "attn_dropout", "cond_drop", "kind_drop", "warmup_frac", "label_smoothing",
-                    "tempo_map_share"):
+        for key in ("dropout", "attn_dropout", "cond_drop", "kind_drop", "warmup_frac", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 raise CliError(f"{key} must be in [0, 1), got {getattr(self, key)}")
         for key in ("max_minutes", "save_every_min"):

@@ -20,7 +20,6 @@ import numpy as np
 
 from pianogpt.cli import CliError
 from pianogpt.remi import KINDS, check_tokenizer
-from pianogpt.tempomaps import TempoMapStyle
 
 FORMAT_VERSION = 2
 UNCONDITIONAL = "<unconditional>"  # composers.json name of id 0; real composers are 1..N by name
@@ -323,7 +322,6 @@ class WindowSampler:
         self.pitch_lo, self.pitch_hi = meta["pitch_ids"]
         self.kinds = dataset.kind_ids(split) if len(self.index) else np.zeros(0, np.int64)
         self.renditions = dataset.rendition_mask(split) if len(self.index) else np.zeros(0, bool)
-        self.tempo_maps = TempoMapStyle(dataset.tokenizer.vocab)
 
     def __len__(self):
         return len(self.index)
@@ -333,30 +331,21 @@ class WindowSampler:
         self.index = self.index.copy()
         self.index[:, 2] = ids[self.index[:, 2]]
 
-    def window(self, piece, rng, restyle_tempo=False):
-        """[BOS] + block_size tokens of a piece from a random start; restyle_tempo: in the other
-        tempo-map style (tempomaps.py), cropped from twice the tokens, as the restyling adds or
-        drops some."""
+    def window(self, piece, rng):
         offset, length, _ = self.index[piece]
         start = int(rng.integers(0, max(0, length - self.block_size) + 1))
-        crop = self.tokens[offset + start: offset + min(length, start + (2 if restyle_tempo else 1) * self.block_size)]
-        if restyle_tempo:
-            crop = self.tempo_maps.restyled(crop, rng)[:self.block_size]
+        crop = self.tokens[offset + start: offset + min(length, start + self.block_size)]
         x = np.full(self.block_size + 1, self.pad_id, dtype=np.int64)
         x[0] = self.bos_id
         x[1:1 + len(crop)] = crop
         return x
 
-    def batch(self, pieces, rng, cond_drop=0.0, kind_drop=0.0, tempo_map_share=0.0):
+    def batch(self, pieces, rng, cond_drop=0.0, kind_drop=0.0):
         """(input [B, T], target [B, T], composer [B], kind [B]) for the given piece rows.
-        cond_drop / kind_drop: the share of windows whose composer / kind becomes 0 (unknown).
-        tempo_map_share: the share of sequenced windows given the other tempo-map style."""
+        cond_drop / kind_drop: the share of windows whose composer / kind becomes 0 (unknown)."""
         import torch
 
-        restyle = np.zeros(len(pieces), bool)
-        if tempo_map_share:  # drawn only when asked: runs without it keep their random stream
-            restyle = (rng.random(len(pieces)) < tempo_map_share) & (self.kinds[pieces] == KIND_IDS["sequenced"])
-        x = torch.from_numpy(np.stack([self.window(piece, rng, bool(r)) for piece, r in zip(pieces, restyle)]))
+        x = torch.from_numpy(np.stack([self.window(piece, rng) for piece in pieces]))
         composer = torch.from_numpy(self.index[pieces, 2].astype(np.int64))
         dropped = torch.from_numpy(rng.random(len(pieces)) < cond_drop)
         composer = torch.where(dropped, torch.zeros_like(composer), composer)

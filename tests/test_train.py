@@ -254,7 +254,7 @@ def test_compile_auto_leaves_a_short_run_eager_and_logs_why(tiny_dataset, tmp_pa
 
 
 MODERN = dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_head=False, optimizer="muon",
-              n_kinds=3, n_roles=5, infill_share=0.5, tempo_map_share=0.5)
+              n_kinds=3, n_roles=5, infill_share=0.5)
 
 
 @pytest.mark.parametrize("recipe", [{}, MODERN], ids=["gpt2", "modern"])
