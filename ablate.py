@@ -14,15 +14,12 @@ and out_dir/ablation.png (val NLL against minutes, one line per recipe).
 """
 import json
 import os
-import subprocess
-import sys
-import time
 
 from pianogpt.cli import CliError, Parser, fail, positive_float, positive_int, run_program
+from pianogpt.jobs import run_jobs
 from pianogpt.files import atomic_write_bytes, atomic_write_text, read_jsonl, write_or_fail
 from pianogpt.pictures import chart, png_bytes
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # the CPU recipe before the levers (config/remi_cpu_baseline.py) is the baseline; each lever is its overrides
 LEVERS = {
@@ -39,57 +36,16 @@ CHOSEN = ["config/remi_cpu.py"]  # the shipped recipe: its own config file inste
 RECIPES = {**LEVERS, "chosen": CHOSEN}
 
 
-def run_recipe(name, overrides, args):
+def recipe_job(name, overrides, args):
+    """(name, train.py's command line, its log) of one recipe."""
     out = os.path.join(args.out_dir, name)
     config = args.config
     if overrides and overrides[0].endswith(".py"):
         config, overrides = overrides[0], overrides[1:]
-    command = [sys.executable, os.path.join(ROOT, "train.py"), config, f"--data_dir={args.data_dir}",
-               f"--out_dir={out}", f"--max_minutes={args.minutes}", "--max_iters=1000000",
-               f"--eval_interval={args.eval_interval}", "--save_every_min=0", *args.extra, *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else dict(os.environ)
-    try:
-        os.makedirs(out, exist_ok=True)
-        log = open(os.path.join(out, "stdout.txt"), "w")
-    except OSError as e:
-        raise CliError(f"cannot write {out}/stdout.txt: {e.strerror or e}") from None
-    with log:  # the child holds its own copy of the file
-        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def run_recipes(names, args, finished):
-    """Train every recipe, `args.parallel` at a time; `finished` collects the names that exited 0.
-    On Ctrl-C / SIGTERM (or any error) every running child is stopped the way train.py stops:
-    SIGTERM, a checkpoint, exit; killed if it has not gone within a minute."""
-    start, queue, running = time.perf_counter(), list(names), []
-    try:
-        while queue or running:
-            while queue and len(running) < args.parallel:
-                name = queue.pop(0)
-                print(f"[{time.perf_counter() - start:6.0f} s] start {name}", flush=True)
-                running.append((name, run_recipe(name, args.table[name], args)))
-            time.sleep(1)
-            for name, proc in list(running):
-                if proc.poll() is not None:
-                    running.remove((name, proc))
-                    print(f"[{time.perf_counter() - start:6.0f} s] {name} exited {proc.returncode}", flush=True)
-                    if proc.returncode == 0:
-                        finished.append(name)
-    except BaseException:
-        stop_children([proc for _, proc in running])
-        raise
-
-
-def stop_children(procs, grace_s=60.0):
-    for proc in procs:
-        proc.terminate()
-    deadline = time.monotonic() + grace_s
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    command = ["train.py", config, f"--data_dir={args.data_dir}", f"--out_dir={out}", f"--max_minutes={args.minutes}",
+               "--max_iters=1000000", f"--eval_interval={args.eval_interval}", "--save_every_min=0", *args.extra,
+               *overrides]
+    return name, command, os.path.join(out, "stdout.txt")
 
 
 def summarise(name, out_dir, overrides):
@@ -162,7 +118,8 @@ def main(argv=None):
 
     def body():
         if not args.report_only:
-            run_recipes(names, args, finished)
+            run_jobs([recipe_job(name, args.table[name], args) for name in names], args.parallel, finished,
+                     args.threads)
         report(names, args)
 
     def kept():

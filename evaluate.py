@@ -21,6 +21,7 @@
 """
 import contextlib
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -293,16 +294,22 @@ def summarise_pieces(rows, candidates, names, train_counts, seed):
     by_tokens = {name: identification([r["candidate_scores_by_tokens"][name] for r in eligible],
                                       [r["true"] for r in eligible], candidates, names, train_counts)
                  for name in scorings}
+    if rows and "path" in rows[0]:  # the piece of each credit: two runs pair on the pieces both scored
+        for ident in by_tokens.values():
+            ident["paths"] = [r["path"] for r in eligible]
     return {"pieces": len(rows), "tokens_scored": int(sum(weights)), "nll": nll, "nll_gaps": gaps,
             "identification": next(iter(by_tokens.values())), "identification_by_tokens": by_tokens}
 
 
 def judge_pieces(model, pieces, candidates, names, train_counts, n_composers, bos_id, max_windows, seed, ctx=None,
-                 sources=None, scorings=None):
+                 sources=None, scorings=None, paths=None):
     """summarise_pieces over all pieces [(tokens, composer id, kind id)], over each kind
     (sequenced, performed) that has pieces under "by_kind", and, given each piece's source (the
-    MIDI folder it came from), over each source and kind under "by_source" when there are several."""
+    MIDI folder it came from), over each source and kind under "by_source" when there are several.
+    paths: each piece's path, listed beside the credits (identification's "paths")."""
     rows = score_pieces(model, pieces, candidates, n_composers, bos_id, max_windows, ctx, scorings)
+    for row, path in zip(rows, paths or ()):
+        row["path"] = path
     out = summarise_pieces(rows, candidates, names, train_counts, seed)
     out["by_kind"] = {KIND_NAMES[k]: summarise_pieces([r for r in rows if r["kind"] == k], candidates, names,
                                                       train_counts, seed)
@@ -356,6 +363,21 @@ def comparison_set(train_counts, min_train_pieces):
     if len(chosen) >= 2:
         return chosen, f"composers with >= {min_train_pieces} training pieces"
     return sorted(c for c, n in train_counts.items() if c != 0 and n > 0), "every composer with a training piece"
+
+
+def named_comparison_set(composers, names):
+    """The ids of the named composers (--compare: two recipes compared on one comparison set), and
+    the rule; a name the checkpoint does not know is a CliError naming the closest."""
+    ids = []
+    for name in names:
+        if name not in composers:
+            close = difflib.get_close_matches(name, [n for n in composers if composers[n]], n=3)
+            raise CliError(f"--compare {name}: not a composer of the checkpoint"
+                           + (f" (closest: {', '.join(close)})" if close else ""))
+        ids.append(composers[name])
+    if len(set(ids)) < 2:
+        raise CliError("--compare needs at least two composers")
+    return sorted(set(ids)), "the composers named by --compare"
 
 
 def checkpoint_ids(checkpoint_composers, dataset_composers, data_dir):
@@ -415,6 +437,8 @@ class Request:
     infill_gaps: int = 0
     infill_takes: int = 0
     infill_guidance: float = 3.0
+    compare: tuple = ()  # composer names: compare exactly these (instead of min_train_pieces' rule)
+    val_pieces: int = 0  # > 0: score only that many whole val pieces, spread over the split
 
 
 def evaluate(ckpt, request=Request()):
@@ -422,7 +446,8 @@ def evaluate(ckpt, request=Request()):
     r = request
     if r.real_dir and not os.path.isdir(r.real_dir):
         raise CliError(f"--real_dir {r.real_dir} is not a folder")
-    e = set_up(ckpt, r.data_dir, r.window, r.device, r.dtype, r.min_train_pieces, r.max_composers, r.seed, r.max_windows)
+    e = set_up(ckpt, r.data_dir, r.window, r.device, r.dtype, r.min_train_pieces, r.max_composers, r.seed, r.max_windows,
+               r.compare)
     e.scorings = scorings_of(e.tokenizer.vocab, r.score_tokens)
     results = {"ckpt": str(ckpt), "data_dir": e.data_dir, "num_windows": r.num_windows, "window": e.window,
                "score_tokens": r.score_tokens,
@@ -437,8 +462,8 @@ def evaluate(ckpt, request=Request()):
     if e.meta.get("heldout_sources"):
         results["heldout_pieces"] = heldout_piece_measures(e, r.per_work)
         progress.say(f"{results['heldout_pieces']['pieces']} pieces of the held-out sources scored")
-    results["val_pieces"] = val_piece_measures(e)
-    progress.say(f"{len(e.val)} val pieces scored under {len(e.candidates) + 3} conditions")
+    results["val_pieces"] = val_piece_measures(e, r.val_pieces)
+    progress.say(f"{results['val_pieces']['pieces']} val pieces scored under {len(e.candidates) + 3} conditions")
     if r.real_dir:
         results["real_dir"] = real_dir_measures(e, r.real_dir)
         progress.say(f"pieces of {r.real_dir} scored")
@@ -506,7 +531,7 @@ class Evaluation:
     scorings: dict = None  # {name: the tokens a sum counts} (scorings_of)
 
 
-def set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composers, seed, max_windows):
+def set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composers, seed, max_windows, compare=()):
     """What every stage reads: the checked model and dataset, the splits, the comparison set."""
     model, checkpoint, tokenizer = load_trained(ckpt, device)
     data_dir = data_dir or checkpoint["train_config"]["data_dir"]
@@ -525,7 +550,8 @@ def set_up(ckpt, data_dir, window, device, dtype, min_train_pieces, max_composer
     heldout.relabel_composers(composer_ids)
     train_split.relabel_composers(composer_ids)
     train_counts = composer_train_counts(checkpoint, train_split)
-    candidates, rule = comparison_set(train_counts, min_train_pieces)
+    candidates, rule = (named_comparison_set(checkpoint["composers"], compare) if compare
+                        else comparison_set(train_counts, min_train_pieces))
     new = [checkpoint["composers"][name] for name in checkpoint.get("new_composers", [])]
     if new:  # composers taught by fine-tuning are compared however few pieces taught them
         candidates, rule = sorted(set(candidates) | set(new)), rule + " and the fine-tuned composers"
@@ -592,32 +618,39 @@ def val_pieces(e):
     return whole_pieces(e.val)
 
 
-def val_piece_measures(e):
-    """judge_pieces over the whole val pieces, each with its own kind (and source folder)."""
-    return judge_pieces(e.model, val_pieces(e), e.candidates, e.names, e.train_counts, e.n_composers, e.bos_id,
-                        e.max_windows, e.seed, e.ctx, e.val_sources, e.scorings)
+def val_piece_measures(e, at_most=0):
+    """judge_pieces over the whole val pieces, each with its own kind (and source folder); at_most > 0:
+    only that many, spread evenly over the split (in path order)."""
+    rows = list(range(len(e.val)))
+    if 0 < at_most < len(rows):
+        rows = sorted({int(round(i)) for i in np.linspace(0, len(rows) - 1, at_most)})
+    paths = [p["path"] for p in e.dataset.pieces() if p["split"] == "val"]
+    sources = [e.val_sources[r] for r in rows] if e.val_sources else None
+    return judge_pieces(e.model, whole_pieces(e.val, rows), e.candidates, e.names, e.train_counts, e.n_composers,
+                        e.bos_id, e.max_windows, e.seed, e.ctx, sources, e.scorings, [paths[r] for r in rows])
 
 
 def heldout_pieces(e, per_work):
     """The pieces of the sources held out whole (prepare.py --holdout) [(tokens, composer id, kind id)]
     and their sources, at most per_work of each work (in path order): many performances of one work
     are not independent evidence, and would narrow the interval without adding any."""
-    rows, sources, taken = [], [], {}
+    rows, sources, paths, taken = [], [], [], {}
     for row, piece in enumerate(p for p in e.dataset.pieces() if p["split"] == "heldout"):
         work = work_of(piece["path"])
         taken[work] = taken.get(work, 0) + 1
         if taken[work] <= per_work:
             rows.append(row)
             sources.append(piece["path"].split("/")[0])
-    return whole_pieces(e.heldout, rows), sources, len(taken)
+            paths.append(piece["path"])
+    return whole_pieces(e.heldout, rows), sources, paths, len(taken)
 
 
 def heldout_piece_measures(e, per_work):
     """judge_pieces over the held-out sources' pieces (heldout_pieces), by kind and by source."""
-    pieces, sources, works = heldout_pieces(e, per_work)
+    pieces, sources, paths, works = heldout_pieces(e, per_work)
     return {"sources": e.meta["heldout_sources"], "works": works, "per_work": per_work,
             **judge_pieces(e.model, pieces, e.candidates, e.names, e.train_counts, e.n_composers, e.bos_id,
-                           e.max_windows, e.seed, e.ctx, sources, e.scorings)}
+                           e.max_windows, e.seed, e.ctx, sources, e.scorings, paths)}
 
 
 def probe_measures(e, probes, per_work):
@@ -1017,6 +1050,10 @@ def flag_parser():
     parser.add_argument("--real_dir", default=None, help="a labelled folder <Composer>/*.mid of real held-out pieces")
     parser.add_argument("--min_train_pieces", type=positive_int, default=30,
                         help="identification compares composers with at least this many training pieces")
+    parser.add_argument("--compare", default="", help="comma-separated composer names: identification compares exactly "
+                        "these (instead of --min_train_pieces' rule), so that two models compare on one set")
+    parser.add_argument("--val_pieces", type=non_negative_int, default=0,
+                        help="whole val pieces scored for identification, spread over the split (0: all)")
     parser.add_argument("--max_windows", type=positive_int, default=4,
                         help="spans scored per whole piece (spread over it); a span is block_size - 1 tokens, "
                              f"or whole windows of it adding up to at least {MIN_SPAN}")
@@ -1055,7 +1092,8 @@ def main(argv=None):
 
     def body():
         flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Request) if hasattr(args, f.name)}
-        results = evaluate(args.ckpt, Request(**flags | {"guidances": guidances, "probes": probes}))
+        compare = tuple(name.strip() for name in args.compare.split(",") if name.strip())
+        results = evaluate(args.ckpt, Request(**flags | {"guidances": guidances, "probes": probes, "compare": compare}))
         print_report(results)
         if args.json:
             write_or_fail(atomic_write_text, args.json, json.dumps(results, indent=1))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pianogpt.cli import CliError, Parser, fraction_in, non_negative_int, positive_float, positive_int, run_program
+from pianogpt.encodecache import EncodeCache
 from pianogpt.files import FolderLock
 from pianogpt.rendition import performed_rendition
 from pianogpt.dataset import SPLITS, UNCONDITIONAL, composer_key, verify_dataset, work_of, write_dataset
@@ -189,18 +190,25 @@ def encode_file(path):
 
 
 def encode_all(midi_dir, relpaths, workers, min_tokens, check_notes, isolate=True, file_timeout=300.0,
-               max_memory_mb=4096, renditions=0):
+               max_memory_mb=4096, renditions=0, cache=None):
     """{relpath: result} for every file, with a progress bar.
 
     isolate: parse in worker processes, so a file that crashes the parser (a segfault in
     C++), runs past file_timeout seconds or needs more than max_memory_mb is skipped with
     that reason instead of taking the run down. isolate=False encodes in this process.
     renditions: also encode that many performed renditions of each sequenced piece.
+    cache: an EncodeCache: files it holds are read back, the others encoded and kept in it.
     """
     from tqdm import tqdm
 
-    bar = tqdm(total=len(relpaths), desc="encoding", unit="file", file=sys.stdout, disable=None)
     results = {}
+    if cache is not None:
+        for rel in relpaths:
+            kept = cache.get(os.path.join(midi_dir, rel))
+            if kept is not None:
+                results[rel] = kept
+        relpaths = [rel for rel in relpaths if rel not in results]
+    bar = tqdm(total=len(relpaths), desc="encoding", unit="file", file=sys.stdout, disable=None)
     if not isolate:
         _init_worker(min_tokens, check_notes, renditions=renditions)
         for rel in relpaths:
@@ -217,6 +225,9 @@ def encode_all(midi_dir, relpaths, workers, min_tokens, check_notes, isolate=Tru
                                     "detail": f"the worker died or ran past {file_timeout:g} s on this file"}
                     bar.update()
     bar.close()
+    if cache is not None:
+        for rel in relpaths:
+            cache.put(os.path.join(midi_dir, rel), results[rel])
     return results
 
 
@@ -426,23 +437,26 @@ def read_folder(midi_dir, layout, val_fraction):
 
 
 def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, min_tokens=64, check_notes=False,
-            isolate=True, file_timeout=300.0, max_memory_mb=4096, renditions=0, holdout=()):
+            isolate=True, file_timeout=300.0, max_memory_mb=4096, renditions=0, holdout=(), cache_dir=None):
     """Build the dataset from one MIDI folder or a list of them; returns meta (also written
     to out_dir/meta.json). With several folders, paths in pieces.jsonl start with the
     folder's name, composers are matched across folders by name, and a piece found twice
     is kept once. renditions: add that many performed renditions of every sequenced training
     piece (rendition.py) as training pieces of kind "performed". holdout: folders (a --midi_dir's
     path or its label) whose every piece goes to the split "heldout", and every copy of their works
-    in the other folders to val, so that the model meets those sources, and those works, only there."""
+    in the other folders to val, so that the model meets those sources, and those works, only there.
+    cache_dir: keep each file's encoding there and read it back on the next run (encodecache.py)."""
     start = time.time()
     midi_dirs = [Path(d) for d in (midi_dir if isinstance(midi_dir, (list, tuple)) else [midi_dir])]
     for folder in midi_dirs:
         check_out_dir(folder, Path(out_dir))
     held_labels = held_out_labels(midi_dirs, holdout)
     out_dir = Path(out_dir)
+    cache = EncodeCache(cache_dir, {"min_tokens": min_tokens, "check_notes": check_notes,
+                                    "renditions": renditions}) if cache_dir else None
     with FolderLock(out_dir.parent / f".{out_dir.name}.lock", f"--out_dir {out_dir}"):
         return build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate,
-                             file_timeout, max_memory_mb, renditions, start, held_labels)
+                             file_timeout, max_memory_mb, renditions, start, held_labels, cache)
 
 
 def held_out_labels(midi_dirs, holdout):
@@ -480,7 +494,7 @@ def split_rule(folders, val_fraction, held_labels):
 
 
 def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate, file_timeout,
-                  max_memory_mb, renditions, start, held_labels=frozenset()):
+                  max_memory_mb, renditions, start, held_labels=frozenset(), cache=None):
     labels = folder_labels(midi_dirs) if len(midi_dirs) > 1 else [""]
     folders = [read_folder(folder, layout, val_fraction) for folder in midi_dirs]
     folders = [(folder_layout, [(relpath, composer, "heldout" if label in held_labels else split)
@@ -491,7 +505,7 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
     pitch_ids = pitch_token_ids(tokenizer)
     pitch_lo, pitch_hi = int(pitch_ids[0]), int(pitch_ids[-1])
     kept, skipped, n_files = encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes, isolate,
-                                            file_timeout, max_memory_mb, renditions)
+                                            file_timeout, max_memory_mb, renditions, cache)
     kept = drop_duplicates(kept, skipped, pitch_lo, pitch_hi)
     reasons = dict(collections.Counter(s["reason"] for s in skipped))
     if not kept:
@@ -559,7 +573,7 @@ def number_composers(kept):
 
 
 def encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes, isolate, file_timeout,
-                   max_memory_mb, renditions):
+                   max_memory_mb, renditions, cache=None):
     """(pieces encoded, inputs skipped with their reason, files seen) over every MIDI folder."""
     kept, skipped, n_files = [], [], 0
     for folder, label, (folder_layout, assigned) in zip(midi_dirs, labels, folders):
@@ -567,7 +581,7 @@ def encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes,
         n_files += len(relpaths)
         print(f"encoding {len(relpaths)} files from {folder} with {workers} worker(s)")
         results = encode_all(folder, relpaths, workers, min_tokens, check_notes, isolate, file_timeout, max_memory_mb,
-                             renditions)
+                             renditions, cache)
         for relpath, composer, split in assigned:
             path, result = f"{label}/{relpath}" if label else relpath, results[relpath]
             if "ids" in result:
@@ -576,6 +590,8 @@ def encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes,
             else:
                 skipped.append({"path": path, "reason": result["reason"],
                                 **({"detail": result["detail"]} if "detail" in result else {})})
+    if cache is not None:
+        print(f"encode cache {cache.folder}: {cache.hits} files read back, {cache.misses} encoded")
     return kept, skipped, n_files
 
 
@@ -605,17 +621,20 @@ def note_check_summary(kept):
 
 def drop_duplicates(kept, skipped, pitch_lo, pitch_hi, n_notes=300):
     """Keep the first of pieces whose first n_notes pitches are the same (the same piece
-    twice, within or across folders); the others go to skipped as "duplicate"."""
-    first_of, out = {}, []
-    for piece in kept:
+    twice, within or across folders); the others go to skipped as "duplicate". A held-out
+    folder's piece is kept before any other copy, so that a folder held out is held out whole,
+    whichever folders are prepared beside it."""
+    first_of, dropped = {}, set()
+    for i in sorted(range(len(kept)), key=lambda i: kept[i]["split"] != "heldout"):  # stable: held out first
+        piece = kept[i]
         key = pitch_sequence(piece["result"]["ids"], pitch_lo, pitch_hi)[:n_notes].tobytes()
         if key in first_of:
+            dropped.add(i)
             skipped.append({"path": piece["path"], "reason": "duplicate",
                             "detail": f"same first {n_notes} notes as {first_of[key]}"})
         else:
             first_of[key] = piece["path"]
-            out.append(piece)
-    return out
+    return [piece for i, piece in enumerate(kept) if i not in dropped]
 
 
 def keep_works_in_one_split(kept, pitch_lo, pitch_hi, onset_ids):
@@ -716,6 +735,9 @@ def main(argv=None):
                         help="hold one of the --midi_dir folders out whole (by its path or name; repeatable): its "
                              "pieces form the split 'heldout', copies of its works elsewhere go to val, and "
                              "evaluate.py reports identification on it (cross-source)")
+    parser.add_argument("--cache_dir", default=None, metavar="DIR",
+                        help="keep each file's encoding in DIR and read it back when the same file is prepared again "
+                             "(another --holdout or --out_dir); entries are named by the file's bytes and the settings")
     parser.add_argument("--verify", metavar="DATA_DIR", help="check a prepared dataset (sizes, index, ids, tokenizer, "
                                                              "sha256 of every file) and exit")
     args = parser.parse_args(argv)
@@ -727,7 +749,7 @@ def main(argv=None):
         out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(midi_dirs)
         prepare(midi_dirs, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes,
                 file_timeout=args.file_timeout, max_memory_mb=args.max_memory_mb, renditions=args.renditions,
-                holdout=args.holdout)
+                holdout=args.holdout, cache_dir=args.cache_dir)
 
     run_program(parser.prog, body, kept=lambda: "nothing was written; the previous dataset (if any) is intact")
 

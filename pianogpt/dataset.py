@@ -34,11 +34,20 @@ class DatasetError(CliError):
     """A prepared dataset that is missing, damaged or from another version: one line, exit 2."""
 
 
+COLLECTION = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # a lowercase slug: dcml-scores' and kern-scores' corpora
+PERFORMER_AND_ROLL = re.compile(r"^[A-Z][a-z]+(?:[A-Z][a-z]+)*_[a-z0-9]{8,}$")  # welte-rolls: Carreno_bj606rp8160
+
+
 def work_of(relpath):
-    """The work a file belongs to: `<Work>__<performer>.mid` (ASAP's and MAESTRO-style naming
-    of several performances of one work) is `<folder>/<Work>`; any other file is its own work."""
+    """The work a file belongs to: `<Work>__<performer>.mid` (ASAP's, MAESTRO-style and the Welte
+    rolls' naming of several performances of one work) is `<folder>/<Work>`; `<collection>__<piece>.mid`
+    (a lowercase slug first, as the score corpora name their pieces: bach-wtc__wtc1p01.mid) and any
+    other file are works of their own."""
     path = Path(relpath)
-    return (path.parent / path.stem.split("__")[0]).as_posix() if "__" in path.stem else relpath
+    work, _, rest = path.stem.partition("__")
+    if not rest or COLLECTION.match(work) and not PERFORMER_AND_ROLL.match(rest):
+        return relpath
+    return (path.parent / work).as_posix()
 
 
 def composer_key(name):

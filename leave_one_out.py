@@ -1,0 +1,384 @@
+"""Leave one archive out: train with each MIDI folder held out whole in turn, and name the composers
+of the held-out folder's pieces, so that what is measured is the composer, not one archive's habits.
+
+    python leave_one_out.py --midi_root ../shared/midi                      # the whole protocol
+    python leave_one_out.py --holdouts piano-midi,welte-rolls --minutes 10  # some folders, shorter runs
+    python leave_one_out.py --arm "balanced: --archive_balance=1"           # a lever against the recipe
+    python leave_one_out.py --report_only --out_dir out/loao                # tabulate what is there
+
+For each held-out folder and each arm, prepare.py makes the dataset (that folder held out, every copy
+of its works elsewhere in val), train.py trains the recipe for --minutes (--parallel runs side by side,
+one thread each), and evaluate.py scores every held-out piece under one comparison set: the composers
+with at least --min_train_pieces training pieces in every arm's data. The arms:
+  all       every --folders folder (the held-out one out)
+  baseline  only the --baseline_folders (the held-out one out): what more archives buy
+  NAME      --arm "NAME: --key=value ...": the all arm's data, the recipe with those overrides
+The report pairs each arm with the all arm on the same held-out pieces (a bootstrap over pieces,
+seeds pooled per piece), per folder and over the folders' mean, by kind and per composer, with the
+val split beside; out_dir/loao.md and loao.json. A finished step is never run again: run the same
+command to go on after a stop.
+"""
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from pianogpt.cli import CliError, Parser, fail, positive_float, positive_int, run_program
+from pianogpt.devices import cpu_description
+from pianogpt.files import atomic_write_text, read_jsonl, write_or_fail
+from pianogpt.jobs import run_jobs
+
+SIX = ("piano-midi", "classical-keyboard", "asap-performed", "welte-rolls", "dcml-scores", "kern-scores")
+THREE = ("piano-midi", "classical-keyboard", "asap-performed")  # the folders before 2026-12-06
+HOLDOUTS = ("piano-midi", "asap-performed", "welte-rolls", "dcml-scores", "kern-scores")
+KINDS = ("sequenced", "performed")
+RESAMPLES = 2000
+
+
+# ----------------------------------------------------------------------------- the plan
+
+def arm_folders(arm, args):
+    return args.baseline_folders if arm == "baseline" else args.folders
+
+
+def data_dir_of(args, arm, held):
+    """Arms on the same folders share one dataset per held-out folder."""
+    return os.path.join(args.data_root, f"{'baseline' if arm == 'baseline' else 'all'}-minus-{held}")
+
+
+def run_dir(args, held, arm, seed):
+    return os.path.join(args.out_dir, held, f"{arm}-seed{seed}")
+
+
+def prepare_job(args, arm, held):
+    """(name, prepare.py's command, log) making the arm's dataset with `held` held out, or None if it is there."""
+    data_dir = data_dir_of(args, arm, held)
+    if os.path.isfile(os.path.join(data_dir, "meta.json")):
+        return None
+    folders = [f for f in arm_folders(arm, args) if f != held] + [held]
+    command = ["prepare.py", *[a for f in folders for a in ("--midi_dir", os.path.join(args.midi_root, f))],
+               "--holdout", held, "--out_dir", data_dir, "--renditions", str(args.renditions),
+               "--cache_dir", args.cache_dir]
+    return f"prepare {os.path.basename(data_dir)}", command, data_dir + ".prepare.txt"
+
+
+def train_job(args, held, arm, seed):
+    out = run_dir(args, held, arm, seed)
+    if os.path.isfile(os.path.join(out, "done.json")):
+        return None
+    command = ["train.py", args.config, f"--data_dir={data_dir_of(args, arm, held)}", f"--out_dir={out}",
+               f"--max_minutes={args.minutes}", f"--seed={seed}", *args.extra, *args.arms[arm]]
+    return f"train {held} {arm} seed {seed}", command, os.path.join(out, "stdout.txt")
+
+
+def evaluate_job(args, held, arm, seed, compare):
+    out = run_dir(args, held, arm, seed)
+    if os.path.isfile(os.path.join(out, "eval.json")) or not os.path.isfile(os.path.join(out, "ckpt.pt")):
+        return None
+    command = ["evaluate.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--samples_per_composer", "0",
+               "--max_windows", str(args.max_windows), "--val_pieces", str(args.val_pieces), "--compare", ",".join(compare),
+               "--json", os.path.join(out, "eval.json")]
+    return f"evaluate {held} {arm} seed {seed}", command, os.path.join(out, "evaluate.txt")
+
+
+def training_counts(data_dir):
+    """{composer: training files} of a prepared dataset (its renditions not counted)."""
+    counts = {}
+    for piece in read_jsonl(os.path.join(data_dir, "pieces.jsonl")):
+        if piece["split"] == "train" and not piece.get("rendition_of"):
+            counts[piece["composer"]] = counts.get(piece["composer"], 0) + 1
+    return counts
+
+
+def comparison_set(args, held):
+    """The composers with >= min_train_pieces training files in every arm's data: one set for every
+    arm, so that a piece is named among the same composers whichever data trained the model."""
+    sets = [{c for c, n in training_counts(data_dir_of(args, arm, held)).items() if n >= args.min_train_pieces}
+            for arm in args.arms]
+    return sorted(set.intersection(*sets))
+
+
+def mark_done(args, finished):
+    """done.json beside each training that exited 0 (a stopped one is trained again from scratch)."""
+    for name in finished:
+        m = re.fullmatch(r"train (\S+) (\S+) seed (\d+)", name)
+        if m:
+            held, arm, seed = m.groups()
+            write_or_fail(atomic_write_text, os.path.join(run_dir(args, held, arm, int(seed)), "done.json"),
+                          json.dumps({"cpu": cpu_description()}))
+
+
+def run_protocol(args, finished):
+    steps = [prepare_job(args, arm, held) for held in args.holdouts for arm in dict.fromkeys(
+        "baseline" if a == "baseline" else "all" for a in args.arms)]
+    # one at a time: each prepare uses every core, and the encode cache is shared
+    run_jobs([s for s in steps if s], 1, finished)
+    missing = [d for d in (data_dir_of(args, arm, held) for held in args.holdouts for arm in args.arms)
+               if not os.path.isfile(os.path.join(d, "meta.json"))]
+    if missing:
+        raise CliError(f"prepare.py did not make {missing[0]} (its log: {missing[0]}.prepare.txt)")
+    trainings = [train_job(args, held, arm, seed) for seed in args.seeds for held in args.holdouts for arm in args.arms]
+    run_jobs([t for t in trainings if t], args.parallel, finished, args.threads)
+    mark_done(args, finished)
+    scorings = [evaluate_job(args, held, arm, seed, comparison_set(args, held))
+                for held in args.holdouts for arm in args.arms for seed in args.seeds]
+    run_jobs([s for s in scorings if s], args.parallel, finished, args.threads)
+
+
+# ----------------------------------------------------------------------------- the report
+
+def piece_table(args, held, arm, seed):
+    """{path: (credit, composer, kind)} of the held-out pieces a run scored, its val identification
+    and tokens read; None where the run has no eval.json yet."""
+    out = run_dir(args, held, arm, seed)
+    path = os.path.join(out, "eval.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    composers = {p["path"]: p["composer"] for p in read_jsonl(os.path.join(data_dir_of(args, arm, held),
+                                                                           "pieces.jsonl"))}
+    held_out = result["heldout_pieces"]
+    kinds = {p: kind for kind, part in held_out.get("by_kind", {}).items()
+             for p in part["identification"].get("paths", [])}
+    ident = held_out["identification"]
+    pieces = {p: (c, composers[p], kinds.get(p, "?")) for p, c in zip(ident["paths"], ident["credit"])}
+    return {"pieces": pieces, "val": result["val_pieces"]["identification"]["accuracy"],
+            "tokens": tokens_read(out), "chance": ident["chance"],
+            "compared": sorted(result["comparison_set"]["composers"])}
+
+
+def tokens_read(out):
+    """Training tokens the run read: iterations x tokens per iteration (from its log and config)."""
+    import torch
+
+    checkpoint = torch.load(os.path.join(out, "ckpt.pt"), map_location="cpu", weights_only=True)
+    cfg = checkpoint["train_config"]
+    return int(checkpoint["iter"]) * cfg["batch_size"] * cfg["grad_accum"] * cfg["block_size"]
+
+
+def pooled_credit(tables):
+    """{path: (mean credit over the seeds that scored it, composer, kind)}."""
+    out = {}
+    for table in tables:
+        for path, (credit, composer, kind) in table["pieces"].items():
+            out.setdefault(path, ([], composer, kind))[0].append(credit)
+    return {p: (float(np.mean(c)), composer, kind) for p, (c, composer, kind) in out.items()}
+
+
+def bootstrap(per_archive, seed=0):
+    """Mean over archives of each archive's mean, and a 95 % interval from resampling the pieces of
+    every archive: per_archive is a list of 1-d arrays (one value per piece)."""
+    rng = np.random.default_rng(seed)
+    point = float(np.mean([v.mean() for v in per_archive]))
+    draws = np.mean([v[rng.integers(0, len(v), (RESAMPLES, len(v)))].mean(axis=1) for v in per_archive], axis=0)
+    return point, float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+
+
+def balanced(pieces):
+    by = {}
+    for credit, composer, _ in pieces.values():
+        by.setdefault(composer, []).append(credit)
+    return float(np.mean([np.mean(v) for v in by.values()])) if by else float("nan")
+
+
+def fmt(point, low=None, high=None):
+    if point is None or point != point:
+        return "-"
+    return f"{point:.3f}" if low is None else f"{point:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def archive_rows(args, held, runs):
+    """One archive's figures per arm, and each arm against the all arm on the pieces both scored."""
+    pooled = {arm: pooled_credit(runs[arm]) for arm in runs}
+    rows = {}
+    for arm, pieces in pooled.items():
+        credit = np.array([c for c, _, _ in pieces.values()])
+        row = {"pieces": len(pieces), "identification": bootstrap([credit]) if len(credit) else None,
+               "balanced": balanced(pieces), "val": float(np.mean([r["val"] for r in runs[arm]])),
+               "tokens": [r["tokens"] for r in runs[arm]], "chance": runs[arm][0]["chance"],
+               "by_kind": {k: float(np.mean([c for c, _, kind in pieces.values() if kind == k]))
+                           for k in KINDS if any(kind == k for _, _, kind in pieces.values())}}
+        if arm != "all" and "all" in pooled:
+            common = sorted(set(pieces) & set(pooled["all"]))
+            diff = np.array([pooled["all"][p][0] - pieces[p][0] for p in common])
+            row["all_minus_this"] = bootstrap([diff]) if len(diff) else None
+            row["paired_pieces"] = len(common)
+            row["all_minus_this_by_kind"] = {
+                k: bootstrap([d]) for k in KINDS
+                for d in [np.array([pooled["all"][p][0] - pieces[p][0] for p in common if pieces[p][2] == k])]
+                if len(d)}
+        rows[arm] = row
+    return rows, pooled
+
+
+def per_composer(pooled_by_archive, arm):
+    """{composer: (credit summed, pieces)} over every held-out archive."""
+    out = {}
+    for pooled in pooled_by_archive.values():
+        for credit, composer, _ in pooled.get(arm, {}).values():
+            got, n = out.get(composer, (0.0, 0))
+            out[composer] = (got + credit, n + 1)
+    return out
+
+
+def report(args):
+    runs, tables = {}, {}
+    for held in args.holdouts:
+        for arm in args.arms:
+            found = [t for t in (piece_table(args, held, arm, s) for s in args.seeds) if t]
+            if found:
+                runs.setdefault(held, {})[arm] = found
+    if not runs:
+        raise CliError(f"no scored run in {args.out_dir} yet (each run's eval.json)")
+    pooled_by_archive = {}
+    for held, by_arm in runs.items():
+        tables[held], pooled_by_archive[held] = archive_rows(args, held, by_arm)
+    cpu = cpu_description()
+    lines = [f"Leave one archive out: `{os.path.relpath(args.config)}` {' '.join(args.extra)}, {args.minutes:g} min a run, seeds "
+             f"{', '.join(map(str, args.seeds))}; {cpu}. Identification of whole held-out pieces among the composers "
+             f"with >= {args.min_train_pieces} training pieces in every arm's data [95 % bootstrap over pieces].", "",
+             "| held out | arm | pieces | compared (chance) | identification | balanced | sequenced | performed | "
+             "all - arm [95 %] | val split | tokens read |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for held, rows in tables.items():
+        for arm, row in rows.items():
+            compared = len(runs[held][arm][0]["compared"])
+            lines.append(
+                f"| {held} | {arm} | {row['pieces']} | {compared} ({row['chance']:.3f}) | "
+                f"{fmt(*row['identification']) if row['identification'] else '-'} | {fmt(row['balanced'])} | "
+                f"{fmt(row['by_kind'].get('sequenced'))} | {fmt(row['by_kind'].get('performed'))} | "
+                f"{fmt(*row['all_minus_this']) if row.get('all_minus_this') else ''} | {fmt(row['val'])} | "
+                f"{', '.join(f'{t / 1e6:.1f} M' for t in row['tokens'])} |")
+    summary = mean_over_archives(tables, pooled_by_archive, args)
+    lines += ["", "| arm | archives | mean identification | all - arm, mean [95 %] | sequenced: all - arm | "
+              "performed: all - arm |", "|---|---|---|---|---|---|"]
+    for arm, s in summary.items():
+        lines.append(f"| {arm} | {s['archives']} | {fmt(*s['identification'])} | "
+                     f"{fmt(*s['all_minus_this']) if s.get('all_minus_this') else ''} | "
+                     + " | ".join(fmt(*s['by_kind'][k]) if k in s.get('by_kind', {}) else '' for k in KINDS) + " |")
+    lines += ["", "| composer | " + " | ".join(f"{arm}: named / pieces" for arm in args.arms) + " |",
+              "|---|" + "---|" * len(args.arms)]
+    composers = per_composer(pooled_by_archive, "all" if "all" in args.arms else args.arms[0])
+    for name in sorted(composers, key=lambda c: -composers[c][1]):
+        cells = []
+        for arm in args.arms:
+            got, n = per_composer(pooled_by_archive, arm).get(name, (0.0, 0))
+            cells.append(f"{got:.1f} / {n}" if n else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    write_or_fail(atomic_write_text, os.path.join(args.out_dir, "loao.md"), text)
+    write_or_fail(atomic_write_text, os.path.join(args.out_dir, "loao.json"), json.dumps(
+        {"cpu": cpu, "config": args.config, "extra": args.extra, "minutes": args.minutes, "seeds": args.seeds,
+         "arms": args.arms, "archives": tables, "mean": summary}, indent=1))
+    print(text)
+    print(f"wrote {args.out_dir}/loao.md and loao.json")
+
+
+def mean_over_archives(tables, pooled_by_archive, args):
+    """Per arm: the mean over the held-out archives it was scored on, and the paired mean against the
+    all arm over the archives both were scored on."""
+    out = {}
+    for arm in args.arms:
+        held = [h for h in tables if arm in tables[h] and tables[h][arm]["pieces"]]
+        if not held:
+            continue
+        s = {"archives": len(held), "identification": bootstrap(
+            [np.array([c for c, _, _ in pooled_by_archive[h][arm].values()]) for h in held])}
+        paired = [h for h in held if arm != "all" and "all" in pooled_by_archive[h]]
+        if paired:
+            def diffs(h, kind=None):
+                a, b = pooled_by_archive[h]["all"], pooled_by_archive[h][arm]
+                return np.array([a[p][0] - b[p][0] for p in sorted(set(a) & set(b)) if kind in (None, b[p][2])])
+            s["all_minus_this"] = bootstrap([diffs(h) for h in paired])
+            s["by_kind"] = {k: bootstrap(d) for k in KINDS for d in [[x for x in (diffs(h, k) for h in paired) if len(x)]]
+                            if d}
+        out[arm] = s
+    return out
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_arms(texts, parser):
+    arms = {"all": [], "baseline": []}
+    for text in texts:
+        name, colon, overrides = text.partition(":")
+        name = name.strip()
+        if not colon or not re.fullmatch(r"[\w.-]+", name) or not overrides.split() or name in arms:
+            fail(parser.prog, f"--arm {text!r}: expected NAME: --key=value ... (a new name, not all or baseline)")
+        arms[name] = overrides.split()
+    return arms
+
+
+def folder_list(text, parser, flag, root):
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        fail(parser.prog, f"{flag} names no folder")
+    absent = [n for n in names if not os.path.isdir(os.path.join(root, n))]
+    if absent:
+        present = sorted(p.name for p in Path(root).iterdir() if p.is_dir()) if os.path.isdir(root) else []
+        fail(parser.prog, f"{flag}: {absent[0]} is not a folder of {root} (there: {', '.join(present) or 'nothing'})")
+    return names
+
+
+def main(argv=None):
+    parser = Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("--midi_root", default="../shared/midi", help="the folder holding the MIDI folders")
+    parser.add_argument("--folders", default=",".join(SIX), help="the all arm's folders")
+    parser.add_argument("--baseline_folders", default=",".join(THREE), help="the baseline arm's folders")
+    parser.add_argument("--holdouts", default=",".join(HOLDOUTS), help="the folders held out, one at a time")
+    parser.add_argument("--arms", default="all,baseline", help="which arms to run: all, baseline and --arm names")
+    parser.add_argument("--arm", action="append", default=[], metavar="NAME:OVERRIDES",
+                        help='a lever: "NAME: --key=value ..." trained on the all arm\'s data')
+    parser.add_argument("--config", default="config/remi_cpu.py", help="the recipe every arm trains")
+    parser.add_argument("--extra", action="append", default=[], help="one more --key=value for every training")
+    parser.add_argument("--minutes", type=positive_float, default=20.0, help="training budget of each run")
+    parser.add_argument("--seeds", default="1337", help="comma-separated training seeds")
+    parser.add_argument("--parallel", type=positive_int, default=2, help="runs side by side")
+    parser.add_argument("--threads", type=int, default=1, help="OMP threads per run (0: torch's default)")
+    parser.add_argument("--renditions", type=int, default=1, help="prepare.py --renditions")
+    parser.add_argument("--min_train_pieces", type=positive_int, default=30)
+    parser.add_argument("--max_windows", type=positive_int, default=2, help="evaluate.py --max_windows")
+    parser.add_argument("--val_pieces", type=int, default=300, help="evaluate.py --val_pieces: val pieces scored a run")
+    parser.add_argument("--data_root", default="data/loao")
+    parser.add_argument("--cache_dir", default="data/.encode-cache", help="prepare.py --cache_dir")
+    parser.add_argument("--out_dir", default="out/loao")
+    parser.add_argument("--report_only", action="store_true", help="only tabulate the runs already scored")
+    args = parser.parse_args(argv)
+    args.folders = folder_list(args.folders, parser, "--folders", args.midi_root)
+    args.baseline_folders = folder_list(args.baseline_folders, parser, "--baseline_folders", args.midi_root)
+    args.holdouts = folder_list(args.holdouts, parser, "--holdouts", args.midi_root)
+    outside = [h for h in args.holdouts if h not in args.folders]
+    if outside:
+        fail(parser.prog, f"--holdouts: {outside[0]} is not one of --folders ({', '.join(args.folders)})")
+    table = parse_arms(args.arm, parser)
+    names = [n.strip() for n in args.arms.split(",") if n.strip()]
+    unknown = [n for n in names if n not in table]
+    if unknown or not names:
+        fail(parser.prog, f"--arms: unknown arm {unknown[0] if unknown else ''!r}; valid: {', '.join(table)}")
+    args.arms = {n: table[n] for n in names}
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(parser.prog, f"--seeds expects comma-separated integers, got {args.seeds!r}")
+    if not os.path.isfile(args.config):
+        fail(parser.prog, f"config file not found: {args.config}")
+    for key in ("midi_root", "config", "data_root", "cache_dir", "out_dir"):  # the children run in the project root
+        setattr(args, key, os.path.abspath(getattr(args, key)))
+    finished = []
+
+    def body():
+        if not args.report_only:
+            run_protocol(args, finished)
+        report(args)
+
+    def kept():
+        return (f"the running steps were stopped (a training keeps the checkpoint train.py saved on the signal, and "
+                f"is trained again from scratch); run the same command to go on, or --report_only to tabulate")
+
+    run_program(parser.prog, body, kept)
+
+
+if __name__ == "__main__":
+    main()
