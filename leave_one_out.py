@@ -53,29 +53,60 @@ def run_dir(args, held, arm, seed):
 
 
 def prepare_job(args, arm, held):
-    """(name, prepare.py's command, log) making the arm's dataset with `held` held out, or None if it is there."""
+    """(name, prepare.py's command, log) making the arm's dataset with `held` held out, or None if it is there
+    (a CliError if what is there was prepared from other folders)."""
     data_dir = data_dir_of(args, arm, held)
-    if os.path.isfile(os.path.join(data_dir, "meta.json")):
-        return None
     folders = [f for f in arm_folders(arm, args) if f != held] + [held]
+    meta_path = os.path.join(data_dir, "meta.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        there = sorted(os.path.basename(s) for s in (meta["source"] if isinstance(meta["source"], list) else [meta["source"]]))
+        if there != sorted(folders) or meta.get("heldout_sources") != [held]:
+            raise CliError(f"{data_dir} was prepared from {', '.join(there)} (held out: "
+                           f"{', '.join(meta.get('heldout_sources') or ['none'])}), not from {', '.join(sorted(folders))} "
+                           f"with {held} held out: remove it or pass another --data_root")
+        return None
     command = ["prepare.py", *[a for f in folders for a in ("--midi_dir", os.path.join(args.midi_root, f))],
                "--holdout", held, "--out_dir", data_dir, "--renditions", str(args.renditions),
                "--cache_dir", args.cache_dir]
     return f"prepare {os.path.basename(data_dir)}", command, data_dir + ".prepare.txt"
 
 
+def train_command(args, held, arm, seed):
+    return ["train.py", args.config, f"--data_dir={data_dir_of(args, arm, held)}",
+            f"--out_dir={run_dir(args, held, arm, seed)}", f"--max_minutes={args.minutes}", f"--seed={seed}",
+            *args.extra, *args.arms[arm]]
+
+
 def train_job(args, held, arm, seed):
-    out = run_dir(args, held, arm, seed)
-    if os.path.isfile(os.path.join(out, "done.json")):
+    """(name, train.py's command, log), or None where that very command has already finished
+    (a CliError where the run there was trained with another command)."""
+    out, command = run_dir(args, held, arm, seed), train_command(args, held, arm, seed)
+    done = os.path.join(out, "done.json")
+    if os.path.isfile(done):
+        with open(done) as f:
+            trained = json.load(f).get("command")
+        if trained != command:
+            raise CliError(f"{out} was trained by `{' '.join(trained or ['?'])}`, not `{' '.join(command)}`: "
+                           f"pass another --out_dir, or remove it")
         return None
-    command = ["train.py", args.config, f"--data_dir={data_dir_of(args, arm, held)}", f"--out_dir={out}",
-               f"--max_minutes={args.minutes}", f"--seed={seed}", *args.extra, *args.arms[arm]]
     return f"train {held} {arm} seed {seed}", command, os.path.join(out, "stdout.txt")
 
 
+def scored_on(path):
+    """The composers an eval.json compared, or None where there is none."""
+    try:
+        with open(path) as f:
+            return sorted(json.load(f)["comparison_set"]["composers"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def evaluate_job(args, held, arm, seed, compare):
+    """(name, evaluate.py's command, log), or None where the run is not trained or already scored on compare."""
     out = run_dir(args, held, arm, seed)
-    if os.path.isfile(os.path.join(out, "eval.json")) or not os.path.isfile(os.path.join(out, "ckpt.pt")):
+    if not os.path.isfile(os.path.join(out, "done.json")) or scored_on(os.path.join(out, "eval.json")) == compare:
         return None
     command = ["evaluate.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--samples_per_composer", "0",
                "--max_windows", str(args.max_windows), "--val_pieces", str(args.val_pieces), "--compare", ",".join(compare),
@@ -107,7 +138,7 @@ def mark_done(args, finished):
         if m:
             held, arm, seed = m.groups()
             write_or_fail(atomic_write_text, os.path.join(run_dir(args, held, arm, int(seed)), "done.json"),
-                          json.dumps({"cpu": cpu_description()}))
+                          json.dumps({"cpu": cpu_description(), "command": train_command(args, held, arm, int(seed))}))
 
 
 def run_protocol(args, finished):

@@ -141,6 +141,8 @@ def test_leave_one_out_trains_each_arm_without_the_held_out_folder_and_pairs_the
     again = leave_one_out(three_archives)  # every step is there: nothing runs again, the report is the same
     assert again.returncode == 0 and "start" not in again.stdout
     assert json.loads((three_archives / "out" / "loao.json").read_text())["archives"] == report["archives"]
+    other = leave_one_out(three_archives, "--minutes", "2")  # a run there was trained otherwise: never mixed in
+    assert other.returncode == 2 and "was trained by" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_leave_one_out_refuses_a_folder_that_is_not_there_naming_those_that_are(three_archives):
