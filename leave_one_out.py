@@ -35,6 +35,7 @@ THREE = ("piano-midi", "classical-keyboard", "asap-performed")  # the folders be
 HOLDOUTS = ("piano-midi", "asap-performed", "welte-rolls", "dcml-scores", "kern-scores")
 KINDS = ("sequenced", "performed")
 RESAMPLES = 2000
+MIN_KIND_PIECES = 10
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -283,7 +284,8 @@ def report(args):
                 f"{fmt(*row['all_minus_this']) if row.get('all_minus_this') else ''} | {fmt(row['val'])} | "
                 f"{', '.join(f'{t / 1e6:.1f} M' for t in row['tokens'])} |")
     summary = mean_over_archives(tables, pooled_by_archive, args)
-    lines += ["", "| arm | archives | mean identification | all - arm, mean [95 %] | sequenced: all - arm | "
+    lines += ["", f"Mean over the held-out archives (by kind: over the archives with >= {MIN_KIND_PIECES} pieces of it).",
+              "", "| arm | archives | mean identification | all - arm, mean [95 %] | sequenced: all - arm | "
               "performed: all - arm |", "|---|---|---|---|---|---|"]
     for arm, s in summary.items():
         lines.append(f"| {arm} | {s['archives']} | {fmt(*s['identification'])} | "
@@ -323,8 +325,10 @@ def mean_over_archives(tables, pooled_by_archive, args):
                 a, b = pooled_by_archive[h]["all"], pooled_by_archive[h][arm]
                 return np.array([a[p][0] - b[p][0] for p in sorted(set(a) & set(b)) if kind in (None, b[p][2])])
             s["all_minus_this"] = bootstrap([diffs(h) for h in paired])
-            s["by_kind"] = {k: bootstrap(d) for k in KINDS for d in [[x for x in (diffs(h, k) for h in paired) if len(x)]]
-                            if d}
+            # an archive speaks for a kind only with MIN_KIND_PIECES of it: a score corpus's one stray
+            # performance would otherwise weigh as much as a whole archive of performances
+            s["by_kind"] = {k: bootstrap(d) for k in KINDS
+                            for d in [[x for x in (diffs(h, k) for h in paired) if len(x) >= MIN_KIND_PIECES]] if d}
         out[arm] = s
     return out
 
