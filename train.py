@@ -147,7 +147,7 @@ def set_up_data(run):
                                                                 (run.train_data, run.val_data), run.say)
         run.replay_data, run.replay_weights = open_replay(cfg, run.composers, run.tokenizer_json)
     run.piece_weights = piece_weights(run.train_data.index[:, 2], run.train_data.renditions, cfg.composer_balance,
-                                      cfg.rendition_weight)
+                                      cfg.rendition_weight, dataset.archive_ids("train"), cfg.archive_balance)
     run.composer_train_pieces = composer_train_pieces(cfg, run.base, run.composers, run.train_data, run.replay_data)
     samples_per_iter = cfg.batch_size * cfg.grad_accum
     run.max_iters = cfg.max_iters or math.ceil(cfg.epochs * len(run.train_data) / samples_per_iter)

@@ -57,6 +57,7 @@ class TrainConfig(ModelOptions):
     kind_drop: float = 0.1  # with n_kinds: share of windows whose kind becomes 0 (a prompt of unknown kind)
     composer_balance: float = 0.0  # 0: every piece equally often; 1: every composer equally often
     rendition_weight: float = 1.0  # how often a performed rendition (prepare --renditions) is drawn, per file drawn
+    archive_balance: float = 0.0  # several MIDI folders: 0 draws a composer's archives as their pieces, 1 alike
     infill_share: float = 0.0  # share of windows rearranged to teach infilling (needs n_roles=5; pianogpt/infill.py)
     infill_bars: int = 4  # the longest middle, in bars, of such a window
     infill_middle: float = 0.5  # the longest middle, as a share of the context
@@ -95,8 +96,9 @@ class TrainConfig(ModelOptions):
                 raise CliError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.rendition_weight <= 10:
             raise CliError(f"rendition_weight must be in [0, 10], got {self.rendition_weight}")
-        if not 0 <= self.composer_balance <= 1:
-            raise CliError(f"composer_balance must be in [0, 1], got {self.composer_balance}")
+        for key in ("composer_balance", "archive_balance"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise CliError(f"{key} must be in [0, 1], got {getattr(self, key)}")
         if not 0 <= self.infill_share < 1:
             raise CliError(f"infill_share must be in [0, 1), got {self.infill_share}")
         if self.n_periods not in (0, len(PERIODS)):

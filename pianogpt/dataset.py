@@ -170,6 +170,15 @@ class Dataset:
         rows = [p for p in self.pieces() if p["split"] == split]
         return np.array([KIND_IDS.get(p.get("kind"), 0) for p in rows], dtype=np.int64)
 
+    def archive_ids(self, split):
+        """Archive (MIDI folder) id per row of a split's index, 0.. in the order the folders were given;
+        all 0 for a dataset prepared from one folder."""
+        if not isinstance(self.meta.get("source"), list):
+            return np.zeros(sum(p["split"] == split for p in self.pieces()), dtype=np.int64)
+        labels = {}
+        return np.array([labels.setdefault(p["path"].split("/")[0], len(labels)) for p in self.pieces()
+                         if p["split"] == split], dtype=np.int64)
+
     def rendition_mask(self, split):
         """True for each row of a split's index that is a performed rendition (prepare.py
         --renditions), not a file of its own."""
@@ -377,14 +386,25 @@ def train_pieces(n_pieces, seed, sample_start, count, weights=None):
     return np.array(out)
 
 
-def piece_weights(composer_ids, renditions, balance, rendition_weight=1.0):
+def piece_weights(composer_ids, renditions, balance, rendition_weight=1.0, archives=None, archive_balance=0.0):
     """Sampling weight per piece, proportional to (pieces of its composer) ** -balance (0 keeps
     every piece equal, 1 makes every composer equal), a rendition's times rendition_weight.
-    None when every piece weighs the same (each epoch then visits every piece once)."""
-    if balance == 0 and (rendition_weight == 1 or not renditions.any()):
+    archive_balance (with each piece's archive id): within each composer, a piece's weight is also
+    times (the composer's pieces in its archive) ** -archive_balance, the composer's total kept, so
+    that at 1 every archive of a composer is drawn alike. None when every piece weighs the same
+    (each epoch then visits every piece once)."""
+    mixed = archive_balance and archives is not None and len(np.unique(archives)) > 1
+    if balance == 0 and (rendition_weight == 1 or not renditions.any()) and not mixed:
         return None
     _, inverse, counts = np.unique(composer_ids, return_inverse=True, return_counts=True)
     weights = counts[inverse].astype(np.float64) ** -balance * np.where(renditions, rendition_weight, 1.0)
+    if mixed:
+        _, group, group_counts = np.unique(np.stack([composer_ids, archives]), axis=1, return_inverse=True,
+                                           return_counts=True)
+        group = group.reshape(-1)
+        balanced = weights * group_counts[group].astype(np.float64) ** -archive_balance
+        total, total_balanced = (np.bincount(inverse, w) for w in (weights, balanced))
+        weights = balanced * (total / total_balanced)[inverse]
     return weights / weights.sum()
 
 

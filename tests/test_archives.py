@@ -151,3 +151,31 @@ def test_leave_one_out_refuses_a_folder_that_is_not_there_naming_those_that_are(
     assert "recitals, scores-a, scores-b" in done.stderr and "Traceback" not in done.stderr
     done = leave_one_out(three_archives, "--arms", "all,wider")
     assert done.returncode == 2 and "valid: all, baseline" in done.stderr
+
+
+def test_archive_balance_draws_each_archive_of_a_composer_alike_and_keeps_each_composers_share():
+    from pianogpt.dataset import piece_weights
+
+    composers = np.array([1] * 9 + [1] + [2] * 4)  # composer 1: nine pieces in archive 0, one in archive 1
+    archives = np.array([0] * 9 + [1] + [0] * 4)
+    files = np.zeros(14, bool)
+    weights = piece_weights(composers, files, 0.0, archives=archives, archive_balance=1.0)
+    assert weights[:9].sum() == pytest.approx(weights[9])  # both archives of composer 1 alike
+    assert weights[:10].sum() == pytest.approx(10 / 14) and weights[10:] == pytest.approx(np.full(4, 1 / 14))
+    half = piece_weights(composers, files, 0.0, archives=archives, archive_balance=0.5)
+    assert half[9] / half[0] == pytest.approx(3.0)  # (9 / 1) ** 0.5
+    assert piece_weights(composers, files, 0.0, archives=archives, archive_balance=0.0) is None
+    assert piece_weights(composers, files, 0.0, archives=np.zeros(14, int), archive_balance=1.0) is None
+
+
+def test_each_piece_knows_its_archive(three_archives, tmp_path):
+    from pianogpt.dataset import open_dataset
+    from prepare import prepare
+
+    prepare([three_archives / "scores-a", three_archives / "recitals"], tmp_path / "data", workers=1, isolate=False,
+            renditions=1)
+    dataset = open_dataset(tmp_path / "data")
+    ids = dataset.archive_ids("train")
+    folders = [p["path"].split("/")[0] for p in dataset.pieces() if p["split"] == "train"]
+    assert len(ids) == len(dataset.splits["train"].index) and len(set(ids)) == 2
+    assert all((a == b) == (fa == fb) for a, fa in zip(ids, folders) for b, fb in zip(ids, folders))
