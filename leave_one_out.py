@@ -9,7 +9,7 @@ of the held-out folder's pieces, so that what is measured is the composer, not o
 For each held-out folder and each arm, prepare.py makes the dataset (that folder held out, every copy
 of its works elsewhere in val), train.py trains the recipe for --minutes (--parallel runs side by side,
 one thread each), and evaluate.py scores every held-out piece under one comparison set: the composers
-with at least --min_train_pieces training pieces in every arm's data. The arms:
+with at least --min_train_pieces training pieces in both the all and the baseline data. The arms:
   all       every --folders folder (the held-out one out)
   baseline  only the --baseline_folders (the held-out one out): what more archives buy
   NAME      --arm "NAME: --key=value ...": the all arm's data, the recipe with those overrides
@@ -125,10 +125,11 @@ def training_counts(data_dir):
 
 
 def comparison_set(args, held):
-    """The composers with >= min_train_pieces training files in every arm's data: one set for every
-    arm, so that a piece is named among the same composers whichever data trained the model."""
+    """The composers with >= min_train_pieces training files in both the all and the baseline data:
+    one set per held-out folder, whichever arms run, so that a piece is named among the same composers
+    whatever data or lever trained the model (and a lever measured later meets the same set)."""
     sets = [{c for c, n in training_counts(data_dir_of(args, arm, held)).items() if n >= args.min_train_pieces}
-            for arm in args.arms]
+            for arm in ("all", "baseline")]
     return sorted(set.intersection(*sets))
 
 
@@ -143,11 +144,10 @@ def mark_done(args, finished):
 
 
 def run_protocol(args, finished):
-    steps = [prepare_job(args, arm, held) for held in args.holdouts for arm in dict.fromkeys(
-        "baseline" if a == "baseline" else "all" for a in args.arms)]
-    # one at a time: each prepare uses every core, and the encode cache is shared
+    # both datasets always: the comparison set reads both; one at a time: each prepare uses every core
+    steps = [prepare_job(args, arm, held) for held in args.holdouts for arm in ("all", "baseline")]
     run_jobs([s for s in steps if s], 1, finished)
-    missing = [d for d in (data_dir_of(args, arm, held) for held in args.holdouts for arm in args.arms)
+    missing = [d for d in (data_dir_of(args, arm, held) for held in args.holdouts for arm in ("all", "baseline"))
                if not os.path.isfile(os.path.join(d, "meta.json"))]
     if missing:
         raise CliError(f"prepare.py did not make {missing[0]} (its log: {missing[0]}.prepare.txt)")
@@ -271,7 +271,7 @@ def report(args):
     cpu = cpu_description()
     lines = [f"Leave one archive out: `{os.path.relpath(args.config)}` {' '.join(args.extra)}, {args.minutes:g} min a run, seeds "
              f"{', '.join(map(str, args.seeds))}; {cpu}. Identification of whole held-out pieces among the composers "
-             f"with >= {args.min_train_pieces} training pieces in every arm's data [95 % bootstrap over pieces].", "",
+             f"with >= {args.min_train_pieces} training pieces in both the all and the baseline data [95 % bootstrap over pieces].", "",
              "| held out | arm | pieces | compared (chance) | identification | balanced | sequenced | performed | "
              "all - arm [95 %] | val split | tokens read |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for held, rows in tables.items():
