@@ -293,12 +293,10 @@ def report(args):
                      + " | ".join(fmt(*s['by_kind'][k]) if k in s.get('by_kind', {}) else '' for k in KINDS) + " |")
     lines += ["", "| composer | " + " | ".join(f"{arm}: named / pieces" for arm in args.arms) + " |",
               "|---|" + "---|" * len(args.arms)]
-    composers = per_composer(pooled_by_archive, "all" if "all" in args.arms else args.arms[0])
+    by_arm = {arm: per_composer(pooled_by_archive, arm) for arm in args.arms}
+    composers = by_arm["all" if "all" in args.arms else next(iter(args.arms))]
     for name in sorted(composers, key=lambda c: -composers[c][1]):
-        cells = []
-        for arm in args.arms:
-            got, n = per_composer(pooled_by_archive, arm).get(name, (0.0, 0))
-            cells.append(f"{got:.1f} / {n}" if n else "-")
+        cells = [f"{got:.1f} / {n}" if n else "-" for got, n in (by_arm[arm].get(name, (0.0, 0)) for arm in args.arms)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     write_or_fail(atomic_write_text, os.path.join(args.out_dir, "loao.md"), text)
