@@ -43,6 +43,7 @@ from pianogpt.judge import Judge, note_arrays, note_features
 from pianogpt.probes import Probes
 from pianogpt.ngram import HIGH_ORDER_MAX_TOKENS, NGRAM_ORDERS, NGram, unigram_entropy
 from pianogpt.infill import PLAIN, bar_lines, context_budget, gap_layouts, infill_prompt, real_gaps, write_middles
+from pianogpt.merges import full_vocab, merge, note_counts, unmerge
 from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, grammar_error_rate,
                            guidance_types, note_token_mask, piece_kind)
 
@@ -448,7 +449,7 @@ def evaluate(ckpt, request=Request()):
         raise CliError(f"--real_dir {r.real_dir} is not a folder")
     e = set_up(ckpt, r.data_dir, r.window, r.device, r.dtype, r.min_train_pieces, r.max_composers, r.seed, r.max_windows,
                r.compare)
-    e.scorings = scorings_of(e.tokenizer.vocab, r.score_tokens)
+    e.scorings = scorings_of(full_vocab(e.tokenizer), r.score_tokens)
     results = {"ckpt": str(ckpt), "data_dir": e.data_dir, "num_windows": r.num_windows, "window": e.window,
                "score_tokens": r.score_tokens,
                "comparison_set": {"rule": e.rule, "composers": {e.names[c]: e.train_counts[c] for c in e.candidates},
@@ -582,7 +583,17 @@ def window_measures(e, x, y, composer, kind):
         rows = composer == c
         per_composer[e.names.get(c, str(c))] = {k: float((v[rows] * weights[rows]).sum() / weights[rows].sum())
                                                 for k, v in nll.items()} | {"windows": int(rows.sum())}
-    return {"nll": overall, "perplexity": {k: math.exp(v) for k, v in overall.items()}, "nll_by_composer": per_composer}
+    notes = torch.from_numpy(note_counts(e.tokenizer)).to(y.device)[y].masked_fill(y == pad_id, 0).sum(1).float()
+    per_note = {k: float((v * weights).sum() / notes.sum().clamp(min=1)) for k, v in nll.items()}
+    return {"nll": overall, "perplexity": {k: math.exp(v) for k, v in overall.items()}, "nll_by_composer": per_composer,
+            "nll_per_note": per_note, "notes_per_token": float(notes.sum() / weights.sum()),
+            "bars_per_context": bars_per_context(e)}
+
+
+def bars_per_context(e):
+    """Bar lines per block_size tokens of the val split: how much music one context holds."""
+    tokens = np.asarray(e.val.tokens) if len(e.val.tokens) else np.zeros(1, np.uint16)
+    return float((tokens == e.tokenizer.vocab["Bar_None"]).sum() / len(tokens) * e.model.config.block_size)
 
 
 def ngram_nll(ngram, x, y, pad_id):
@@ -597,6 +608,7 @@ def ngram_baselines(e, x, y, model_nll):
     """Unigram and Witten-Bell n-grams fitted on the training pieces, on the same targets."""
     vocab, pad_id = e.meta["vocab_size"], e.meta["pad_id"]
     orders = NGRAM_ORDERS if len(e.train_split.tokens) <= HIGH_ORDER_MAX_TOKENS else (3,)
+    orders = [order for order in orders if order == 3 or vocab ** order < 2 ** 62]  # keys are int64 (ngram.py)
     by_order = {order: ngram_nll(NGram(e.train_pieces, vocab, order=order), x, y, pad_id) for order in orders}
     best_order = min(by_order, key=by_order.get)
     return {"unigram_entropy_train": unigram_entropy(np.asarray(e.train_split.tokens), vocab),
@@ -669,10 +681,17 @@ def probe_measures(e, probes, per_work):
             kept = [(piece, source) for piece, source in zip(pieces, sources or [None] * len(pieces))
                     if piece[1] in compared]
             out[name][key] = judge_pieces(
-                e.model, [(table.apply(name, tokens), c, k) for (tokens, c, k), _ in kept], e.candidates, e.names,
+                e.model, [(probed(e.tokenizer, table, name, tokens), c, k) for (tokens, c, k), _ in kept],
+                e.candidates, e.names,
                 e.train_counts, e.n_composers, e.bos_id, e.max_windows, e.seed, e.ctx,
                 [source for _, source in kept] if sources else None, e.scorings)
     return out
+
+
+def probed(tokenizer, table, name, tokens):
+    """A piece's tokens after one probe: the probe edits its REMI tokens, which are merged again
+    under the tokenizer's merges (a no-op without them)."""
+    return merge(tokenizer, table.apply(name, unmerge(tokenizer, tokens))).astype(np.int64)
 
 
 def real_dir_measures(e, real_dir):
@@ -903,6 +922,10 @@ def print_report(r):
     print("\nNLL (nats/token)        true     uncond   wrong")
     print(f"  all windows          {r['nll']['true']:.4f}   {r['nll']['uncond']:.4f}   {r['nll']['wrong']:.4f}"
           f"   (perplexity {r['perplexity']['true']:.2f} / {r['perplexity']['uncond']:.2f} / {r['perplexity']['wrong']:.2f})")
+    if "nll_per_note" in r:
+        n = r["nll_per_note"]
+        print(f"  per note             {n['true']:.4f}   {n['uncond']:.4f}   {n['wrong']:.4f}   (nats per note: every "
+              f"vocabulary alike; {r['notes_per_token']:.3f} notes per token, {r['bars_per_context']:.1f} bars per context)")
     b = r["baselines"]
     orders = " / ".join(f"{v:.4f}" for v in b["witten_bell_nll_by_order"].values())
     print(f"\nbaselines: unigram entropy of train tokens {b['unigram_entropy_train']:.4f}; on these targets unigram "

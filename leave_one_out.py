@@ -4,6 +4,7 @@ of the held-out folder's pieces, so that what is measured is the composer, not o
     python leave_one_out.py --midi_root ../shared/midi                      # the whole protocol
     python leave_one_out.py --holdouts piano-midi,welte-rolls --minutes 10  # some folders, shorter runs
     python leave_one_out.py --arm "balanced: --archive_balance=1"           # a lever against the recipe
+    python leave_one_out.py --arm_data "m8k: --merges=8000" --arms all,m8k  # a lever of the data
     python leave_one_out.py --report_only --out_dir out/loao                # tabulate what is there
 
 For each held-out folder and each arm, prepare.py makes the dataset (that folder held out, every copy
@@ -12,7 +13,9 @@ one thread each), and evaluate.py scores every held-out piece under one comparis
 with at least --min_train_pieces training pieces in both the all and the baseline data. The arms:
   all       every --folders folder (the held-out one out)
   baseline  only the --baseline_folders (the held-out one out): what more archives buy
-  NAME      --arm "NAME: --key=value ...": the all arm's data, the recipe with those overrides
+  NAME      --arm "NAME: --key=value ...": the all arm's data, the recipe with those overrides; with
+            --arm_data "NAME: --flag=value ...", the all arm's folders prepared with those prepare.py flags
+            (a dataset of its own; both may name one arm)
 The report pairs each arm with the all arm on the same held-out pieces (a bootstrap over pieces,
 seeds pooled per piece), per folder and over the folders' mean, by kind and per composer, with the
 val split beside; out_dir/loao.md and loao.json. A finished step is never run again: run the same
@@ -45,8 +48,16 @@ def arm_folders(arm, args):
 
 
 def data_dir_of(args, arm, held):
-    """Arms on the same folders share one dataset per held-out folder."""
-    return os.path.join(args.data_root, f"{'baseline' if arm == 'baseline' else 'all'}-minus-{held}")
+    """Arms on the same folders share one dataset per held-out folder; an arm with prepare.py flags
+    of its own (--arm_data) has its own."""
+    name = arm if arm in args.arm_data or arm == "baseline" else "all"
+    return os.path.join(args.data_root, f"{name}-minus-{held}")
+
+
+def dataset_arms(args):
+    """The arms whose datasets are prepared: all and baseline always (the comparison set reads both),
+    and every arm with prepare.py flags of its own."""
+    return ["all", "baseline"] + [arm for arm in args.arms if arm in args.arm_data]
 
 
 def run_dir(args, held, arm, seed):
@@ -59,6 +70,17 @@ def prepare_job(args, arm, held):
     data_dir = data_dir_of(args, arm, held)
     folders = [f for f in arm_folders(arm, args) if f != held] + [held]
     meta_path = os.path.join(data_dir, "meta.json")
+    command = ["prepare.py", *[a for f in folders for a in ("--midi_dir", os.path.join(args.midi_root, f))],
+               "--holdout", held, "--out_dir", data_dir, "--renditions", str(args.renditions),
+               "--cache_dir", args.cache_dir, *args.arm_data.get(arm, [])]
+    recorded = data_dir + ".command.json"
+    if os.path.isfile(meta_path) and os.path.isfile(recorded):
+        with open(recorded) as f:
+            made_by = json.load(f)
+        if made_by != command:
+            raise CliError(f"{data_dir} was prepared by `{' '.join(made_by)}`, not `{' '.join(command)}`: remove it "
+                           f"or pass another --data_root")
+        return None
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
@@ -67,10 +89,10 @@ def prepare_job(args, arm, held):
             raise CliError(f"{data_dir} was prepared from {', '.join(there)} (held out: "
                            f"{', '.join(meta.get('heldout_sources') or ['none'])}), not from {', '.join(sorted(folders))} "
                            f"with {held} held out: remove it or pass another --data_root")
+        if args.arm_data.get(arm):
+            raise CliError(f"{data_dir} was not prepared with {' '.join(args.arm_data[arm])}: remove it or pass another "
+                           f"--data_root")
         return None
-    command = ["prepare.py", *[a for f in folders for a in ("--midi_dir", os.path.join(args.midi_root, f))],
-               "--holdout", held, "--out_dir", data_dir, "--renditions", str(args.renditions),
-               "--cache_dir", args.cache_dir]
     return f"prepare {os.path.basename(data_dir)}", command, data_dir + ".prepare.txt"
 
 
@@ -144,13 +166,14 @@ def mark_done(args, finished):
 
 
 def run_protocol(args, finished):
-    # both datasets always: the comparison set reads both; one at a time: each prepare uses every core
-    steps = [prepare_job(args, arm, held) for held in args.holdouts for arm in ("all", "baseline")]
+    # one at a time: each prepare uses every core
+    steps = [prepare_job(args, arm, held) for held in args.holdouts for arm in dataset_arms(args)]
     run_jobs([s for s in steps if s], 1, finished)
-    missing = [d for d in (data_dir_of(args, arm, held) for held in args.holdouts for arm in ("all", "baseline"))
-               if not os.path.isfile(os.path.join(d, "meta.json"))]
-    if missing:
-        raise CliError(f"prepare.py did not make {missing[0]} (its log: {missing[0]}.prepare.txt)")
+    for _, command, _ in (s for s in steps if s):
+        data_dir = command[command.index("--out_dir") + 1]
+        if not os.path.isfile(os.path.join(data_dir, "meta.json")):
+            raise CliError(f"prepare.py did not make {data_dir} (its log: {data_dir}.prepare.txt)")
+        write_or_fail(atomic_write_text, data_dir + ".command.json", json.dumps(command))
     trainings = [train_job(args, held, arm, seed) for seed in args.seeds for held in args.holdouts for arm in args.arms]
     run_jobs([t for t in trainings if t], args.parallel, finished, args.threads)
     mark_done(args, finished)
@@ -177,9 +200,12 @@ def piece_table(args, held, arm, seed):
              for p in part["identification"].get("paths", [])}
     ident = held_out["identification"]
     pieces = {p: (c, composers[p], kinds.get(p, "?")) for p, c in zip(ident["paths"], ident["credit"])}
+    tokens = tokens_read(out)
     return {"pieces": pieces, "val": result["val_pieces"]["identification"]["accuracy"],
-            "tokens": tokens_read(out), "chance": ident["chance"],
-            "compared": sorted(result["comparison_set"]["composers"])}
+            "tokens": tokens, "chance": ident["chance"], "compared": sorted(result["comparison_set"]["composers"]),
+            # per note and bars: the units every vocabulary shares (an eval.json before merges has neither)
+            "nll_per_note": result.get("nll_per_note", {}).get("true"), "bars_per_context": result.get("bars_per_context"),
+            "notes_read": tokens * result["notes_per_token"] if "notes_per_token" in result else None}
 
 
 def tokens_read(out):
@@ -222,6 +248,11 @@ def fmt(point, low=None, high=None):
     return f"{point:.3f}" if low is None else f"{point:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def mean_of(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def archive_rows(args, held, runs):
     """One archive's figures per arm, and each arm against the all arm on the pieces both scored."""
     pooled = {arm: pooled_credit(runs[arm]) for arm in runs}
@@ -231,6 +262,9 @@ def archive_rows(args, held, runs):
         row = {"pieces": len(pieces), "identification": bootstrap([credit]) if len(credit) else None,
                "balanced": balanced(pieces), "val": float(np.mean([r["val"] for r in runs[arm]])),
                "tokens": [r["tokens"] for r in runs[arm]], "chance": runs[arm][0]["chance"],
+               "nll_per_note": mean_of(r.get("nll_per_note") for r in runs[arm]),
+               "bars_per_context": mean_of(r.get("bars_per_context") for r in runs[arm]),
+               "notes_read": [r.get("notes_read") for r in runs[arm]],
                "by_kind": {k: float(np.mean([c for c, _, kind in pieces.values() if kind == k]))
                            for k in KINDS if any(kind == k for _, _, kind in pieces.values())}}
         if arm != "all" and "all" in pooled:
@@ -273,7 +307,8 @@ def report(args):
              f"{', '.join(map(str, args.seeds))}; {cpu}. Identification of whole held-out pieces among the composers "
              f"with >= {args.min_train_pieces} training pieces in both the all and the baseline data [95 % bootstrap over pieces].", "",
              "| held out | arm | pieces | compared (chance) | identification | balanced | sequenced | performed | "
-             "all - arm [95 %] | val split | tokens read |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "all - arm [95 %] | val split | val NLL per note | bars per context | tokens read | notes read |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for held, rows in tables.items():
         for arm, row in rows.items():
             compared = len(runs[held][arm][0]["compared"])
@@ -282,7 +317,9 @@ def report(args):
                 f"{fmt(*row['identification']) if row['identification'] else '-'} | {fmt(row['balanced'])} | "
                 f"{fmt(row['by_kind'].get('sequenced'))} | {fmt(row['by_kind'].get('performed'))} | "
                 f"{fmt(*row['all_minus_this']) if row.get('all_minus_this') else ''} | {fmt(row['val'])} | "
-                f"{', '.join(f'{t / 1e6:.1f} M' for t in row['tokens'])} |")
+                f"{fmt(row['nll_per_note'])} | {fmt(row['bars_per_context'])} | "
+                f"{', '.join(f'{t / 1e6:.1f} M' for t in row['tokens'])} | "
+                f"{', '.join(f'{n / 1e6:.1f} M' if n else '-' for n in row['notes_read'])} |")
     summary = mean_over_archives(tables, pooled_by_archive, args)
     lines += ["", f"Mean over the held-out archives (by kind: over the archives with >= {MIN_KIND_PIECES} pieces of it).",
               "", "| arm | archives | mean identification | all - arm, mean [95 %] | sequenced: all - arm | "
@@ -333,15 +370,28 @@ def mean_over_archives(tables, pooled_by_archive, args):
 
 # ----------------------------------------------------------------------------- command line
 
-def parse_arms(texts, parser):
+def parse_arm(text, flag, parser, taken):
+    """(name, overrides) of one "NAME: --key=value ..."."""
+    name, colon, overrides = text.partition(":")
+    name = name.strip()
+    if not colon or not re.fullmatch(r"[\w.-]+", name) or not overrides.split() or name in taken:
+        fail(parser.prog, f"{flag} {text!r}: expected NAME: --key=value ... (a new name, not all or baseline)")
+    return name, overrides.split()
+
+
+def parse_arms(texts, data_texts, parser):
+    """({arm: train.py overrides}, {arm: prepare.py flags}): an --arm_data name that no --arm names
+    trains the recipe as it is."""
     arms = {"all": [], "baseline": []}
     for text in texts:
-        name, colon, overrides = text.partition(":")
-        name = name.strip()
-        if not colon or not re.fullmatch(r"[\w.-]+", name) or not overrides.split() or name in arms:
-            fail(parser.prog, f"--arm {text!r}: expected NAME: --key=value ... (a new name, not all or baseline)")
-        arms[name] = overrides.split()
-    return arms
+        name, overrides = parse_arm(text, "--arm", parser, arms)
+        arms[name] = overrides
+    data = {}
+    for text in data_texts:
+        name, flags = parse_arm(text, "--arm_data", parser, {"all", "baseline", *data})
+        data[name] = flags
+        arms.setdefault(name, [])
+    return arms, data
 
 
 def folder_list(text, parser, flag, root):
@@ -364,6 +414,9 @@ def main(argv=None):
     parser.add_argument("--arms", default="all,baseline", help="which arms to run: all, baseline and --arm names")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME:OVERRIDES",
                         help='a lever: "NAME: --key=value ..." trained on the all arm\'s data')
+    parser.add_argument("--arm_data", action="append", default=[], metavar="NAME:FLAGS",
+                        help='a lever of the data: "NAME: --flag=value ...", prepare.py flags for that arm\'s own '
+                             'dataset of the all arm\'s folders (e.g. "m8k: --merges=8000")')
     parser.add_argument("--config", default="config/remi_cpu.py", help="the recipe every arm trains")
     parser.add_argument("--extra", action="append", default=[], help="one more --key=value for every training")
     parser.add_argument("--minutes", type=positive_float, default=20.0, help="training budget of each run")
@@ -385,7 +438,7 @@ def main(argv=None):
     outside = [h for h in args.holdouts if h not in args.folders]
     if outside:
         fail(parser.prog, f"--holdouts: {outside[0]} is not one of --folders ({', '.join(args.folders)})")
-    table = parse_arms(args.arm, parser)
+    table, args.arm_data = parse_arms(args.arm, args.arm_data, parser)
     names = [n.strip() for n in args.arms.split(",") if n.strip()]
     unknown = [n for n in names if n not in table]
     if unknown or not names:

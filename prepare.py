@@ -14,6 +14,7 @@ import importlib.metadata
 import hashlib
 import multiprocessing
 import os
+import pickle
 import re
 import signal
 import sys
@@ -27,10 +28,12 @@ import numpy as np
 from pianogpt.cli import CliError, Parser, fraction_in, non_negative_int, positive_float, positive_int, run_program
 from pianogpt.encodecache import EncodeCache
 from pianogpt.files import FolderLock
+from pianogpt.merges import has_merges, learn_merges, merge_many
 from pianogpt.rendition import performed_rendition
 from pianogpt.dataset import SPLITS, UNCONDITIONAL, composer_key, verify_dataset, work_of, write_dataset
 from pianogpt.remi import (KINDS, PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks,
-                  note_match, onset_token_ids, piece_kind, pitch_sequence, pitch_token_ids, top_voice)
+                  note_match, onset_token_ids, piece_kind, pitch_sequence, pitch_token_ids, tokenizer_from_json,
+                  top_voice)
 
 MIDI_SUFFIXES = (".mid", ".midi")
 LAYOUTS = ("auto", "folders", "giantmidi", "maestro")
@@ -437,7 +440,8 @@ def read_folder(midi_dir, layout, val_fraction):
 
 
 def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, min_tokens=64, check_notes=False,
-            isolate=True, file_timeout=300.0, max_memory_mb=4096, renditions=0, holdout=(), cache_dir=None):
+            isolate=True, file_timeout=300.0, max_memory_mb=4096, renditions=0, holdout=(), cache_dir=None, merges=0,
+            merges_from=None):
     """Build the dataset from one MIDI folder or a list of them; returns meta (also written
     to out_dir/meta.json). With several folders, paths in pieces.jsonl start with the
     folder's name, composers are matched across folders by name, and a piece found twice
@@ -445,18 +449,71 @@ def prepare(midi_dir, out_dir, layout="auto", val_fraction=0.05, workers=None, m
     piece (rendition.py) as training pieces of kind "performed". holdout: folders (a --midi_dir's
     path or its label) whose every piece goes to the split "heldout", and every copy of their works
     in the other folders to val, so that the model meets those sources, and those works, only there.
-    cache_dir: keep each file's encoding there and read it back on the next run (encodecache.py)."""
+    cache_dir: keep each file's encoding there and read it back on the next run (encodecache.py).
+    merges: learn BPE merges on the training split up to that vocabulary size (merges.py); merges_from:
+    a dataset folder or checkpoint whose tokenizer (and merges) to use instead (a fine-tune's data)."""
     start = time.time()
     midi_dirs = [Path(d) for d in (midi_dir if isinstance(midi_dir, (list, tuple)) else [midi_dir])]
     for folder in midi_dirs:
         check_out_dir(folder, Path(out_dir))
     held_labels = held_out_labels(midi_dirs, holdout)
     out_dir = Path(out_dir)
+    tokenizer = tokenizer_to_use(merges, merges_from)
     cache = EncodeCache(cache_dir, {"min_tokens": min_tokens, "check_notes": check_notes,
                                     "renditions": renditions}) if cache_dir else None
     with FolderLock(out_dir.parent / f".{out_dir.name}.lock", f"--out_dir {out_dir}"):
         return build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate,
-                             file_timeout, max_memory_mb, renditions, start, held_labels, cache)
+                             file_timeout, max_memory_mb, renditions, start, held_labels, cache, tokenizer, merges)
+
+
+def tokenizer_to_use(merges, merges_from):
+    """The base REMI tokenizer, or the one saved in merges_from (a dataset folder or a checkpoint):
+    a CliError where that cannot be read, or where both --merges and --merges_from are given."""
+    if merges and merges_from:
+        raise CliError("give --merges (learn new merges) or --merges_from (reuse a dataset's or checkpoint's), not both")
+    base = build_tokenizer()
+    if merges and not len(base.vocab) < merges <= np.iinfo(np.uint16).max + 1:
+        raise CliError(f"--merges {merges}: a merged vocabulary must be larger than the {len(base.vocab)} base tokens "
+                       f"and at most {np.iinfo(np.uint16).max + 1} (token ids are uint16); 0 keeps plain REMI")
+    if not merges_from:
+        return base
+    source = Path(merges_from)
+    try:
+        if source.is_dir():
+            text = (source / "tokenizer.json").read_text()
+        else:
+            import torch
+
+            text = torch.load(source, map_location="cpu", weights_only=True, mmap=True)["tokenizer"]
+        return tokenizer_from_json(text)
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+        raise CliError(f"--merges_from {merges_from}: no tokenizer can be read there ({type(e).__name__}: "
+                       f"{str(e)[:200]}); give a prepared dataset folder or a checkpoint") from None
+
+
+def apply_merges(tokenizer, pieces, merges):
+    """Every piece's ids under the tokenizer's merges, learned first on the training split when
+    merges > 0 (the val and held-out pieces never shape the vocabulary). Returns meta's "merges"
+    entry: the vocabulary, and base tokens, notes and bars per split (what a token holds)."""
+    if merges:
+        train = [p["ids"] for p in pieces if p["split"] == "train"]
+        print(f"learning merges up to {merges} tokens on {len(train)} training pieces ...")
+        learn_merges(tokenizer, train, merges)
+    if not has_merges(tokenizer):
+        return None
+    pitch_lo, pitch_hi = (int(i) for i in pitch_token_ids(tokenizer)[[0, -1]])
+    bar_id = tokenizer.vocab["Bar_None"]
+    counts = {split: {"base_tokens": 0, "notes": 0, "bars": 0} for split in SPLITS}
+    for piece in pieces:
+        ids = piece["ids"]
+        count = counts[piece["split"]]
+        count["base_tokens"] += len(ids)
+        count["notes"] += int(((ids >= pitch_lo) & (ids <= pitch_hi)).sum())
+        count["bars"] += int((ids == bar_id).sum())
+    for piece, merged in zip(pieces, merge_many(tokenizer, [p["ids"] for p in pieces])):
+        piece["ids"], piece["n_tokens"] = merged, int(len(merged))
+    return {"vocab_size": len(tokenizer), "base_vocab_size": len(tokenizer.vocab),
+            "never_merged": "Bar, TimeSig, Rest (merges.ALONE_TYPES)", "learned": bool(merges), **counts}
 
 
 def held_out_labels(midi_dirs, holdout):
@@ -494,14 +551,14 @@ def split_rule(folders, val_fraction, held_labels):
 
 
 def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens, check_notes, isolate, file_timeout,
-                  max_memory_mb, renditions, start, held_labels=frozenset(), cache=None):
+                  max_memory_mb, renditions, start, held_labels=frozenset(), cache=None, tokenizer=None, merges=0):
     labels = folder_labels(midi_dirs) if len(midi_dirs) > 1 else [""]
     folders = [read_folder(folder, layout, val_fraction) for folder in midi_dirs]
     folders = [(folder_layout, [(relpath, composer, "heldout" if label in held_labels else split)
                                 for relpath, composer, split in assigned])
                for label, (folder_layout, assigned) in zip(labels, folders)]
     workers = workers or os.cpu_count() or 1
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer()
     pitch_ids = pitch_token_ids(tokenizer)
     pitch_lo, pitch_hi = int(pitch_ids[0]), int(pitch_ids[-1])
     kept, skipped, n_files = encode_folders(midi_dirs, labels, folders, workers, min_tokens, check_notes, isolate,
@@ -515,6 +572,7 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
                                                                      onset_token_ids(tokenizer))
     composers, pieces, merged = number_composers(kept)
     pieces += rendition_pieces(pieces, kept)
+    merges_meta = apply_merges(tokenizer, pieces, merges)
     lengths = [p["n_tokens"] for p in pieces]
     meta = {
         "vocab_size": len(tokenizer),
@@ -541,6 +599,7 @@ def build_dataset(midi_dirs, out_dir, layout, val_fraction, workers, min_tokens,
         "renditions_per_sequenced_train_piece": renditions,
         "composer_names_merged": {name: others for name, others in merged},
         "miditok_version": importlib.metadata.version("miditok"),
+        **({"merges": merges_meta} if merges_meta else {}),
         "seconds": None,
     }
     if check_notes:
@@ -678,6 +737,12 @@ def print_summary(out_dir, meta, n_composers):
           f"{meta['performances_linked_to_a_score']} performances linked to a written copy")
     print(f"  tokens   train {meta['n_tokens']['train']:,}, val {meta['n_tokens']['val']:,}; "
           f"length min {s['min']} / median {s['median']:.0f} / mean {s['mean']:.0f} / max {s['max']}")
+    if meta.get("merges"):
+        m, train = meta["merges"], meta["merges"]["train"]
+        print(f"  merges   vocabulary of {m['vocab_size']} tokens ({'learned on train' if m['learned'] else 'reused'}): "
+              f"{train['base_tokens'] / max(1, meta['n_tokens']['train']):.2f} REMI tokens per token, "
+              f"{meta['n_tokens']['train'] / max(1, train['notes']):.2f} tokens per note, "
+              f"{meta['n_tokens']['train'] / max(1, train['bars']):.1f} per bar (train)")
     if meta["renditions_per_sequenced_train_piece"]:
         n = meta["n_pieces_by_kind"]["train"]["performed"]
         print(f"  renders  {meta['renditions_per_sequenced_train_piece']} performed rendition(s) of each sequenced "
@@ -738,6 +803,12 @@ def main(argv=None):
     parser.add_argument("--cache_dir", default=None, metavar="DIR",
                         help="keep each file's encoding in DIR and read it back when the same file is prepared again "
                              "(another --holdout or --out_dir); entries are named by the file's bytes and the settings")
+    parser.add_argument("--merges", type=non_negative_int, default=0, metavar="N",
+                        help="learn BPE merges over REMI on the training split, up to a vocabulary of N tokens (the "
+                             "419 base tokens included; Bar, TimeSig and Rest are never merged); 0: plain REMI")
+    parser.add_argument("--merges_from", metavar="PATH",
+                        help="use the tokenizer and merges of a prepared dataset folder or a checkpoint (the data of "
+                             "a fine-tune must be written in its checkpoint's vocabulary)")
     parser.add_argument("--verify", metavar="DATA_DIR", help="check a prepared dataset (sizes, index, ids, tokenizer, "
                                                              "sha256 of every file) and exit")
     args = parser.parse_args(argv)
@@ -749,7 +820,7 @@ def main(argv=None):
         out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(midi_dirs)
         prepare(midi_dirs, out_dir, args.layout, args.val_fraction, args.workers, args.min_tokens, args.check_notes,
                 file_timeout=args.file_timeout, max_memory_mb=args.max_memory_mb, renditions=args.renditions,
-                holdout=args.holdout, cache_dir=args.cache_dir)
+                holdout=args.holdout, cache_dir=args.cache_dir, merges=args.merges, merges_from=args.merges_from)
 
     run_program(parser.prog, body, kept=lambda: "nothing was written; the previous dataset (if any) is intact")
 

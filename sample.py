@@ -391,7 +391,9 @@ def run(args, kept):
     make_out_dir(args.out_dir)
     print(f"decode step: {'compiled' if compiled else 'eager'} (--compile {args.compile}), {dtype} on {device}")
     tokens, elapsed, summaries = make_samples(args, model, tokenizer, request, device, compiled, soundfont, kept)
-    print(f"{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s); audio: "
+    notes = sum(s["notes"] for s in summaries)
+    print(f"{tokens} tokens, {notes} notes in {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s, {notes / elapsed:.0f} "
+          f"notes/s); audio: "
           f"{', '.join(sorted({s['voice'] for s in summaries})) if args.audio else 'off (--no-audio)'}; "
           f"listen: {os.path.join(args.out_dir, 'index.html')}")
 

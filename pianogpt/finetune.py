@@ -13,6 +13,7 @@ from pianogpt.checkpoints import load_checkpoint, with_composer_rows
 from pianogpt.cli import CliError
 from pianogpt.dataset import WindowSampler, merge_composer_tables, open_dataset, piece_weights
 from pianogpt.infill import N_ROLES
+from pianogpt.merges import full_vocab
 from pianogpt.remi import tokenizer_from_json
 
 
@@ -93,9 +94,14 @@ def open_replay(cfg, composers, tokenizer_json):
 
 
 def check_same_tokenizer(tokenizer_json, dataset, data_dir):
-    if tokenizer_from_json(tokenizer_json).vocab != dataset.tokenizer.vocab:
+    """A CliError unless the data was written in the checkpoint's vocabulary, learned merges included."""
+    theirs = tokenizer_from_json(tokenizer_json)
+    if theirs.vocab != dataset.tokenizer.vocab:
         raise CliError(f"{data_dir} was prepared with another tokenizer than the checkpoint's; prepare it with this "
                        f"version of prepare.py")
+    if full_vocab(theirs) != full_vocab(dataset.tokenizer):
+        raise CliError(f"{data_dir} was prepared with other merges than the checkpoint's ({len(dataset.tokenizer)} "
+                       f"against {len(theirs)} tokens); prepare it with --merges_from CHECKPOINT")
 
 
 def composer_train_pieces(cfg, base, composers, train_data, replay_data):

@@ -313,38 +313,19 @@ def splice(original, middle, start_tick, end_tick):
 
 class KeepMetre:
     """logits_processor: after each bar line of the middle, the TimeSig token its bar has in the
-    piece (so the new bars last as the old ones did); and, given the run's RemiGrammar, no Rest
-    that reaches the bar's end (REMI lets a rest carry time past bar lines without writing them,
-    and a middle must count its bars to join the music after it). roles: the MiddleRoles of the run."""
+    piece, so the new bars last as the old ones did (RemiGrammar, when the run is constrained, keeps
+    every rest inside its bar, so that the middle's bar lines are the bars it counts).
+    roles: the MiddleRoles of the run."""
 
-    def __init__(self, time_signatures, bar_id, roles, tokenizer=None, grammar=None):
+    def __init__(self, time_signatures, bar_id, roles):
         self.forced = torch.tensor(time_signatures, dtype=torch.long)
-        self.bar_id, self.roles, self.grammar = bar_id, roles, grammar
-        self.rest_positions = None
-        if tokenizer is not None:
-            per_beat = max(tokenizer.config.beat_res.values())
-            self.rest_positions = torch.tensor([rest_positions(token, per_beat) for token, _ in
-                                                sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])])
+        self.bar_id, self.roles = bar_id, roles
 
     def __call__(self, seq, logits):
         forced = self.forced.to(logits.device)[(self.roles.opened - 1).clamp(0, len(self.forced) - 1)]
         at_bar = (seq[:, -1] == self.bar_id) & (forced >= 0)
         others = torch.arange(logits.size(-1), device=logits.device)[None, :] != forced[:, None]
-        logits = logits.masked_fill(at_bar[:, None] & others, float("-inf"))
-        if self.grammar is None or self.grammar.state is None or self.rest_positions is None:
-            return logits
-        rests = self.rest_positions.to(logits.device)
-        state = self.grammar.state
-        reach = state["pos"].clamp_min(0)[:, None] + rests[None, :]
-        return logits.masked_fill((rests[None, :] > 0) & (reach >= state["bar_positions"][:, None]), float("-inf"))
-
-
-def rest_positions(token, per_beat):
-    """Grid positions a REMI Rest token moves time by ("Rest_1.4.8": 1 beat and 4/8), 0 for any other token."""
-    if not token.startswith("Rest_"):
-        return 0
-    beats, ticks, resolution = (int(v) for v in token[len("Rest_"):].split("."))
-    return round((beats + ticks / resolution) * per_beat)
+        return logits.masked_fill(at_bar[:, None] & others, float("-inf"))
 
 
 def write_middles(model, tokenizer, prompt, prompt_roles, bars, metre, budget, composer, constrained=True,
@@ -359,7 +340,7 @@ def write_middles(model, tokenizer, prompt, prompt_roles, bars, metre, budget, c
     roles = MiddleRoles(torch.tensor([prompt_roles] * rows, dtype=torch.long, device=device), bars, bar_id,
                         plain=plain)
     grammar = RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT) if constrained else None
-    processors = ([grammar] if constrained else []) + [KeepMetre(metre, bar_id, roles, tokenizer, grammar)]
+    processors = ([grammar] if constrained else []) + [KeepMetre(metre, bar_id, roles)]
 
     def constrain(seq, logits):
         for processor in processors:

@@ -3,7 +3,8 @@
 Owns the REMI tokenizer settings (and reloading them from JSON), merging a file's tracks
 into one piano stream, snapping onsets to the position grid, encoding and decoding, note
 matching, the piano's pitch-token ids and transposition, the REMI grammar mask used while
-sampling, and the grammar error rate. Imports nothing of this project.
+sampling (over learned merges too), and the grammar error rate. Imports merges.py alone of this
+project.
 """
 import json
 import os
@@ -11,6 +12,8 @@ import tempfile
 
 import numpy as np
 import torch
+
+from pianogpt import merges
 
 PIANO_LOW, PIANO_HIGH = 21, 108  # A0..C8: notes outside are dropped (they cannot be played)
 ONSET_STEPS_PER_QUARTER = 8  # REMI positions per beat (beat_res 8 for the first 4 beats)
@@ -78,8 +81,9 @@ def check_tokenizer(where, tokenizer_json, vocab_size, pad_id, bos_id=None):
 
 
 def grammar_error_rate(tokenizer, ids):
-    """miditok's share of tokens that break REMI's grammar (0.0 for a well-formed piece)."""
-    return float(tokenizer.tokens_errors([list(map(int, ids))])[0])
+    """miditok's share of tokens that break REMI's grammar (0.0 for a well-formed piece), counted on
+    the base tokens where the ids are merged."""
+    return float(tokenizer.tokens_errors([merges.unmerge(tokenizer, ids).tolist()])[0])
 
 
 def pitch_token_ids(tokenizer):
@@ -129,14 +133,20 @@ def transpose_pitches(ids, semitones, pitch_lo, pitch_hi):
     return np.where(movable, shifted, ids)
 
 
+def type_of_token(token):
+    """"Pitch" of "Pitch_60"; "Pitch+Velocity+Duration" of a merged token (merges.full_vocab's names)."""
+    return "+".join(part.split("_", 1)[0] for part in token.split("+"))
+
+
 def token_types(vocab):
     """(types, type_index): LongTensor [vocab size] with the number of every id's token type, and
-    {type name: number} (Bar, Duration, Pitch, ... numbered in sorted order). Guidance within
-    token types (model.guided_logits) and RemiGrammar's tables share this numbering."""
-    type_index = {name: k for k, name in enumerate(sorted({token.split("_", 1)[0] for token in vocab}))}
+    {type name: number} (Bar, Duration, Pitch, ... numbered in sorted order; a merged token's type
+    is the run of its tokens' types). Guidance within token types (engine.guided_logits) reads it
+    over merges.full_vocab; RemiGrammar over the base vocabulary."""
+    type_index = {name: k for k, name in enumerate(sorted({type_of_token(token) for token in vocab}))}
     types = torch.zeros(len(vocab), dtype=torch.long)
     for token, i in vocab.items():
-        types[i] = type_index[token.split("_", 1)[0]]
+        types[i] = type_index[type_of_token(token)]
     return types, type_index
 
 
@@ -146,9 +156,12 @@ NOTE_TOKEN_TYPES = ("Pitch", "Position", "Bar", "Rest")  # what is played and wh
 def note_token_mask(vocab):
     """BoolTensor [vocab size]: the note tokens (a piece's pitches and onsets, which every source
     writes alike), not its velocities, durations, tempo and time-signature tokens, whose habits differ
-    from one archive to the next (issue 36)."""
-    types, type_index = token_types(vocab)
-    return torch.isin(types, torch.tensor([type_index[name] for name in NOTE_TOKEN_TYPES if name in type_index]))
+    from one archive to the next (issue 36). vocab: merges.full_vocab; a merged token counts when
+    every token it holds does."""
+    notes = torch.zeros(len(vocab), dtype=torch.bool)
+    for token, i in vocab.items():
+        notes[i] = all(part.split("_", 1)[0] in NOTE_TOKEN_TYPES for part in token.split("+"))
+    return notes
 
 
 GUIDANCE_MODES = ("within_types", "plain")
@@ -161,7 +174,7 @@ def guidance_types(tokenizer, mode):
     """generate's guidance_types for a --guidance_mode: token types (within_types) or None (plain)."""
     if mode not in GUIDANCE_MODES:
         raise ValueError(f"guidance mode must be one of {', '.join(GUIDANCE_MODES)}, got {mode!r}")
-    return token_types(tokenizer.vocab)[0] if mode == "within_types" else None
+    return token_types(merges.full_vocab(tokenizer))[0] if mode == "within_types" else None
 
 
 # ----------------------------------------------------------------------------- one stream per piece
@@ -258,10 +271,11 @@ def encode_score(tokenizer, score):
 
 
 def encode_merged(tokenizer, merged):
-    """Token ids (uint16) of a one-track score from merge_piano_tracks."""
-    sequences = tokenizer(snap_onsets(merged))
+    """Token ids (uint16) of a one-track score from merge_piano_tracks (under the tokenizer's
+    learned merges, if it has any: merges.merge)."""
+    sequences = tokenizer(snap_onsets(merged), encode_ids=False)
     ids = sequences[0].ids if isinstance(sequences, list) else sequences.ids
-    return np.asarray(ids, dtype=np.uint16)
+    return merges.merge(tokenizer, ids)
 
 
 def bar_line_seconds(tokenizer, ids):
@@ -320,102 +334,187 @@ def decode_sample(tokenizer, ids):
 # ----------------------------------------------------------------------------- REMI grammar
 
 
+def time_in_positions(value, per_beat):
+    """Grid positions a Duration or Rest value spans ("1.4.8": 1 beat and 4/8 of one)."""
+    beats, ticks, resolution = (int(v) for v in value.split("."))
+    return round((beats + ticks / resolution) * per_beat)
+
+
 class RemiGrammar:
     """Which tokens may come next in a REMI piece, for every row of a batch, as tensors.
 
     The token-type successions are miditok's own graph (tokens_types_graph); on top of it a
     Position never moves backwards or stays inside a bar, and never passes the bar's end
-    under the current time signature. PAD, BOS, drum pitches and pitches off the piano are
-    never generated. These are exactly the rules miditok's tokens_errors counts, so a
-    constrained sample has zero grammar errors.
+    under the current time signature; and a Rest never reaches the bar's end, nor a TimeSig comes
+    anywhere but right after a Bar (REMI lets a rest carry time over bar lines without writing them,
+    so a piece that did would have more notated bars than Bar tokens: `--bars N` would not mean N
+    bars). PAD, BOS, drum pitches and pitches
+    off the piano are never generated. Apart from those two, these are exactly the rules miditok's
+    tokens_errors counts, so a constrained sample has zero grammar errors.
 
-    The state of each row is four small integer tensors (last token's type, the type before
-    it, the current position, the bar's length in positions) and the keys struck at the current
-    onset (for chord_limit), advanced with table look-ups,
-    so masking costs a few tensor operations per token on the model's device and never a
-    round trip to the host. chord_limit (samplers pass CHORD_LIMIT) adds two rules of the
-    instrument rather than of the grammar: a key is struck at most once per onset, and at
-    most chord_limit keys at once; they stop a rare runaway chord (one sample of 60 held a
-    169-note "chord") from dominating a sample's texture. As a logits_processor it keeps that
-    state between calls: use one instance per generate call.
+    With learned merges (merges.py) a merged token is allowed exactly where its base tokens are,
+    one after another: each id has a few summaries of its base tokens (the first one, the
+    positions it moves to, the keys it strikes before and after its own onsets, the note ends it
+    writes), so one look-up per summary masks the whole vocabulary. Bar, TimeSig and Rest are
+    never merged, so the bar's length and the rests are read from single tokens.
+
+    The state of each row is a few small tensors (last token's type, the type before it, the
+    current position, the time reached in the bar, the latest note end, the bar's length in
+    positions) and the keys struck at the current onset (for chord_limit), advanced with table
+    look-ups, so masking costs a few tensor operations per token on the model's device and never
+    a round trip to the host. chord_limit (samplers pass CHORD_LIMIT) adds two rules of the
+    instrument rather than of the grammar: a key is struck at most once per onset, and at most
+    chord_limit keys at once; they stop a rare runaway chord (one sample of 60 held a 169-note
+    "chord") from dominating a sample's texture. As a logits_processor it keeps that state
+    between calls: use one instance per generate call.
     """
 
+    TENSORS = ("allowed_after", "first", "static_ok", "first_pos", "first_pos_at0", "max_pos", "last_pos",
+               "last_type", "before_last", "bar_length", "denominator", "rest_length", "is_bar", "is_rest", "moves", "lead",
+               "lead_count", "trail", "end_after_clock", "end_after_onset")
+
     def __init__(self, tokenizer, device="cpu", chord_limit=None):
-        vocab = tokenizer.vocab
-        size = len(vocab)
-        type_of, value_of = [""] * size, [""] * size
+        vocab = tokenizer.vocab  # the base tokens; merged ids are runs of them
+        base_size = len(vocab)
+        type_of, value_of = [""] * base_size, [""] * base_size
         for token, i in vocab.items():
             type_of[i], value_of[i] = token.split("_", 1)
-        type_ids, self.type_index = token_types(vocab)
+        _, self.type_index = token_types(vocab)
         types = list(self.type_index)  # in number order
-        playable = np.ones(size, dtype=bool)
+        base_type = np.array([self.type_index[t] for t in type_of])
+        playable = np.ones(base_size, dtype=bool)
         for i, (name, value) in enumerate(zip(type_of, value_of)):
             if name in ("PAD", "BOS", "PitchDrum") or (name == "Pitch" and not PIANO_LOW <= int(value) <= PIANO_HIGH):
                 playable[i] = False
         graph = tokenizer.tokens_types_graph
-        allowed_after = np.stack([np.array([t in graph.get(name, set(types)) for t in type_of]) & playable
-                                  for name in types])
+        follows = np.stack([np.array([t in graph.get(name, set(types)) for t in type_of]) for name in types])
+        allowed_after = follows & playable
         allowed_after[self.type_index["BOS"]] = np.array([t == "Bar" for t in type_of])  # a piece opens with a bar
-        positions_per_beat = max(tokenizer.config.beat_res.values())
-        position_value = np.array([int(v) if t == "Position" else -1 for t, v in zip(type_of, value_of)])
-        bar_length = np.array([int(v.split("/")[0]) * positions_per_beat if t == "TimeSig" else 0
-                               for t, v in zip(type_of, value_of)])
-        self.default_bar = 4 * positions_per_beat
+        per_beat = max(tokenizer.config.beat_res.values())
+        position = np.array([int(v) if t == "Position" else -1 for t, v in zip(type_of, value_of)])
+        length = np.array([time_in_positions(v, per_beat) if t in ("Duration", "Rest") else 0 for t, v in zip(type_of, value_of)])
+        is_pitch = np.array([t == "Pitch" for t in type_of])
+        moves_time = np.array([t in ("Bar", "Position", "Rest") for t in type_of])
+
+        parts = merges.base_parts(tokenizer)
+        size = len(parts)
+        table = {name: np.full(size, -1, dtype=np.int64) for name in ("first", "first_pos", "max_pos", "last_pos",
+                                                                      "before_last")}
+        table |= {name: np.zeros(size, dtype=bool) for name in ("static_ok", "first_pos_at0", "moves")}
+        table |= {name: np.full(size, -1e9) for name in ("end_after_clock", "end_after_onset")}
+        table["last_type"] = np.zeros(size, dtype=np.int64)
+        lead, trail = np.zeros((size, base_size), dtype=bool), np.zeros((size, base_size), dtype=bool)
+        for m, run in enumerate(parts):
+            run = list(run)
+            table["first"][m], table["last_type"][m] = run[0], base_type[run[-1]]
+            if len(run) > 1:
+                table["before_last"][m] = base_type[run[-2]]
+            ok = all(playable[b] for b in run) and all(follows[base_type[a], b] for a, b in zip(run, run[1:]))
+            onset, positions, struck, counts = None, [], lead[m], [0]
+            for j, b in enumerate(run):
+                if moves_time[b]:
+                    onset, struck = position[b], np.zeros(base_size, dtype=bool)
+                    counts.append(0)
+                    table["moves"][m] = True
+                    if position[b] >= 0:
+                        positions.append(position[b])
+                        table["first_pos_at0"][m] |= j == 0 and len(positions) == 1
+                elif is_pitch[b]:
+                    ok &= not struck[b]
+                    struck[b] = True
+                    counts[-1] += 1
+                elif type_of[b] == "Duration":
+                    key = "end_after_clock" if onset is None else "end_after_onset"
+                    table[key][m] = max(table[key][m], length[b] + (0 if onset is None else onset))
+            if table["moves"][m]:
+                trail[m] = struck
+            ok &= all(a < b for a, b in zip(positions, positions[1:]))
+            ok &= chord_limit is None or max(counts[1:], default=0) <= chord_limit
+            table["static_ok"][m] = ok
+            if positions:
+                table["first_pos"][m], table["max_pos"][m], table["last_pos"][m] = positions[0], max(positions), positions[-1]
+        is_single = np.array([len(run) == 1 for run in parts])
+        first_type = [type_of[b] for b in table["first"]]
+        table["is_bar"] = is_single & np.array([t == "Bar" for t in first_type])
+        table["is_rest"] = is_single & np.array([t == "Rest" for t in first_type])
+        table["rest_length"] = np.where(table["is_rest"], length[table["first"]], 0)
+        table["bar_length"] = np.array([int(value_of[b].split("/")[0]) * per_beat if t == "TimeSig" and single else 0
+                                        for b, t, single in zip(table["first"], first_type, is_single)])
+        # durations and rests count beats of the time signature's own note value (an eighth in 6/8)
+        table["denominator"] = np.array([int(value_of[b].split("/")[1]) if t == "TimeSig" and single else 0
+                                         for b, t, single in zip(table["first"], first_type, is_single)])
+        table["lead"], table["trail"] = lead, trail
+        table["lead_count"] = lead.sum(1)
+        table["allowed_after"] = allowed_after
+        for name in self.TENSORS:
+            setattr(self, name, torch.from_numpy(np.asarray(table[name])).to(device))
+        self.lead_float = self.lead.float()
+        self.default_bar = 4 * per_beat
         self.pad_id = vocab["PAD_None"]
-        self.type_id = type_ids.to(device)
-        self.allowed_after = torch.from_numpy(allowed_after).to(device)
-        self.position_value = torch.from_numpy(position_value).to(device)
-        self.is_position = self.position_value >= 0
-        self.bar_length = torch.from_numpy(bar_length).to(device)
         self.chord_limit = chord_limit
-        self.is_pitch = self.type_id == self.type_index["Pitch"]
-        self.moves_time = torch.isin(self.type_id, torch.tensor([self.type_index[t] for t in ("Bar", "Position", "Rest")
-                                                              if t in self.type_index], device=device))
         self.state = None
         self.consumed = 0
 
     def to(self, device):
-        for name in ("type_id", "allowed_after", "position_value", "is_position", "bar_length", "is_pitch", "moves_time"):
+        for name in self.TENSORS + ("lead_float",):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
     def start(self, batch):
         """The state of `batch` rows before their first token (as after BOS)."""
-        device = self.type_id.device
+        device = self.first.device
         bos = torch.full((batch,), self.type_index["BOS"], dtype=torch.long, device=device)
         return {"type": bos, "before": bos.clone(), "pos": torch.full_like(bos, -1),
+                "clock": torch.zeros_like(bos), "sounding": torch.zeros(batch, device=device),
+                "denominator": torch.full_like(bos, 4),
                 "bar_positions": torch.full_like(bos, self.default_bar),
-                "struck": torch.zeros(batch, len(self.type_id), dtype=torch.bool, device=device)}  # pitches at this onset
+                "struck": torch.zeros(batch, self.lead.size(1), dtype=torch.bool, device=device)}  # pitches at this onset
 
     def advance(self, state, tokens):
         """Feed one token per row (tokens [B]); PAD leaves a row's state as it was."""
         real = tokens != self.pad_id
-        token_type = self.type_id[tokens]
-        pos = torch.where(token_type == self.type_index["Bar"], -1, state["pos"])
-        pos = torch.where(self.is_position[tokens], self.position_value[tokens], pos)
-        bar = torch.where(token_type == self.type_index["TimeSig"], self.bar_length[tokens], state["bar_positions"])
-        for key, value in (("pos", pos), ("bar_positions", bar), ("before", state["type"]), ("type", token_type)):
+        bar, rest, last_pos = self.is_bar[tokens], self.is_rest[tokens], self.last_pos[tokens]
+        sounding = torch.maximum(state["sounding"], torch.maximum(state["clock"] + self.end_after_clock[tokens],
+                                                                 self.end_after_onset[tokens]))
+        denominator = torch.where(self.denominator[tokens] > 0, self.denominator[tokens], state["denominator"])
+        sounding = sounding * denominator / state["denominator"]  # the notes still sounding, in the new beats
+        new = {"denominator": denominator,"type": self.last_type[tokens],
+               "before": torch.where(self.before_last[tokens] >= 0, self.before_last[tokens], state["type"]),
+               "pos": torch.where(bar, -1, torch.where(last_pos >= 0, last_pos, state["pos"])),
+               "bar_positions": torch.where(self.bar_length[tokens] > 0, self.bar_length[tokens], state["bar_positions"]),
+               # note ends are kept from the bar's start: a bar line moves them back by the bar's length
+               "sounding": torch.where(bar, sounding - state["bar_positions"], sounding),
+               "clock": torch.where(bar, 0, torch.where(
+                   rest, torch.maximum(state["sounding"], state["clock"].float()).long() + self.rest_length[tokens],
+                   torch.where(last_pos >= 0, last_pos, state["clock"])))}
+        for key, value in new.items():
             state[key] = torch.where(real, value, state[key])
-        struck = state["struck"] & ~(self.moves_time[tokens] & real)[:, None]
-        state["struck"] = struck.scatter(1, tokens[:, None], struck.gather(1, tokens[:, None])
-                                         | (self.is_pitch[tokens] & real)[:, None])
+        struck = torch.where(self.moves[tokens][:, None], self.trail[tokens], state["struck"] | self.lead[tokens])
+        state["struck"] = torch.where(real[:, None], struck, state["struck"])
         return state
 
     def allowed(self, state):
         """[B, vocab] bool: the tokens each row may take next."""
-        allowed = self.allowed_after[state["type"]]
+        allowed = self.allowed_after[state["type"]][:, self.first] & self.static_ok
         # miditok lets time restart only right after a Rest (or a TimeSig that follows one)
         rest, timesig = self.type_index["Rest"], self.type_index["TimeSig"]
         after_rest = (state["type"] == rest) | ((state["type"] == timesig) & (state["before"] == rest))
-        lowest = torch.where(after_rest, -1, state["pos"])
-        bad = self.is_position & ((self.position_value <= lowest[:, None])
-                                  | (self.position_value >= state["bar_positions"][:, None]))
-        allowed = allowed & ~bad
+        lowest = torch.where(after_rest[:, None] & self.first_pos_at0, -1, state["pos"][:, None])
+        bar_end = state["bar_positions"][:, None]
+        has_position = self.first_pos >= 0
+        bad = has_position & ((self.first_pos <= lowest) | (self.max_pos >= bar_end))
+        rest_from = torch.maximum(state["sounding"], state["clock"].float())[:, None]  # a rest starts at the last note's end
+        bad |= self.is_rest & (rest_from + self.rest_length >= bar_end)
+        # a time signature only where a bar opens: miditok writes one mid-bar after a rest that crossed
+        # a bar line, and rests no longer do
+        bad |= (self.denominator > 0) & (state["type"] != self.type_index["Bar"])[:, None]
         if self.chord_limit is not None:  # a key is struck once per onset, and at most chord_limit keys
-            full = state["struck"].sum(-1, keepdim=True) >= self.chord_limit
-            allowed = allowed & ~(self.is_pitch & (state["struck"] | full))
+            struck = state["struck"]
+            bad |= (struck.float() @ self.lead_float.T) > 0
+            bad |= struck.sum(-1, keepdim=True) + self.lead_count > self.chord_limit
+        allowed = allowed & ~bad
         # cannot happen with miditok's graph; never leave a row nothing to sample
-        return torch.where(allowed.any(-1, keepdim=True), allowed, self.allowed_after[self.type_index["BOS"]])
+        return torch.where(allowed.any(-1, keepdim=True), allowed, self.is_bar)
 
     def __call__(self, seq, logits):
         """logits_processor for MusicTransformer.generate: -inf on forbidden tokens."""

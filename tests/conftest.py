@@ -179,6 +179,27 @@ def tiny_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_merged_dataset(tiny_dataset, tmp_path_factory):
+    """tiny_dataset's corpus prepared with learned merges (prepare.py --merges 700)."""
+    from prepare import prepare
+
+    out = tmp_path_factory.mktemp("merged") / "data"
+    prepare(tiny_dataset.parent / "midi", out, workers=1, isolate=False, val_fraction=0.25, merges=700)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_merged_checkpoint(tiny_merged_dataset, tmp_path_factory):
+    """A tiny model trained briefly on merged tokens, to fill gaps as well as continue."""
+    from train import train
+
+    out = tmp_path_factory.mktemp("merged_run")
+    train(tiny_train_config(tiny_merged_dataset, out, block_size=128, max_iters=30, eval_interval=30, log_interval=10,
+                            warmup_frac=0.05, dropout=0.0, n_roles=5, infill_share=0.5, infill_bars=2))
+    return out / "ckpt.pt"
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_dataset, tmp_path_factory):
     """A checkpoint of a tiny model trained briefly on tiny_dataset."""
     from train import train

@@ -290,7 +290,7 @@ def test_a_middle_keeps_the_pieces_metre_and_writes_no_rest_past_its_bar_line(ti
     bar, three_four = vocab["Bar_None"], vocab["TimeSig_3/4"]
     roles = MiddleRoles(torch.zeros(1, 3, dtype=torch.long), bars=2, bar_id=bar)
     grammar = RemiGrammar(tokenizer)
-    keep = KeepMetre([three_four, three_four], bar, roles, tokenizer, grammar)
+    keep = KeepMetre([three_four, three_four], bar, roles)
     logits = torch.zeros(1, len(vocab))
     seq = torch.tensor([[vocab["BOS_None"], bar]])
     after_bar = keep(seq, grammar(seq, logits))
