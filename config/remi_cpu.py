@@ -1,6 +1,7 @@
 # The shipped CPU recipe for real music: a small model that learns composer style in 20 minutes on a
 # 2-core CPU (README, "The real-music path"): python train.py config/remi_cpu.py
-# Why each value: docs/LOG.md (every lever's ablation, side by side at the same budget).
+# Why each value: docs/LOG.md (every lever's ablation, side by side at the same budget). Its data: prepared
+# with --merges 1000 (README; the vocabulary is read from the dataset, so plain REMI data trains too).
 data_dir = "data/classical"
 out_dir = "out/classical"
 block_size = 256
