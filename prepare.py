@@ -14,7 +14,6 @@ import importlib.metadata
 import hashlib
 import multiprocessing
 import os
-import pickle
 import re
 import signal
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 from pianogpt.cli import CliError, Parser, fraction_in, non_negative_int, positive_float, positive_int, run_program
 from pianogpt.encodecache import EncodeCache
 from pianogpt.files import FolderLock
-from pianogpt.merges import has_merges, learn_merges, merge_many
+from pianogpt.merges import has_merges, learn_merges, merge_many, size_problem
 from pianogpt.rendition import performed_rendition
 from pianogpt.dataset import SPLITS, UNCONDITIONAL, composer_key, verify_dataset, work_of, write_dataset
 from pianogpt.remi import (KINDS, PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks,
@@ -472,9 +471,9 @@ def tokenizer_to_use(merges, merges_from):
     if merges and merges_from:
         raise CliError("give --merges (learn new merges) or --merges_from (reuse a dataset's or checkpoint's), not both")
     base = build_tokenizer()
-    if merges and not len(base.vocab) < merges <= np.iinfo(np.uint16).max + 1:
-        raise CliError(f"--merges {merges}: a merged vocabulary must be larger than the {len(base.vocab)} base tokens "
-                       f"and at most {np.iinfo(np.uint16).max + 1} (token ids are uint16); 0 keeps plain REMI")
+    problem = merges and size_problem(merges, len(base.vocab))
+    if problem:
+        raise CliError(problem)
     if not merges_from:
         return base
     source = Path(merges_from)
@@ -482,11 +481,11 @@ def tokenizer_to_use(merges, merges_from):
         if source.is_dir():
             text = (source / "tokenizer.json").read_text()
         else:
-            import torch
+            from pianogpt.checkpoints import load_checkpoint
 
-            text = torch.load(source, map_location="cpu", weights_only=True, mmap=True)["tokenizer"]
+            text = load_checkpoint(str(source), mmap=True)["tokenizer"]
         return tokenizer_from_json(text)
-    except (OSError, KeyError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+    except (OSError, KeyError, TypeError, ValueError) as e:
         raise CliError(f"--merges_from {merges_from}: no tokenizer can be read there ({type(e).__name__}: "
                        f"{str(e)[:200]}); give a prepared dataset folder or a checkpoint") from None
 

@@ -40,14 +40,20 @@ def words_of(base_ids, alone):
     return [text[a:b] for a, b in zip(edges[:-1], edges[1:])]
 
 
+def size_problem(vocab_size, n_base):
+    """Why a merged vocabulary of vocab_size tokens cannot be learned over n_base tokens, or None."""
+    if n_base < vocab_size <= np.iinfo(np.uint16).max + 1:
+        return None
+    return (f"--merges {vocab_size}: a merged vocabulary must be larger than the {n_base} base tokens and at most "
+            f"{np.iinfo(np.uint16).max + 1} (token ids are uint16); 0 keeps plain REMI")
+
+
 def learn_merges(tokenizer, sequences, vocab_size):
     """Learn BPE merges in place until the vocabulary holds vocab_size tokens (the 419 base tokens
     included). sequences: the base-id arrays of the training split."""
-    if vocab_size <= len(tokenizer.vocab):
-        raise ValueError(f"--merges {vocab_size}: a merged vocabulary must be larger than the "
-                         f"{len(tokenizer.vocab)} base tokens")
-    if vocab_size > np.iinfo(np.uint16).max + 1:
-        raise ValueError(f"--merges {vocab_size}: token ids are uint16, so at most {np.iinfo(np.uint16).max + 1}")
+    problem = size_problem(vocab_size, len(tokenizer.vocab))
+    if problem:
+        raise ValueError(problem)
     alone = alone_mask(tokenizer)
     # "no": miditok itself then encodes a whole piece as one string; since no merge holds an ALONE
     # token, none can cross one, so that gives exactly the ids merge() gives word by word

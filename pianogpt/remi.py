@@ -340,6 +340,12 @@ def time_in_positions(value, per_beat):
     return round((beats + ticks / resolution) * per_beat)
 
 
+def rest_start(state):
+    """[B] where a Rest would start in each row of a RemiGrammar state: the last note's end, or now if
+    later (as miditok decodes a rest)."""
+    return torch.maximum(state["sounding"], state["clock"].float())
+
+
 class RemiGrammar:
     """Which tokens may come next in a REMI piece, for every row of a batch, as tensors.
 
@@ -485,7 +491,7 @@ class RemiGrammar:
                # note ends are kept from the bar's start: a bar line moves them back by the bar's length
                "sounding": torch.where(bar, sounding - state["bar_positions"], sounding),
                "clock": torch.where(bar, 0, torch.where(
-                   rest, torch.maximum(state["sounding"], state["clock"].float()).long() + self.rest_length[tokens],
+                   rest, rest_start(state).long() + self.rest_length[tokens],
                    torch.where(last_pos >= 0, last_pos, state["clock"])))}
         for key, value in new.items():
             state[key] = torch.where(real, value, state[key])
@@ -503,8 +509,7 @@ class RemiGrammar:
         bar_end = state["bar_positions"][:, None]
         has_position = self.first_pos >= 0
         bad = has_position & ((self.first_pos <= lowest) | (self.max_pos >= bar_end))
-        rest_from = torch.maximum(state["sounding"], state["clock"].float())[:, None]  # a rest starts at the last note's end
-        bad |= self.is_rest & (rest_from + self.rest_length >= bar_end)
+        bad |= self.is_rest & (rest_start(state)[:, None] + self.rest_length >= bar_end)
         # a time signature only where a bar opens: miditok writes one mid-bar after a rest that crossed
         # a bar line, and rests no longer do
         bad |= (self.denominator > 0) & (state["type"] != self.type_index["Bar"])[:, None]

@@ -191,12 +191,7 @@ def tiny_merged_dataset(tiny_dataset, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_merged_checkpoint(tiny_merged_dataset, tmp_path_factory):
     """A tiny model trained briefly on merged tokens, to fill gaps as well as continue."""
-    from train import train
-
-    out = tmp_path_factory.mktemp("merged_run")
-    train(tiny_train_config(tiny_merged_dataset, out, block_size=128, max_iters=30, eval_interval=30, log_interval=10,
-                            warmup_frac=0.05, dropout=0.0, n_roles=5, infill_share=0.5, infill_bars=2))
-    return out / "ckpt.pt"
+    return train_infill_checkpoint(tiny_merged_dataset, tmp_path_factory.mktemp("merged_run"), block_size=128)
 
 
 @pytest.fixture(scope="session")
@@ -213,9 +208,13 @@ def tiny_checkpoint(tiny_dataset, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_infill_checkpoint(tiny_dataset, tmp_path_factory):
     """A tiny model trained briefly to fill gaps as well as continue (infill_share 0.5)."""
+    return train_infill_checkpoint(tiny_dataset, tmp_path_factory.mktemp("infill_run"), block_size=256)
+
+
+def train_infill_checkpoint(data_dir, out, block_size):
+    """ckpt.pt of a tiny model trained briefly to fill gaps as well as continue (infill_share 0.5)."""
     from train import train
 
-    out = tmp_path_factory.mktemp("infill_run")
-    train(tiny_train_config(tiny_dataset, out, block_size=256, max_iters=30, eval_interval=30, log_interval=10,
+    train(tiny_train_config(data_dir, out, block_size=block_size, max_iters=30, eval_interval=30, log_interval=10,
                             warmup_frac=0.05, dropout=0.0, n_roles=5, infill_share=0.5, infill_bars=2))
     return out / "ckpt.pt"
