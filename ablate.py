@@ -18,7 +18,7 @@ import os
 from pianogpt.cli import CliError, Parser, fail, positive_float, positive_int, run_program
 from pianogpt.jobs import run_jobs
 from pianogpt.files import atomic_write_bytes, atomic_write_text, read_jsonl, write_or_fail
-from pianogpt.pictures import chart, png_bytes
+from pianogpt.output.pictures import chart, png_bytes
 
 
 # the CPU recipe before the levers (config/remi_cpu_baseline.py) is the baseline; each lever is its overrides

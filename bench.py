@@ -29,8 +29,8 @@ import time
 import torch
 
 from pianogpt.cli import CliError, Parser, fail, positive_int, run_program
-from pianogpt.config import config_file_values
-from pianogpt.engine import guided_logits, sample_next
+from pianogpt.training.config import config_file_values
+from pianogpt.generation.engine import guided_logits, sample_next
 from model import ModelConfig, ModelOptions, MusicTransformer
 from pianogpt.devices import (autocast_context, cpu_description, device_type_of, machine_matmul_peak, require_compile,
                               resolve_device, resolve_dtype)
@@ -215,7 +215,7 @@ def bench_loop(cfg, batch_size, optimizer_name, device, dtype, data_dir, repeats
     if os.path.isdir(data_dir):
         import numpy as np
 
-        from pianogpt.dataset import WindowSampler, open_dataset
+        from pianogpt.data.dataset import WindowSampler, open_dataset
 
         sampler = WindowSampler(open_dataset(data_dir), "train", cfg.block_size)
         rng = np.random.default_rng(0)

@@ -35,16 +35,16 @@ import torch
 from pianogpt.checkpoints import load_trained
 from pianogpt.cli import CliError, Parser, fail, non_negative_int, positive_int, run_program
 from pianogpt.files import atomic_write_text, write_or_fail
-from pianogpt.dataset import (KIND_IDS, RENDER_AS, WindowSampler, composer_key, merge_composer_tables, open_dataset,
+from pianogpt.data.dataset import (KIND_IDS, RENDER_AS, WindowSampler, composer_key, merge_composer_tables, open_dataset,
                               work_of)
 from pianogpt.devices import autocast_context, device_type_of, resolve_dtype
-from pianogpt.copies import CopyFinder, note_events
-from pianogpt.judge import Judge, note_arrays, note_features
-from pianogpt.probes import Probes
-from pianogpt.ngram import HIGH_ORDER_MAX_TOKENS, NGRAM_ORDERS, NGram, unigram_entropy
-from pianogpt.infill import PLAIN, bar_lines, context_budget, gap_layouts, infill_prompt, real_gaps, write_middles
-from pianogpt.merges import full_vocab, merge, note_counts, unmerge
-from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, grammar_error_rate,
+from pianogpt.measures.copies import CopyFinder, note_events
+from pianogpt.measures.judge import Judge, note_arrays, note_features
+from pianogpt.measures.probes import Probes
+from pianogpt.measures.ngram import HIGH_ORDER_MAX_TOKENS, NGRAM_ORDERS, NGram, unigram_entropy
+from pianogpt.generation.infill import PLAIN, bar_lines, context_budget, gap_layouts, infill_prompt, real_gaps, write_middles
+from pianogpt.data.merges import full_vocab, merge, note_counts, unmerge
+from pianogpt.data.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, grammar_error_rate,
                            guidance_types, note_token_mask, piece_kind)
 
 

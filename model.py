@@ -20,8 +20,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from pianogpt import engine
-from pianogpt import optim
+from pianogpt.generation import engine
+from pianogpt.training import optim
 
 
 POSITIONS = ("learned", "rope")
@@ -51,8 +51,8 @@ class ModelOptions:
     n_kinds: int = 0  # 3: a learned kind embedding beside the composer's (row 0 unknown, 1 score, 2 performance)
     composer_layers: bool = False  # each composer also has a row added before every block (a fine-tune's new
     # composers: the frozen network gives one input row little to say; the other rows stay zero)
-    n_periods: int = 0  # 6: a row per period (pianogpt/periods.py) that every composer's rows add to
-    n_roles: int = 0  # 5: a learned role embedding per token for infilling (pianogpt/infill.py: plain, before,
+    n_periods: int = 0  # 6: a row per period (pianogpt/data/periods.py) that every composer's rows add to
+    n_roles: int = 0  # 5: a learned role embedding per token for infilling (pianogpt/generation/infill.py: plain, before,
     # after, middle, the middle's last bar), so a window can hold the music after a gap before the gap itself
 
 
@@ -207,7 +207,7 @@ class MusicTransformer(nn.Module):
         self.wce = nn.Embedding(cfg.n_composers, cfg.n_embd)
         if cfg.n_kinds:  # which kind of MIDI a piece is (score or performance), so the composer need not say it
             self.wke = nn.Embedding(cfg.n_kinds, cfg.n_embd)
-        if cfg.n_roles:  # where a token stands in an infilling window (pianogpt/infill.py); row 0: plain music
+        if cfg.n_roles:  # where a token stands in an infilling window (pianogpt/generation/infill.py); row 0: plain music
             self.wre = nn.Embedding(cfg.n_roles, cfg.n_embd)
         if cfg.composer_layers:  # zero: a composer without learned layer rows is exactly as without them
             self.wcl = nn.Parameter(torch.zeros(cfg.n_composers, cfg.n_layer, cfg.n_embd))

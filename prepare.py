@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from pianogpt.cli import CliError, Parser, fraction_in, non_negative_int, positive_float, positive_int, run_program
-from pianogpt.encodecache import EncodeCache
+from pianogpt.data.encodecache import EncodeCache
 from pianogpt.files import FolderLock
-from pianogpt.merges import has_merges, learn_merges, merge_many, size_problem
-from pianogpt.rendition import performed_rendition
-from pianogpt.dataset import SPLITS, UNCONDITIONAL, composer_key, verify_dataset, work_of, write_dataset
-from pianogpt.remi import (KINDS, PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks,
+from pianogpt.data.merges import has_merges, learn_merges, merge_many, size_problem
+from pianogpt.data.rendition import performed_rendition
+from pianogpt.data.dataset import SPLITS, UNCONDITIONAL, composer_key, verify_dataset, work_of, write_dataset
+from pianogpt.data.remi import (KINDS, PIANO_HIGH, PIANO_LOW, build_tokenizer, encode_merged, gram_keys, merge_piano_tracks,
                   note_match, onset_token_ids, piece_kind, pitch_sequence, pitch_token_ids, tokenizer_from_json,
                   top_voice)
 
@@ -772,7 +772,7 @@ def default_midi_dir():
     if local.is_dir() and find_midi_files(local):
         return local
     if not (DEMO_MIDI_DIR.is_dir() and find_midi_files(DEMO_MIDI_DIR)):
-        from pianogpt.democorpus import STYLES, write_demo_corpus
+        from pianogpt.data.democorpus import STYLES, write_demo_corpus
 
         print(f"no --midi_dir given and data/midi/ is empty: writing the SYNTHETIC demo corpus "
               f"({', '.join(STYLES)}) to {DEMO_MIDI_DIR}/ (use --midi_dir for real music)")

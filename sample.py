@@ -23,16 +23,16 @@ from dataclasses import dataclass
 
 import torch
 
-from pianogpt.audio import SOUNDFONT_ENV, SOUNDFONT_FOLDERS, find_soundfont
+from pianogpt.output.audio import SOUNDFONT_ENV, SOUNDFONT_FOLDERS, find_soundfont
 from pianogpt.checkpoints import load_trained
 from pianogpt.cli import CliError, Parser, fraction_in, non_negative_int, positive_float, positive_int, run_program
 from pianogpt.files import atomic_write_text
-from pianogpt.dataset import RENDER_AS, UNCONDITIONAL
+from pianogpt.data.dataset import RENDER_AS, UNCONDITIONAL
 from pianogpt.devices import compile_problem, device_type_of, require_compile, resolve_device, resolve_dtype
-from pianogpt.outputs import (keep_sample, keep_whole, kept_line, make_out_dir, refresh_gallery, write_gallery,
+from pianogpt.output.outputs import (keep_sample, keep_whole, kept_line, make_out_dir, refresh_gallery, write_gallery,
                               write_score)
-from pianogpt.infill import bar_ticks, bars_of_seconds, plan_span, seconds_at, splice, write_middles
-from pianogpt.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, bar_line_seconds,
+from pianogpt.generation.infill import bar_ticks, bars_of_seconds, plan_span, seconds_at, splice, write_middles
+from pianogpt.data.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, bar_line_seconds,
                           decode_sample, encode_score, guidance_types, merge_piano_tracks, piece_kind)
 
 
@@ -401,7 +401,7 @@ def run(args, kept):
 def serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept):
     """--serve: the studio page; each request from it is sample.py's own arguments with the page's
     choices, checked as the command line is, and generated and kept as the command line does."""
-    from pianogpt.studio import (STUDIO_MAX_BARS, STUDIO_MAX_SECONDS, STUDIO_MAX_TOKENS, serve, studio_arguments,
+    from pianogpt.output.studio import (STUDIO_MAX_BARS, STUDIO_MAX_SECONDS, STUDIO_MAX_TOKENS, serve, studio_arguments,
                                  uploaded_prompt)
 
     def check(choices):  # a bad request is a CliError, answered on the page; nothing runs

@@ -7,7 +7,7 @@
     python train.py config/finetune.py --init_from=out/classical/ckpt.pt --data_dir=data/mine  # a new composer
 
 Config: a plain-Python file of assignments, then --key=value overrides; every key is a
-field of TrainConfig (pianogpt/config.py; an unknown key is an error).
+field of TrainConfig (pianogpt/training/config.py; an unknown key is an error).
 """
 import contextlib
 import dataclasses
@@ -24,20 +24,20 @@ import torch
 from model import MusicTransformer, load_state
 from pianogpt.checkpoints import save_checkpoint
 from pianogpt.cli import CliError, StopAtSafePoint, Stopped, run_program
-from pianogpt.compile_auto import CompileTrial, memory_key
-from pianogpt.config import TrainConfig, load_config, model_config_of
-from pianogpt.dataset import WindowSampler, open_dataset, pad_share, piece_weights, train_pieces
+from pianogpt.training.compile_auto import CompileTrial, memory_key
+from pianogpt.training.config import TrainConfig, load_config, model_config_of
+from pianogpt.data.dataset import WindowSampler, open_dataset, pad_share, piece_weights, train_pieces
 from pianogpt.devices import (autocast_context, cpu_description, device_type_of, machine_key, machine_matmul_peak,
                               require_compile, resolve_device, resolve_dtype)
 from pianogpt.files import FolderLock
-from pianogpt.finetune import (adopt_base_model, base_checkpoint, composer_train_pieces, is_fine_tune,
+from pianogpt.training.finetune import (adopt_base_model, base_checkpoint, composer_train_pieces, is_fine_tune,
                                join_composer_tables, learn_new_rows_only, load_base_weights, open_replay, resumable)
-from pianogpt.infill import arrange_batch
-from pianogpt.lifecycle import (across_processes, check_ranks_agree, end_processes, keep_previous_run,
+from pianogpt.generation.infill import arrange_batch
+from pianogpt.training.lifecycle import (across_processes, check_ranks_agree, end_processes, keep_previous_run,
                                 largest_on_any_rank, rank0_value, resume_command, start_processes, under_torchrun,
                                 write_curves)
-from pianogpt.optim import lr_at, orthogonalization_dtype
-from pianogpt.periods import period_ids
+from pianogpt.training.optim import lr_at, orthogonalization_dtype
+from pianogpt.data.periods import period_ids
 
 
 class Run:

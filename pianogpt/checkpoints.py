@@ -16,9 +16,9 @@ import torch
 
 from pianogpt.cli import CliError
 from pianogpt.files import atomic_write_bytes
-from pianogpt.dataset import composer_table_problem
+from pianogpt.data.dataset import composer_table_problem
 from model import MusicTransformer
-from pianogpt.remi import check_tokenizer
+from pianogpt.data.remi import check_tokenizer
 
 
 def save_checkpoint(path, checkpoint):

@@ -132,7 +132,7 @@ def tiny_model(block_size=32, vocab_size=64, n_composers=4, n_layer=2, n_head=2,
 
 def tiny_train_config(data_dir, out_dir, **overrides):
     """The shared tiny training run for tests of train.py (on tiny_dataset): a few seconds."""
-    from pianogpt.config import TrainConfig
+    from pianogpt.training.config import TrainConfig
 
     values = dict(data_dir=str(data_dir), out_dir=str(out_dir), block_size=32, n_layer=1, n_head=2, n_embd=32,
                   batch_size=4, grad_accum=1, max_iters=8, eval_interval=4, eval_iters=2, log_interval=1,

@@ -13,7 +13,7 @@ from conftest import ROOT, make_score, performed, write_midi
 
 
 def test_a_collections_pieces_are_works_of_their_own_and_a_works_performances_share_one():
-    from pianogpt.dataset import work_of
+    from pianogpt.data.dataset import work_of
 
     # the score corpora: <collection>__<piece>, each piece a work
     assert work_of("kern-scores/Bach/bach-wtc__wtc1p01.mid") != work_of("kern-scores/Bach/bach-wtc__wtc1p02.mid")
@@ -154,7 +154,7 @@ def test_leave_one_out_refuses_a_folder_that_is_not_there_naming_those_that_are(
 
 
 def test_archive_balance_draws_each_archive_of_a_composer_alike_and_keeps_each_composers_share():
-    from pianogpt.dataset import piece_weights
+    from pianogpt.data.dataset import piece_weights
 
     composers = np.array([1] * 9 + [1] + [2] * 4)  # composer 1: nine pieces in archive 0, one in archive 1
     archives = np.array([0] * 9 + [1] + [0] * 4)
@@ -169,7 +169,7 @@ def test_archive_balance_draws_each_archive_of_a_composer_alike_and_keeps_each_c
 
 
 def test_each_piece_knows_its_archive(three_archives, tmp_path):
-    from pianogpt.dataset import open_dataset
+    from pianogpt.data.dataset import open_dataset
     from prepare import prepare
 
     prepare([three_archives / "scores-a", three_archives / "recitals"], tmp_path / "data", workers=1, isolate=False,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import decode_png, tiny_train_config
-from pianogpt import audio
-from pianogpt.pictures import chart, png_bytes
+from pianogpt.output import audio
+from pianogpt.output.pictures import chart, png_bytes
 
 
 def score_of(notes, tpq=480, qpm=120.0):
@@ -172,7 +172,7 @@ def test_training_writes_a_curves_png_that_decodes(tiny_dataset, tmp_path):
 
 
 def test_a_chart_draws_each_series_where_its_values_are():
-    from pianogpt.pictures import COLOURS
+    from pianogpt.output.pictures import COLOURS
 
     image = chart([("A", [0, 1, 2], [3.0, 2.0, 1.0]), ("B", [0, 1, 2], [1.0, 2.0, float("nan")])], "T", "X")
     assert image.shape == (300, 520, 3)

@@ -37,7 +37,7 @@ BAD_FLAGS = {
               ["--baseline_block_size", "x"]],
     "ablate": [["--recipes", "nope"], ["--minutes", "0"], ["--parallel", "0"], ["--custom", "nocolon"],
                ["--config", "no/such.py"]],
-    "pianogpt.democorpus": [["--pieces_per_style", "0"], ["--pieces_per_style", "x"], ["--seed", "x"]],
+    "pianogpt.data.democorpus": [["--pieces_per_style", "0"], ["--pieces_per_style", "x"], ["--seed", "x"]],
 }
 CASES = [(script, args) for script, table in BAD_FLAGS.items() for args in table]
 

@@ -11,7 +11,7 @@ import evaluate
 import prepare
 import sample
 import train
-from pianogpt.dataset import DatasetError, open_dataset, verify_dataset
+from pianogpt.data.dataset import DatasetError, open_dataset, verify_dataset
 
 
 def copy_of(tiny_dataset, tmp_path):

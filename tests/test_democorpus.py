@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from pianogpt.democorpus import STYLES, write_demo_corpus
+from pianogpt.data.democorpus import STYLES, write_demo_corpus
 
 STYLE_TEST_ITERS = 200
 EXPECTED_METRE = {"Chorale": (4, 4), "Sonatina": (4, 4), "Prelude": (4, 4), "Waltz": (3, 4), "Nocturne": (12, 8),
@@ -76,7 +76,7 @@ def test_prepare_without_midi_dir_builds_and_prepares_the_demo_corpus(tmp_path, 
     import prepare
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("pianogpt.democorpus.write_demo_corpus.__defaults__", (6, 0))  # 6 pieces per style: fast
+    monkeypatch.setattr("pianogpt.data.democorpus.write_demo_corpus.__defaults__", (6, 0))  # 6 pieces per style: fast
     prepare.main(["--workers", "1"])
     assert sorted(os.listdir(tmp_path / "data" / "demo-midi")) == sorted(STYLES)
     composers = (tmp_path / "data" / "demo" / "composers.json").read_text()
@@ -90,9 +90,9 @@ def test_samples_follow_the_requested_style_with_guidance_3(demo_midi, tmp_path)
 
     from model import MusicTransformer
     from prepare import prepare
-    from pianogpt.remi import tokenizer_from_json
+    from pianogpt.data.remi import tokenizer_from_json
     from sample import Draw, generate_samples
-    from pianogpt.config import TrainConfig
+    from pianogpt.training.config import TrainConfig
     from train import train
 
     data, out = tmp_path / "data", tmp_path / "out"

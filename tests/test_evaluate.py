@@ -8,7 +8,7 @@ import torch
 from evaluate import (CopyFinder, NGram, accuracy_on, adherence, bootstrap_mean, derangement, evaluate, Request,
                       identification, judge_pieces, print_report, score_under, scored_span, tokens_scored,
                       unigram_entropy, window_starts)
-from pianogpt.judge import Judge, note_features
+from pianogpt.measures.judge import Judge, note_features
 from model import ModelConfig, MusicTransformer
 
 

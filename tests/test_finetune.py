@@ -94,7 +94,7 @@ def test_the_fine_tuned_checkpoint_samples_the_new_composer_and_resumes(tiny_che
 
 
 def test_two_names_of_one_composer_are_refused_not_merged():
-    from pianogpt.dataset import merge_composer_tables
+    from pianogpt.data.dataset import merge_composer_tables
 
     table, ids, matches = merge_composer_tables({"<unconditional>": 0, "Rachmaninoff": 1}, {"<unconditional>": 0,
                                                                                             "Rachmaninov": 1, "Ravel": 2})
@@ -162,7 +162,7 @@ def test_new_rows_learn_at_every_layer_and_leave_the_network_and_the_old_compose
 
 def test_each_composer_has_its_period_by_name_and_a_new_composer_joins_its_period(tiny_dataset, new_composer_data,
                                                                                  tmp_path):
-    from pianogpt.periods import PERIODS, period_ids
+    from pianogpt.data.periods import PERIODS, period_ids
     from train import train
 
     train(tiny_train_config(tiny_dataset, tmp_path / "base", n_periods=len(PERIODS), composer_layers=True))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_score, tiny_model, write_midi
-from pianogpt.infill import (AFTER, BEFORE, LAST_BAR, MIDDLE, PLAIN, MiddleRoles, arrange_batch, arrange_window,
+from pianogpt.generation.infill import (AFTER, BEFORE, LAST_BAR, MIDDLE, PLAIN, MiddleRoles, arrange_batch, arrange_window,
                              bar_ticks, bars_of_seconds, context_budget, excerpt, plan_span, seconds_at, splice)
 
 BAR, PAD, BOS = 9, 0, 1
@@ -133,8 +133,8 @@ def test_splice_keeps_every_note_outside_the_span_and_puts_the_new_notes_inside_
 
 
 def test_a_plan_puts_the_music_after_the_span_first_and_names_the_bars_that_fit(tiny_dataset):
-    from pianogpt.dataset import open_dataset
-    from pianogpt.remi import merge_piano_tracks
+    from pianogpt.data.dataset import open_dataset
+    from pianogpt.data.remi import merge_piano_tracks
 
     tokenizer = open_dataset(tiny_dataset).tokenizer
     score = make_score(n_bars=16, with_changes=False, out_of_range=False)
@@ -231,7 +231,7 @@ def test_infill_with_a_model_that_only_continues_and_a_span_without_infill_are_r
 
 
 def test_both_layouts_of_a_real_gap_predict_the_same_middle_tokens():
-    from pianogpt.infill import gap_layouts
+    from pianogpt.generation.infill import gap_layouts
 
     tokens = np.array([5, BAR, 6, 6, BAR, 7, 7, 7, BAR, 8, 8, BAR, 4, 4, 4, BAR, 3, 3])
     start, end = 4, 11  # bars 2-3 of the token stream
@@ -281,9 +281,9 @@ def test_a_context_too_short_for_any_gap_says_so(tiny_checkpoint, tiny_dataset, 
 
 
 def test_a_middle_keeps_the_pieces_metre_and_writes_no_rest_past_its_bar_line(tiny_dataset):
-    from pianogpt.dataset import open_dataset
-    from pianogpt.infill import KeepMetre
-    from pianogpt.remi import RemiGrammar
+    from pianogpt.data.dataset import open_dataset
+    from pianogpt.generation.infill import KeepMetre
+    from pianogpt.data.remi import RemiGrammar
 
     tokenizer = open_dataset(tiny_dataset).tokenizer
     vocab = tokenizer.vocab
@@ -314,7 +314,7 @@ def test_sample_infill_by_seconds_rewrites_the_bars_that_open_in_that_time(tiny_
 
 def test_a_take_that_does_not_reach_its_bar_line_is_drawn_again_with_the_next_seed(monkeypatch):
     import sample
-    from pianogpt.infill import Plan
+    from pianogpt.generation.infill import Plan
 
     draws = []
 
@@ -338,8 +338,8 @@ def test_an_excerpt_ends_with_its_notes_not_with_the_pieces_later_tempo_changes(
     would tokenize as every bar up to the piece's end."""
     from symusic import Tempo
 
-    from pianogpt.dataset import open_dataset
-    from pianogpt.remi import encode_merged, merge_piano_tracks
+    from pianogpt.data.dataset import open_dataset
+    from pianogpt.data.remi import encode_merged, merge_piano_tracks
 
     tokenizer = open_dataset(tiny_dataset).tokenizer
     score = make_score(n_bars=12, with_changes=False)

@@ -10,9 +10,9 @@ import torch
 
 from conftest import make_score, tiny_train_config, write_midi
 from pianogpt.cli import CliError
-from pianogpt.dataset import open_dataset
-from pianogpt.merges import base_parts, full_vocab, has_merges, learn_merges, merge, unmerge
-from pianogpt.remi import (CHORD_LIMIT, RemiGrammar, build_tokenizer, encode_score, grammar_error_rate,
+from pianogpt.data.dataset import open_dataset
+from pianogpt.data.merges import base_parts, full_vocab, has_merges, learn_merges, merge, unmerge
+from pianogpt.data.remi import (CHORD_LIMIT, RemiGrammar, build_tokenizer, encode_score, grammar_error_rate,
                            guidance_types, note_match)
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "midi" / "piano-midi"
@@ -54,7 +54,7 @@ def test_no_merged_token_holds_a_bar_a_time_signature_or_a_rest(tiny_merged_data
 def test_round_trip_midi_to_merged_tokens_to_midi_keeps_every_note(tiny_merged_dataset, tmp_path):
     from symusic import Score
 
-    from pianogpt.remi import merge_piano_tracks
+    from pianogpt.data.remi import merge_piano_tracks
 
     tokenizer, _ = split_pieces(tiny_merged_dataset, "train")
     for seed in (1, 7):
@@ -214,7 +214,7 @@ def test_sample_bars_and_infill_on_merged_tokens(tiny_merged_checkpoint, tmp_pat
                  "--out_dir", str(tmp_path / "plain")])
     info = json.loads(next((tmp_path / "plain").glob("*.json")).read_text())
     checkpoint = torch.load(tiny_merged_checkpoint, weights_only=True)
-    from pianogpt.remi import tokenizer_from_json
+    from pianogpt.data.remi import tokenizer_from_json
 
     tokenizer = tokenizer_from_json(checkpoint["tokenizer"])
     assert info["token_ids"].count(tokenizer.vocab["Bar_None"]) == 6 and info["bars"] == 6

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pianogpt.checkpoints import load_checkpoint
-from pianogpt.engine import filter_logits, new_caches, sample_next
+from pianogpt.generation.engine import filter_logits, new_caches, sample_next
 from conftest import tiny_model
 from model import ModelConfig, MusicTransformer
 
@@ -105,7 +105,7 @@ def test_guidance_mixes_conditional_and_unconditional_logits(guidance):
 
 @pytest.mark.parametrize("guidance", [0.0, 3.0])
 def test_guidance_within_kinds_keeps_the_conditional_kind_odds_and_guides_inside_each_kind(guidance):
-    from pianogpt.engine import guided_logits
+    from pianogpt.generation.engine import guided_logits
     torch.manual_seed(0)
     logits = torch.randn(4, 12) * 3  # rows 0-1 conditional, rows 2-3 unconditional
     logits[0, 5] = -80.0  # a token the guided mix pushes far down must not break the sums
@@ -269,7 +269,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
 
 def test_compiled_decode_step_matches_eager_logits_and_greedy_tokens_with_the_grammar():
     """The compiled one-token step (static shapes, device position) is the same function."""
-    from pianogpt.remi import RemiGrammar, build_tokenizer, grammar_error_rate
+    from pianogpt.data.remi import RemiGrammar, build_tokenizer, grammar_error_rate
 
     tok = build_tokenizer()
     torch.manual_seed(0)
@@ -317,7 +317,7 @@ def test_a_compiled_decode_step_that_fails_to_build_decodes_eager_with_one_warni
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prepacked_weights_give_the_same_logits_and_are_dropped_on_exit(dtype):
-    from pianogpt.engine import can_prepack, prepacked_weights
+    from pianogpt.generation.engine import can_prepack, prepacked_weights
     from model import Linear
     torch.manual_seed(0)
     cfg = ModelConfig(block_size=32, vocab_size=64, n_composers=4, n_layer=2, n_head=4, n_embd=256, dropout=0.0,
@@ -347,7 +347,7 @@ def test_prepacked_weights_give_the_same_logits_and_are_dropped_on_exit(dtype):
 
 
 def test_one_bf16_row_decodes_through_aten_gemv_with_onednns_numbers():
-    from pianogpt.engine import gemv_pays, onednn_off
+    from pianogpt.generation.engine import gemv_pays, onednn_off
     torch.manual_seed(0)
     cfg = ModelConfig(block_size=64, vocab_size=64, n_composers=4, n_layer=2, n_head=4, n_embd=256, dropout=0.0)
     model = MusicTransformer(cfg).eval().to(torch.bfloat16)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from pianogpt.optim import Muon, newton_schulz, orthogonalization_dtype
+from pianogpt.training.optim import Muon, newton_schulz, orthogonalization_dtype
 
 
 def matrices(seed=0):
@@ -71,7 +71,7 @@ def test_orthogonalization_dtype_follows_the_cpu(monkeypatch, native):
 def test_a_cpu_limited_to_avx2_orthogonalises_in_float32():
     """The real detection, not a patched one: oneDNN held to AVX2 (as on a CPU without AVX512-BF16
     or AMX, whatever this machine has) makes bf16 emulated, and Muon then picks float32."""
-    code = "from pianogpt.optim import orthogonalization_dtype; print(orthogonalization_dtype('cpu'))"
+    code = "from pianogpt.training.optim import orthogonalization_dtype; print(orthogonalization_dtype('cpu'))"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})

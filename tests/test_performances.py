@@ -12,7 +12,7 @@ ASAP = os.path.join(os.path.dirname(REAL_MIDI), "asap-performed")
 
 
 def test_written_onsets_are_sequenced_and_played_ones_performed():
-    from pianogpt.remi import piece_kind
+    from pianogpt.data.remi import piece_kind
 
     score = make_score(seed=3, n_bars=16)
     assert piece_kind(score)[0] == "sequenced"
@@ -33,7 +33,7 @@ def test_every_performance_of_a_work_lands_in_one_split():
 
 def test_a_performance_joins_its_score_and_an_unrelated_piece_does_not():
     from prepare import performance_links
-    from pianogpt.remi import build_tokenizer, encode_score, onset_token_ids, pitch_token_ids, top_voice
+    from pianogpt.data.remi import build_tokenizer, encode_score, onset_token_ids, pitch_token_ids, top_voice
 
     tokenizer = build_tokenizer()
     pitches = pitch_token_ids(tokenizer)
@@ -65,7 +65,7 @@ def test_prepare_records_the_kind_of_every_piece(tmp_path):
 def test_the_kind_detector_on_real_performances_and_scores():
     from symusic import Score
 
-    from pianogpt.remi import piece_kind
+    from pianogpt.data.remi import piece_kind
 
     names = sorted(os.listdir(os.path.join(ASAP, "Chopin")))[:10]
     assert all(piece_kind(Score(os.path.join(ASAP, "Chopin", n)))[0] == "performed" for n in names)
@@ -114,7 +114,7 @@ def test_generation_keeps_the_kind_in_both_guidance_branches():
 def mixed_checkpoint(tmp_path_factory):
     """A tiny model with the kind condition, trained briefly on scores and performances of 2 composers."""
     from prepare import prepare
-    from pianogpt.config import TrainConfig
+    from pianogpt.training.config import TrainConfig
     from train import train
 
     root = tmp_path_factory.mktemp("mixed")

@@ -11,7 +11,7 @@ import pytest
 from pianogpt.cli import CliError
 from conftest import REAL_MIDI, ROOT, make_drums_only, make_no_notes, make_score, write_midi
 from prepare import find_midi_files, hash_split, prepare
-from pianogpt.remi import build_tokenizer, encode_score, grammar_error_rate, merge_piano_tracks, note_match, pitch_token_ids
+from pianogpt.data.remi import build_tokenizer, encode_score, grammar_error_rate, merge_piano_tracks, note_match, pitch_token_ids
 
 
 def read_split(out, split):

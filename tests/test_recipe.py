@@ -6,7 +6,7 @@ import torch
 
 from conftest import tiny_model
 from model import ModelConfig, MusicTransformer
-from pianogpt.optim import MuonWithAdamW
+from pianogpt.training.optim import MuonWithAdamW
 
 
 def tiny(**options):
@@ -138,9 +138,9 @@ def test_muon_learns_and_its_state_round_trips():
 
 def test_the_seed_run_builds_and_takes_one_step_at_8192_tokens_with_gradient_checkpointing():
     """config/remi_8layer.py is the GPT-2 baseline's architecture exactly, and its full context fits a CPU step."""
-    from pianogpt.config import load_config
+    from pianogpt.training.config import load_config
     from conftest import ROOT
-    from pianogpt.config import TrainConfig, model_config_of
+    from pianogpt.training.config import TrainConfig, model_config_of
 
     cfg = load_config(TrainConfig, [f"{ROOT}/config/remi_8layer.py"])
     model_cfg = model_config_of(cfg, {"vocab_size": 419, "n_composers": 27, "pad_id": 0})
@@ -197,9 +197,9 @@ def test_bench_times_the_shipped_cpu_model_exactly_as_train_builds_it(capsys):
     import os
 
     import bench
-    from pianogpt.config import load_config
+    from pianogpt.training.config import load_config
     from conftest import ROOT
-    from pianogpt.config import TrainConfig
+    from pianogpt.training.config import TrainConfig
 
     bench.main(["--quick", "--cases", "train"])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
@@ -209,7 +209,7 @@ def test_bench_times_the_shipped_cpu_model_exactly_as_train_builds_it(capsys):
         assert shipped[key] == getattr(cfg, key), key
     import dataclasses
 
-    from pianogpt.config import model_config_of
+    from pianogpt.training.config import model_config_of
 
     model_cfg, batch, optimizer = bench.shipped_recipe("remi_cpu")  # read without importing train.py
     expected = model_config_of(cfg, {"vocab_size": 419, "n_composers": 27, "pad_id": 0})

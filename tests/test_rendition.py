@@ -8,13 +8,13 @@ from conftest import make_score, write_midi
 
 
 def merged(seed=3, n_bars=24):
-    from pianogpt.remi import merge_piano_tracks
+    from pianogpt.data.remi import merge_piano_tracks
 
     return merge_piano_tracks(make_score(seed=seed, n_bars=n_bars))[0]
 
 
 def test_the_clock_drifts_but_never_runs_backwards():
-    from pianogpt.rendition import drifting_clock
+    from pianogpt.data.rendition import drifting_clock
 
     times = np.linspace(0, 300, 30001)
     swings = []
@@ -28,7 +28,7 @@ def test_the_clock_drifts_but_never_runs_backwards():
 
 
 def test_rolled_chords_start_from_the_bottom_and_single_notes_stay_close():
-    from pianogpt.rendition import played_onsets
+    from pianogpt.data.rendition import played_onsets
 
     onset = np.array([0.0, 0.0, 0.0, 1.0, 2.0])
     pitch = np.array([72, 48, 60, 65, 67])
@@ -40,7 +40,7 @@ def test_rolled_chords_start_from_the_bottom_and_single_notes_stay_close():
 
 
 def test_a_note_released_under_the_pedal_sounds_until_it_lifts():
-    from pianogpt.rendition import pedalled_ends
+    from pianogpt.data.rendition import pedalled_ends
 
     onset, end = np.arange(50) * 0.5, np.arange(50) * 0.5 + 0.1
     dry = pedalled_ends(onset, end, np.random.default_rng(0), articulation=(1, 1), pedal_share=(0, 0))
@@ -50,7 +50,7 @@ def test_a_note_released_under_the_pedal_sounds_until_it_lifts():
 
 
 def test_flat_dynamics_are_struck_with_contour_and_stay_in_range():
-    from pianogpt.rendition import struck_velocities
+    from pianogpt.data.rendition import struck_velocities
 
     onset = np.repeat(np.arange(100) * 0.25, 3)
     pitch = np.tile([48, 55, 64], 100)
@@ -61,8 +61,8 @@ def test_flat_dynamics_are_struck_with_contour_and_stay_in_range():
 
 
 def test_a_rendition_reads_as_a_performance_of_the_same_notes():
-    from pianogpt.remi import piece_kind
-    from pianogpt.rendition import performed_rendition
+    from pianogpt.data.remi import piece_kind
+    from pianogpt.data.rendition import performed_rendition
 
     score = merged()
     rendition = performed_rendition(score, seed=7)

@@ -289,7 +289,7 @@ def test_every_loader_refuses_a_pickle_payload(tmp_path, script, args):
 
 def test_resume_refuses_a_pickle_payload_and_a_different_shape(tiny_dataset, tmp_path):
     from pianogpt.cli import CliError
-    from pianogpt.config import TrainConfig
+    from pianogpt.training.config import TrainConfig
     from train import train
 
     cfg = dict(data_dir=str(tiny_dataset), out_dir=str(tmp_path), block_size=32, n_layer=1, n_head=2, n_embd=32,

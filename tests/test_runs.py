@@ -15,7 +15,7 @@ from pianogpt.cli import CliError
 from pianogpt.files import FolderLock
 from conftest import ROOT, tiny_train_config
 from prepare import prepare
-from pianogpt.outputs import claim_stem
+from pianogpt.output.outputs import claim_stem
 from pianogpt.cli import Stopped
 from train import train
 

@@ -11,7 +11,7 @@ import torch
 from pianogpt.cli import CliError
 from conftest import ROOT
 from model import MusicTransformer, ModelConfig
-from pianogpt.remi import RemiGrammar, build_tokenizer, grammar_error_rate
+from pianogpt.data.remi import RemiGrammar, build_tokenizer, grammar_error_rate
 from sample import resolve_composer, resolve_mix
 
 COMPOSERS = {"<unconditional>": 0, "Bach, Johann Sebastian": 1, "Chopin, Frédéric": 2, "Schubert": 3,
@@ -110,7 +110,7 @@ def test_constrained_sampling_from_an_untrained_model_has_zero_grammar_errors():
 
 
 def test_token_kinds_group_the_vocabulary_by_token_type():
-    from pianogpt.remi import build_tokenizer, token_types
+    from pianogpt.data.remi import build_tokenizer, token_types
 
     vocab = build_tokenizer().vocab
     kinds, type_index = token_types(vocab)
@@ -258,7 +258,7 @@ def test_bars_16_gives_16_bars(tiny_checkpoint, tmp_path):
 
 
 def test_seconds_stop_at_the_first_bar_line_past_that_time(tiny_checkpoint, tmp_path):
-    from pianogpt.remi import bar_line_seconds
+    from pianogpt.data.remi import bar_line_seconds
 
     tokenizer = build_tokenizer()
     result = run_sample("--ckpt", str(tiny_checkpoint), "--composer_id", "2", "--seconds", "20", "--no-audio",

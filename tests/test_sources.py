@@ -70,7 +70,7 @@ def test_holdout_must_name_one_of_the_folders_and_leave_one(two_sources, tmp_pat
 def test_a_dataset_prepared_before_heldout_opens_with_an_empty_heldout(tiny_dataset, tmp_path):
     import shutil
 
-    from pianogpt.dataset import open_dataset
+    from pianogpt.data.dataset import open_dataset
 
     old = tmp_path / "old"
     shutil.copytree(tiny_dataset, old)
@@ -91,15 +91,15 @@ def types_of(vocab, ids):
 
 @pytest.fixture(scope="module")
 def encoded_piece():
-    from pianogpt.remi import build_tokenizer, encode_score
+    from pianogpt.data.remi import build_tokenizer, encode_score
 
     tokenizer = build_tokenizer()
     return tokenizer, np.asarray(encode_score(tokenizer, make_score(seed=7, n_bars=16))[0], np.int64)
 
 
 def test_each_probe_removes_its_habit_and_keeps_the_grammar(encoded_piece):
-    from pianogpt.probes import Probes
-    from pianogpt.remi import grammar_error_rate
+    from pianogpt.measures.probes import Probes
+    from pianogpt.data.remi import grammar_error_rate
 
     tokenizer, ids = encoded_piece
     vocab, probes = tokenizer.vocab, Probes(tokenizer.vocab)

@@ -40,7 +40,7 @@ def fake_studio(tmp_path):
     """The studio's server, with its guards, and callbacks that need no model: run_job waits for a
     go-ahead, fails its write when asked to, or (tokens=N) runs N steps of about 10 ms each, until
     stopped."""
-    from pianogpt.studio import Studio, StudioServer, allowed_hosts, handler_for
+    from pianogpt.output.studio import Studio, StudioServer, allowed_hosts, handler_for
 
     go = threading.Event()
 
@@ -109,7 +109,7 @@ def test_a_failed_write_answers_its_request_and_the_server_serves_on(fake_studio
 def test_the_page_asks_for_numbers_in_range_and_a_midi_file():
     import argparse
 
-    from pianogpt.studio import studio_arguments, uploaded_prompt
+    from pianogpt.output.studio import studio_arguments, uploaded_prompt
 
     args = argparse.Namespace(guidance=[5.0], temperature=0.9, composer=None, composer_id=None)
     job = studio_arguments(args, {"composer": "Bach", "mix_with": "Chopin", "mix_share": "0.25", "length": "16"}, 1000)
@@ -259,7 +259,7 @@ def test_status_is_answered_throughout_a_generation_under_many_pollers(fake_stud
 def test_clients_that_send_slowly_or_vanish_do_not_hold_the_server(fake_studio):
     """More idle connections than handler threads, and clients that hang up mid-request: each is
     dropped after its time-out (1 s in fake_studio), and the server answers the next request."""
-    import pianogpt.studio as studio_module
+    import pianogpt.output.studio as studio_module
 
     base, go = fake_studio
     host, port = base.rsplit("/", 1)[-1].split(":")
@@ -498,7 +498,7 @@ def test_the_page_fills_bars_of_a_midi_file_in_a_real_browser(tiny_infill_checkp
     from symusic import Score
 
     from conftest import make_score, write_midi
-    from pianogpt.infill import bar_ticks
+    from pianogpt.generation.infill import bar_ticks
 
     piece = write_midi(str(tmp_path / "mine.mid"), make_score(seed=3, n_bars=12))
     data = base64.b64encode(open(piece, "rb").read()).decode()

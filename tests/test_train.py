@@ -12,17 +12,17 @@ import pytest
 import torch
 
 from pianogpt.cli import CliError
-from pianogpt.config import load_config
+from pianogpt.training.config import load_config
 from conftest import ROOT, tiny_train_config
-from pianogpt.dataset import WindowSampler, open_dataset
+from pianogpt.data.dataset import WindowSampler, open_dataset
 import train as train_module
-from pianogpt import compile_auto
+from pianogpt.training import compile_auto
 from pianogpt.cli import StopAtSafePoint, Stopped
-from pianogpt.compile_auto import CompileTrial
-from pianogpt.config import TrainConfig
-from pianogpt.dataset import piece_weights, train_pieces
-from pianogpt.remi import transpose_pitches
-from pianogpt.optim import lr_at
+from pianogpt.training.compile_auto import CompileTrial
+from pianogpt.training.config import TrainConfig
+from pianogpt.data.dataset import piece_weights, train_pieces
+from pianogpt.data.remi import transpose_pitches
+from pianogpt.training.optim import lr_at
 from train import train
 
 

@@ -17,10 +17,10 @@ import numpy as np
 
 from pianogpt.files import atomic_write_bytes
 
-ENCODING_MODULES = ("prepare.py", "pianogpt/remi.py", "pianogpt/rendition.py")
+ENCODING_MODULES = ("prepare.py", "pianogpt/data/remi.py", "pianogpt/data/rendition.py")
 # a file skipped for these may encode on another try (more memory, a longer time-out): never kept
 UNSETTLED = ("too_large", "crashed_parser")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: pianogpt/data/ is two levels down
 
 
 def encoding_salt(settings):

@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from pianogpt.cli import CliError
-from pianogpt.dataset import RENDER_AS
+from pianogpt.data.dataset import RENDER_AS
 
 MAX_REQUEST_BYTES = 8 * 2**20  # a MIDI file to continue, base64 in JSON
 MAX_HANDLERS = 16  # connections handled at once; more wait in the listen queue until one ends

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pianogpt.remi import CHORD_LIMIT, RemiGrammar, encode_merged, notes_of
+from pianogpt.data.remi import CHORD_LIMIT, RemiGrammar, encode_merged, notes_of
 
 PLAIN, BEFORE, AFTER, MIDDLE, LAST_BAR = range(5)
 N_ROLES = 5

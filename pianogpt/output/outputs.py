@@ -15,11 +15,11 @@ import json
 import os
 from urllib.parse import quote
 
-from pianogpt.audio import render, wav_bytes
+from pianogpt.output.audio import render, wav_bytes
 from pianogpt.cli import CliError
 from pianogpt.files import atomic_write_bytes, atomic_write_text
-from pianogpt.pictures import piano_roll, png_bytes
-from pianogpt.remi import PIANO_HIGH, PIANO_LOW, decode_sample
+from pianogpt.output.pictures import piano_roll, png_bytes
+from pianogpt.data.remi import PIANO_HIGH, PIANO_LOW, decode_sample
 
 
 # ----------------------------------------------------------------------------- one sample, whole

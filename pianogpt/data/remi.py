@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import torch
 
-from pianogpt import merges
+from pianogpt.data import merges
 
 PIANO_LOW, PIANO_HIGH = 21, 108  # A0..C8: notes outside are dropped (they cannot be played)
 ONSET_STEPS_PER_QUARTER = 8  # REMI positions per beat (beat_res 8 for the first 4 beats)

@@ -11,10 +11,10 @@ import torch
 from model import ModelConfig, ModelOptions, load_state
 from pianogpt.checkpoints import load_checkpoint, with_composer_rows
 from pianogpt.cli import CliError
-from pianogpt.dataset import WindowSampler, merge_composer_tables, open_dataset, piece_weights
-from pianogpt.infill import N_ROLES
-from pianogpt.merges import full_vocab
-from pianogpt.remi import tokenizer_from_json
+from pianogpt.data.dataset import WindowSampler, merge_composer_tables, open_dataset, piece_weights
+from pianogpt.generation.infill import N_ROLES
+from pianogpt.data.merges import full_vocab
+from pianogpt.data.remi import tokenizer_from_json
 
 
 def base_checkpoint(cfg):

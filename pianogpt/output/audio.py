@@ -12,7 +12,7 @@ import wave
 
 import numpy as np
 
-from pianogpt.remi import notes_of
+from pianogpt.data.remi import notes_of
 
 SAMPLE_RATE = 22050
 PARTIALS = 6

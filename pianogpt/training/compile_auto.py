@@ -5,7 +5,7 @@ import statistics
 import torch
 
 from pianogpt.devices import compile_problem, first_line, recall, remember
-from pianogpt.lifecycle import rank0_value
+from pianogpt.training.lifecycle import rank0_value
 
 
 class CompileTrial:

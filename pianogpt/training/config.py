@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from model import ModelConfig, ModelOptions
 from pianogpt.cli import CliError
-from pianogpt.infill import N_ROLES
-from pianogpt.optim import OPTIMIZERS
-from pianogpt.periods import PERIODS
+from pianogpt.generation.infill import N_ROLES
+from pianogpt.training.optim import OPTIMIZERS
+from pianogpt.data.periods import PERIODS
 
 FINETUNES = ("all", "new_rows")
 
@@ -58,7 +58,7 @@ class TrainConfig(ModelOptions):
     composer_balance: float = 0.0  # 0: every piece equally often; 1: every composer equally often
     rendition_weight: float = 1.0  # how often a performed rendition (prepare --renditions) is drawn, per file drawn
     archive_balance: float = 0.0  # several MIDI folders: 0 draws a composer's archives as their pieces, 1 alike
-    infill_share: float = 0.0  # share of windows rearranged to teach infilling (needs n_roles=5; pianogpt/infill.py)
+    infill_share: float = 0.0  # share of windows rearranged to teach infilling (needs n_roles=5; pianogpt/generation/infill.py)
     infill_bars: int = 4  # the longest middle, in bars, of such a window
     infill_middle: float = 0.5  # the longest middle, as a share of the context
     # system
@@ -102,7 +102,7 @@ class TrainConfig(ModelOptions):
         if not 0 <= self.infill_share < 1:
             raise CliError(f"infill_share must be in [0, 1), got {self.infill_share}")
         if self.n_periods not in (0, len(PERIODS)):
-            raise CliError(f"n_periods must be 0 (off) or {len(PERIODS)} (pianogpt/periods.py), got {self.n_periods}")
+            raise CliError(f"n_periods must be 0 (off) or {len(PERIODS)} (pianogpt/data/periods.py), got {self.n_periods}")
         if self.infill_share and self.n_roles != N_ROLES:
             raise CliError(f"infill_share needs a role embedding: set n_roles={N_ROLES}")
         if not 1 <= self.infill_bars <= 64:

@@ -4,7 +4,7 @@ clearly different period styles, one folder per style (the "composers").
 It is synthetic. It exists so a fresh checkout with no data and no network can run the
 whole pipeline; for real music pass --midi_dir (see the README's real-music path).
 
-    python -m pianogpt.democorpus --out_dir data/demo-midi --pieces_per_style 50
+    python -m pianogpt.data.democorpus --out_dir data/demo-midi --pieces_per_style 50
 
 Every piece: a random key (major or minor), a functional chord progression (a Markov chain
 over scale degrees that ends with a V-I cadence), a tempo (with per-bar rubato and a final

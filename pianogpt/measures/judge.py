@@ -10,7 +10,7 @@ Imports only remi (the notes of a score).
 import numpy as np
 import torch
 
-from pianogpt.remi import notes_of
+from pianogpt.data.remi import notes_of
 
 IOI_EDGES = np.array([0, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1, 3 / 2, 2, 4]) + 1e-6  # quarters
 DURATION_EDGES = np.array([0, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4]) + 1e-6

@@ -11,7 +11,7 @@ import torch
 
 from pianogpt.cli import CliError
 from pianogpt.files import atomic_write_bytes, read_jsonl
-from pianogpt.pictures import chart, png_bytes, side_by_side
+from pianogpt.output.pictures import chart, png_bytes, side_by_side
 
 
 # ----------------------------------------------------------------------------- torchrun's processes

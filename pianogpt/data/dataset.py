@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pianogpt.cli import CliError
-from pianogpt.remi import KINDS, check_tokenizer
+from pianogpt.data.remi import KINDS, check_tokenizer
 
 FORMAT_VERSION = 2
 UNCONDITIONAL = "<unconditional>"  # composers.json name of id 0; real composers are 1..N by name

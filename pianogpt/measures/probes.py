@@ -6,7 +6,7 @@ shortcut: the model named the archive's habit, not the composer (issue 36).
 """
 import numpy as np
 
-from pianogpt.remi import ONSET_STEPS_PER_QUARTER, transpose_pitches
+from pianogpt.data.remi import ONSET_STEPS_PER_QUARTER, transpose_pitches
 
 
 def token_values(vocab, prefix):

@@ -1,8 +1,8 @@
 """Does a piece copy its training data? The longest run of notes it shares with any training piece."""
 import numpy as np
 
-from pianogpt.judge import note_arrays
-from pianogpt.remi import gram_keys
+from pianogpt.measures.judge import note_arrays
+from pianogpt.data.remi import gram_keys
 
 
 def note_events(score):
