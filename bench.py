@@ -34,6 +34,8 @@ from pianogpt.generation.engine import guided_logits, sample_next
 from model import ModelConfig, ModelOptions, MusicTransformer
 from pianogpt.devices import (autocast_context, cpu_description, device_type_of, machine_matmul_peak, require_compile,
                               resolve_device, resolve_dtype)
+from pianogpt.generation.engine import generate
+from pianogpt.training.optim import configure_optimizers
 
 CASES = ("matmul", "train", "loop", "sample", "prepare")
 CPU_SHAPE_BEFORE = dict(n_layer=4, n_head=4, n_embd=128)  # config/remi_cpu.py before the modern recipe
@@ -82,7 +84,7 @@ def bench_train(name, cfg, batch_size, device, dtype, peak, steps, compile_model
     block_size = cfg.block_size
     model = make_model(cfg, device)
     optimizer_name = optimizer
-    optimizer = model.configure_optimizers(0.1, 1e-4, device_type=device_type_of(device),
+    optimizer = configure_optimizers(model, 0.1, 1e-4, device_type=device_type_of(device),
                                            optimizer=optimizer_name)
     step_model = torch.compile(model) if compile_model else model
     ctx = autocast_context(device_type_of(device), dtype)
@@ -191,7 +193,7 @@ def bench_loop(cfg, batch_size, optimizer_name, device, dtype, data_dir, repeats
     model = make_model(cfg, device)
     device_type = device_type_of(device)
     ctx = autocast_context(device_type, dtype)
-    optimizer = model.configure_optimizers(0.1, 1e-4, device_type=device_type, optimizer=optimizer_name)
+    optimizer = configure_optimizers(model, 0.1, 1e-4, device_type=device_type, optimizer=optimizer_name)
     x = torch.randint(2, cfg.vocab_size, (batch_size, cfg.block_size), device=device)
     composer = torch.randint(0, cfg.n_composers, (batch_size,), device=device)
 
@@ -275,7 +277,7 @@ def time_recompute_steps(model, prompt_len, new_tokens, guidance, device, points
 def time_generate(model, idx, composer, new_tokens, guidance, device, compile_step, prepack=True):
     sync(device)
     start = time.perf_counter()
-    model.generate(idx, composer, new_tokens, guidance=guidance, compile=compile_step, prepack=prepack,
+    generate(model, idx, composer, new_tokens, guidance=guidance, compile=compile_step, prepack=prepack,
                    generator=torch.Generator(device=device).manual_seed(0))
     sync(device)
     return time.perf_counter() - start

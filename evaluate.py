@@ -46,6 +46,7 @@ from pianogpt.generation.infill import PLAIN, bar_lines, context_budget, gap_lay
 from pianogpt.data.merges import full_vocab, merge, note_counts, unmerge
 from pianogpt.data.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, decode_sample, encode_score, grammar_error_rate,
                            guidance_types, note_token_mask, piece_kind)
+from pianogpt.generation.engine import generate
 
 
 KIND_NAMES = {kind_id: kind for kind, kind_id in KIND_IDS.items()}  # 1: "sequenced", 2: "performed"
@@ -761,7 +762,7 @@ def sample_measures(e, judge, copies, guidance, render_as, per_composer, sample_
     kind = None if render_as is None else RENDER_AS[render_as]
     generator = torch.Generator(device=e.device).manual_seed(e.seed)
     with e.ctx:
-        out = e.model.generate(bos, requested, sample_tokens, guidance=guidance, generator=generator,
+        out = generate(e.model, bos, requested, sample_tokens, guidance=guidance, generator=generator,
                                logits_processor=RemiGrammar(e.tokenizer, chord_limit=CHORD_LIMIT),
                                guidance_types=guidance_types(e.tokenizer, guidance_mode), kind=kind)
     token_lists = [row[1:].tolist() for row in out]

@@ -5,8 +5,11 @@ token embedding + composer embedding (every position) + position embedding -> dr
 n_layer pre-LN blocks (SDPA attention, GELU MLP) -> LayerNorm -> head tied to the token
 embedding (composer_layers: the composer also adds a row before every block, which a fine-tune
 gives new composers). Its forward runs a chunk (into a KV cache when given one) and decode_step
-one token; how tokens are produced (cache, prefill, guidance, filters) is engine.py's, the
-optimizers are optim.py's, checkpoint files are checkpoints.py's.
+one token into the KVCache kept here beside it (as gpt-fast keeps its cache beside its model);
+how tokens are produced (prefill, the decode loop, guidance, filters) is
+pianogpt/generation/engine.py's, the optimizers are pianogpt/training/optim.py's, checkpoint files
+are pianogpt/checkpoints.py's. This file imports torch and the standard library only: the package
+depends on the network, never the other way.
 
 The modern recipe's levers are ModelConfig options, each off by default so that the GPT-2 baseline's
 architecture is the default: rotary positions, RMSNorm, ReLU² MLPs, QK-norm, an untied head.
@@ -19,10 +22,6 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
-
-from pianogpt.generation import engine
-from pianogpt.training import optim
-
 
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
@@ -104,18 +103,63 @@ def norm_layer(cfg, size=None):
 
 
 class Linear(nn.Linear):
-    """nn.Linear that can run from a weight prepacked for oneDNN (set by engine.prepacked_weights).
-    A plain CPU linear reorders its weight into oneDNN's blocked layout on every call, which doubles
-    the cost of a one-token decoding step. The packed copy is used only while it is set, no
-    gradient is wanted (the packed op has no backward) and autocast is off (it would bypass it)."""
+    """nn.Linear with a slot for a faster forward of the same function while no gradient is wanted:
+    the engine sets inference_forward (a weight prepacked for the CPU's oneDNN:
+    pianogpt/torch_internals.PackedLinear) for the length of a generate call. Never with gradients:
+    such a forward has no backward."""
 
-    packed = None
+    inference_forward = None
 
     def forward(self, x):
-        if (self.packed is not None and x.dtype == self.packed.dtype and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled(x.device.type) and torch._C._get_mkldnn_enabled()):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if self.inference_forward is not None and not torch.is_grad_enabled():
+            return self.inference_forward(x)
         return super().forward(x)
+
+
+# ---------------------------------------------------------------------- the KV cache
+
+
+class KVCache:
+    """Keys and values of one attention layer, preallocated for max_len positions.
+
+    Two ways in: append (a chunk after the `length` cached positions: the prefill) and write_at
+    (one token at a position given as a device tensor). With static=True a one-token step then
+    attends over all max_len slots under a mask (the static shapes a compiled step needs);
+    otherwise over the filled slots only, which reads less memory in eager mode.
+    """
+
+    def __init__(self, batch, n_head, max_len, head_dim, dtype, device):
+        self.k = torch.zeros(batch, n_head, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0  # filled slots, as the eager paths count them
+        self.static = False  # True: one-token steps attend over every slot under a mask (compiled decoding)
+
+    def append(self, k, v):
+        start, end = self.length, self.length + k.size(2)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def write_at(self, pos, k, v):
+        """Store one token's k, v at pos; (keys, values, mask) for its attention: the filled
+        slots and no mask (eager), or every slot masked beyond pos (static)."""
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
+        if self.static:
+            return self.k, self.v, (torch.arange(self.k.size(2), device=pos.device) <= pos)[None, :]
+        self.length += 1
+        return self.k[:, :, :self.length], self.v[:, :, :self.length], None
+
+
+def new_caches(model, batch, device, dtype, max_len=None):
+    """One empty KVCache per block, for `batch` rows and max_len positions (default: the context)."""
+    cfg = model.config
+    return [KVCache(batch, cfg.n_head, max_len or cfg.block_size, cfg.n_embd // cfg.n_head, dtype, device)
+            for _ in model.blocks]
+
+
+# ---------------------------------------------------------------------- the network
 
 
 def rotary_tables(head_dim, length, base):
@@ -157,7 +201,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=visible)
             return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C).to(x.dtype)))
         past = 0
-        if cache is not None:  # attention runs in the cache's precision (see generate)
+        if cache is not None:  # attention runs in the cache's precision (the engine chooses it)
             past = cache.length
             k, v = cache.append(k, v)
             q = q.to(k.dtype)
@@ -253,7 +297,7 @@ class MusicTransformer(nn.Module):
 
         With targets: logits at every position and the label-smoothed cross-entropy that
         ignores PAD targets. Without: logits of the last position only (unless all_logits),
-        as generation needs. caches/start_pos: incremental decoding (see generate).
+        as generation needs. caches/start_pos: incremental decoding (a list of KVCache, one per block).
         """
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
@@ -320,7 +364,7 @@ class MusicTransformer(nn.Module):
         real = (targets != self.config.pad_id).float()
         return -self.token_log_probs(idx, composer, targets, kind) * real, real
 
-    # ------------------------------------------------------------------ generation
+    # ------------------------------------------------------------------ decoding
 
     def decode_step(self, token, composer, caches, pos, kind=None, role=None):
         """Logits [B, vocab] of the next token after `token` [B, 1] placed at position `pos`
@@ -335,18 +379,7 @@ class MusicTransformer(nn.Module):
             x = block(x, cache, rotary, step_pos=pos)
         return self.head(self.ln_f(x))[:, -1]
 
-    def generate(self, idx, composer, max_new_tokens, temperature=0.9, top_k=40, top_p=0.95, guidance=1.0,
-                 **options):
-        """prompt idx [B, T] + max_new_tokens sampled tokens, KV-cached, with classifier-free guidance:
-        engine.generate, where every option is described."""
-        return engine.generate(self, idx, composer, max_new_tokens, temperature, top_k, top_p, guidance, **options)
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu",
-                             optimizer="adamw"):
-        """optim.configure_optimizers for this model."""
-        return optim.configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer)
-
-    # ------------------------------------------------------------------ training helpers
+    # ------------------------------------------------------------------ cost
 
     def flops_per_token(self, seq_len):
         """Training (forward + backward) FLOPs per token, PaLM appendix B."""
@@ -360,18 +393,6 @@ class MusicTransformer(nn.Module):
         """Model FLOPs utilisation: achieved training FLOP/s as a share of peak_flops."""
         return self.flops_per_token(seq_len) * tokens_per_second / peak_flops
 
-    @classmethod
-    def from_checkpoint(cls, path, device="cpu"):
-        """The model of a ckpt.pt or best.pt, weights only (a file carrying code is refused). Programs
-        load through pianogpt.checkpoints, which also checks the tokenizer and composers."""
-        return cls.from_checkpoint_dict(torch.load(path, map_location=device, weights_only=True), device)
-
-    @classmethod
-    def from_checkpoint_dict(cls, checkpoint, device="cpu"):
-        model = cls(ModelConfig.from_dict(checkpoint["model_config"]))
-        load_state(model, checkpoint["model"])
-        return model.to(device).eval()
-
 
 # ---------------------------------------------------------------------- composers
 
@@ -384,7 +405,7 @@ def composer_vectors(rows, composer):
     return picked.view(len(composer), *rows.shape[1:])
 
 
-# ---------------------------------------------------------------------- sampling
+# ---------------------------------------------------------------------- loading weights
 
 
 def load_state(model, state):

@@ -34,6 +34,7 @@ from pianogpt.output.outputs import (keep_sample, keep_whole, kept_line, make_ou
 from pianogpt.generation.infill import bar_ticks, bars_of_seconds, plan_span, seconds_at, splice, write_middles
 from pianogpt.data.remi import (CHORD_LIMIT, GUIDANCE_MODES, RemiGrammar, bar_line_seconds,
                           decode_sample, encode_score, guidance_types, merge_piano_tracks, piece_kind)
+from pianogpt.generation.engine import generate
 
 
 # ----------------------------------------------------------------------------- composers
@@ -274,7 +275,7 @@ def generate_samples(model, tokenizer, request, num_samples, draw, device, compi
     idx = torch.tensor([request["prompt"]] * num_samples, dtype=torch.long, device=device)
     composer = condition_tensor(request["condition"], num_samples, model.config.n_composers, device)
     bar = tqdm(total=max_new_tokens, desc="sampling", unit="tok", disable=not progress or None, file=sys.stdout)
-    out = model.generate(idx, composer, max_new_tokens, **draw.options(tokenizer, device),
+    out = generate(model, idx, composer, max_new_tokens, **draw.options(tokenizer, device),
                          logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT) if draw.constrained else None,
                          on_step=lambda step, *_: (bar.update(), on_token and on_token(step, max_new_tokens)),
                          compile=compile, kind=request["kind"], stop=stop)

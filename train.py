@@ -38,6 +38,7 @@ from pianogpt.training.lifecycle import (across_processes, check_ranks_agree, en
                                 write_curves)
 from pianogpt.training.optim import lr_at, orthogonalization_dtype
 from pianogpt.data.periods import period_ids
+from pianogpt.training.optim import configure_optimizers
 
 
 class Run:
@@ -173,7 +174,7 @@ def set_up_model(run):
     if is_fine_tune(cfg, run.base) and cfg.finetune == "new_rows":
         learn_new_rows_only(model, len(run.composers) - len(run.new_composers))
         weight_decay = 0.0  # decay would shrink the frozen rows
-    run.optimizer = model.configure_optimizers(weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+    run.optimizer = configure_optimizers(model, weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                                run.device_type, cfg.optimizer)
     run.scaler = torch.amp.GradScaler(run.device_type, enabled=run.dtype == "float16")
     if checkpoint:

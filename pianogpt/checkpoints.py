@@ -1,10 +1,11 @@
-"""Checkpoint files: written atomically, and loaded with every check a sampler needs.
+"""Checkpoint files: the one place they are written and read.
 
 A checkpoint is one torch.save'd dict of plain tensors and plain data (see DESIGN.md):
 model and optimizer state, iteration, configs, the tokenizer as JSON and the composers.
-load_trained refuses, in one line, a checkpoint that carries code, whose weights do not
-fit its config, whose tokenizer does not parse or does not match the model's vocabulary,
-or whose composers do not match the composer table.
+Every program reads one through load_checkpoint (weights only: a file carrying code is refused);
+network_of builds its model; load_trained, the two with every check a sampler needs, refuses in
+one line a checkpoint whose weights do not fit its config, whose tokenizer does not parse or does
+not match the model's vocabulary, or whose composers do not match the composer table.
 """
 import io
 import os
@@ -17,7 +18,7 @@ import torch
 from pianogpt.cli import CliError
 from pianogpt.files import atomic_write_bytes
 from pianogpt.data.dataset import composer_table_problem
-from model import MusicTransformer
+from model import ModelConfig, MusicTransformer, load_state
 from pianogpt.data.remi import check_tokenizer
 
 
@@ -59,7 +60,7 @@ def load_trained(path, device="cpu"):
         for key in ("tokenizer", "composers"):
             if key not in checkpoint:
                 raise ValueError(f"{path} is not a checkpoint of this project (missing {key})")
-        model = MusicTransformer.from_checkpoint_dict(checkpoint, device)
+        model = network_of(checkpoint, device)
         cfg = model.config
         tokenizer = check_tokenizer(f"{path} (its tokenizer)", checkpoint["tokenizer"], cfg.vocab_size, cfg.pad_id)
         problem = composer_table_problem(checkpoint["composers"], cfg.n_composers, "but its composer table holds")
@@ -68,6 +69,14 @@ def load_trained(path, device="cpu"):
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from None
     return model, checkpoint, tokenizer
+
+
+def network_of(checkpoint, device="cpu"):
+    """The model of a checkpoint dict (load_checkpoint's), in eval mode on device; weights that do
+    not fit its config are a ValueError naming what differs."""
+    model = MusicTransformer(ModelConfig.from_dict(checkpoint["model_config"]))
+    load_state(model, checkpoint["model"])
+    return model.to(device).eval()
 
 
 def load_checkpoint(path, device="cpu", mmap=False):

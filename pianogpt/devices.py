@@ -10,6 +10,7 @@ import torch
 
 from pianogpt.cli import CliError
 from pianogpt.files import atomic_write_bytes
+from pianogpt.torch_internals import cpu_has_native_bf16
 
 
 def resolve_device(name):
@@ -27,10 +28,6 @@ def resolve_device(name):
 
 def device_type_of(device):
     return "cuda" if str(device).startswith("cuda") else str(device)
-
-
-def cpu_has_native_bf16():
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def cpu_description():

@@ -147,7 +147,7 @@ def test_a_render_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path
     def full_disk(samples):
         raise OSError(errno.ENOSPC, "No space left on device", "real_real.wav")
 
-    from pianogpt import outputs
+    from pianogpt.output import outputs
 
     monkeypatch.setattr(outputs, "wav_bytes", full_disk)
     with pytest.raises(SystemExit) as stop:

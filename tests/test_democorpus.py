@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from pianogpt.checkpoints import network_of
 from pianogpt.data.democorpus import STYLES, write_demo_corpus
 
 STYLE_TEST_ITERS = 200
@@ -101,7 +102,7 @@ def test_samples_follow_the_requested_style_with_guidance_3(demo_midi, tmp_path)
                       batch_size=16, grad_accum=1, max_iters=STYLE_TEST_ITERS, eval_interval=STYLE_TEST_ITERS,
                       eval_iters=2, log_interval=50, learning_rate=3e-3, dropout=0.0, device="cpu", dtype="float32"))
     checkpoint = torch.load(out / "ckpt.pt", weights_only=True)
-    model = MusicTransformer.from_checkpoint_dict(checkpoint)
+    model = network_of(checkpoint)
     tokenizer = tokenizer_from_json(checkpoint["tokenizer"])
     features = {s: np.stack([style_features(Score(str(demo_midi / s / f))) for f in sorted(os.listdir(demo_midi / s))])
                 for s in STYLES}

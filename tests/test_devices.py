@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from model import ModelConfig, MusicTransformer
+from pianogpt.checkpoints import load_checkpoint, network_of
+from pianogpt.generation.engine import generate
 from conftest import tiny_train_config
 from train import train
 
@@ -55,7 +57,7 @@ def test_compiled_model_trains_and_saves_plain_weights(tiny_dataset, tmp_path):
     tiny_run(tiny_dataset, tmp_path, compile="on")
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert not any(key.startswith("_orig_mod.") for key in ckpt["model"])
-    MusicTransformer.from_checkpoint(tmp_path / "ckpt.pt")
+    network_of(load_checkpoint(tmp_path / "ckpt.pt"))
 
 
 NO_COMPILER = "InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx"
@@ -120,13 +122,13 @@ def small_cuda_model_and_prompt():
 def test_cuda_kv_cache_matches_full_forward_and_half_precision_generates():
     model, prompt, composer = small_cuda_model_and_prompt()
     seen = []
-    out = model.generate(prompt, composer, 100, guidance=1.0, generator=torch.Generator(device="cuda").manual_seed(0),
+    out = generate(model, prompt, composer, 100, guidance=1.0, generator=torch.Generator(device="cuda").manual_seed(0),
                          on_step=lambda step, logits, start: seen.append((step, logits.clone(), start)))
     for step, logits, start in seen[::7]:
         full, _ = model(out[:, start:8 + step], composer)
         torch.testing.assert_close(logits, full[:, -1].float(), atol=1e-3, rtol=0)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = model.generate(prompt, composer, 40, guidance=3.0)
+        out = generate(model, prompt, composer, 40, guidance=3.0)
     assert out.shape == (2, 48) and out.max() < 419
 
 
@@ -138,7 +140,7 @@ def test_cuda_compiled_decoding_runs_in_cuda_graphs_and_matches_eager():
     runs = {}
     for compiled in (False, True):
         seen = []
-        out = model.generate(prompt, composer, 40, top_k=1, guidance=3.0, compile=compiled,
+        out = generate(model, prompt, composer, 40, top_k=1, guidance=3.0, compile=compiled,
                              on_step=lambda step, logits, start: seen.append(logits.clone()))
         runs[compiled] = out, torch.stack(seen)
     assert counters["inductor"]["cudagraph_skips"] == 0, "the compiled step must run as a CUDA graph"

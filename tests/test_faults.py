@@ -40,7 +40,7 @@ def sample_main(args, capsys):
 
 
 def test_ctrl_c_during_the_third_sample_keeps_the_first_two(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    from pianogpt import outputs
+    from pianogpt.output import outputs
 
     calls = []
     real_render = outputs.render
@@ -63,7 +63,7 @@ def test_ctrl_c_during_the_third_sample_keeps_the_first_two(tiny_checkpoint, tmp
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_sample(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    from pianogpt import outputs
+    from pianogpt.output import outputs
 
     writes = []
     real_write = outputs.atomic_write_bytes

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import make_score, tiny_train_config, write_midi
+from pianogpt.checkpoints import network_of
 from pianogpt.cli import CliError
 
 
@@ -151,8 +152,8 @@ def test_new_rows_learn_at_every_layer_and_leave_the_network_and_the_old_compose
     assert layer_rows.shape[:2] == (n_old + 1, base["model_config"]["n_layer"])
     assert torch.equal(layer_rows[:n_old], torch.zeros_like(layer_rows[:n_old]))
     assert layer_rows[n_old].abs().sum(dim=-1).min() > 0, "every block's row of the new composer learned"
-    old_model = MusicTransformer.from_checkpoint_dict(base)
-    new_model = MusicTransformer.from_checkpoint_dict(tuned)
+    old_model = network_of(base)
+    new_model = network_of(tuned)
     idx = torch.randint(2, 64, (3, 24))
     with torch.no_grad():
         for composer in range(n_old):  # every old composer, and unconditional row 0, predicts as before

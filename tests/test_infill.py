@@ -9,6 +9,7 @@ import torch
 from conftest import make_score, tiny_model, write_midi
 from pianogpt.generation.infill import (AFTER, BEFORE, LAST_BAR, MIDDLE, PLAIN, MiddleRoles, arrange_batch, arrange_window,
                              bar_ticks, bars_of_seconds, context_budget, excerpt, plan_span, seconds_at, splice)
+from pianogpt.generation.engine import generate
 
 BAR, PAD, BOS = 9, 0, 1
 
@@ -59,7 +60,7 @@ def test_infilling_generation_feeds_each_new_token_the_role_a_full_forward_gives
     prompt_roles = torch.tensor([[AFTER, AFTER, AFTER, BEFORE, BEFORE, BEFORE, MIDDLE]])
     roles = MiddleRoles(prompt_roles, bars=2, bar_id=BAR)
     seen = []
-    out = model.generate(prompt, torch.tensor([1]), 12, temperature=1.0, top_k=None, top_p=None, guidance=guidance,
+    out = generate(model, prompt, torch.tensor([1]), 12, temperature=1.0, top_k=None, top_p=None, guidance=guidance,
                          generator=torch.Generator().manual_seed(0), roles=roles,
                          on_step=lambda step, logits, start: seen.append(logits), prepack=False)
     new = out[0, prompt.size(1):]
@@ -84,7 +85,7 @@ def test_an_infilling_prompt_that_cannot_fit_its_middle_is_refused():
     model = tiny_model(n_roles=5, block_size=16)
     roles = MiddleRoles(torch.zeros(1, 10, dtype=torch.long), bars=1, bar_id=BAR)
     with pytest.raises(ValueError, match="leaves 6 of the context's 16 for the middle, not 8"):
-        model.generate(torch.ones(1, 10, dtype=torch.long), torch.tensor([1]), 8, roles=roles)
+        generate(model, torch.ones(1, 10, dtype=torch.long), torch.tensor([1]), 8, roles=roles)
 
 
 def test_bars_follow_the_time_signatures_and_seconds_the_tempo_map():
@@ -368,7 +369,7 @@ def test_a_take_that_cannot_claim_its_name_leaves_the_earlier_takes_whole(tiny_i
     def full_disk(base):
         raise OSError(errno.ENOSPC, "No space left on device", base + "-2.json")
 
-    from pianogpt import outputs
+    from pianogpt.output import outputs
 
     monkeypatch.setattr(outputs, "claim_stem", full_disk)
     with pytest.raises(SystemExit) as stop:

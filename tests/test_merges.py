@@ -14,6 +14,7 @@ from pianogpt.data.dataset import open_dataset
 from pianogpt.data.merges import base_parts, full_vocab, has_merges, learn_merges, merge, unmerge
 from pianogpt.data.remi import (CHORD_LIMIT, RemiGrammar, build_tokenizer, encode_score, grammar_error_rate,
                            guidance_types, note_match)
+from pianogpt.generation.engine import generate
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "midi" / "piano-midi"
 
@@ -148,7 +149,7 @@ def test_a_constrained_sample_has_as_many_notated_bars_as_bar_tokens():
               + 8.0 * torch.tensor([name == "Duration_0.1.8" for name in names]))  # to leave room for them
     grammar = RemiGrammar(tok, chord_limit=CHORD_LIMIT)
     prompt, composer = torch.ones(4, 1, dtype=torch.long), torch.ones(4, dtype=torch.long)
-    out = model.generate(prompt, composer, 400, temperature=1.0, top_k=None, top_p=1.0,
+    out = generate(model, prompt, composer, 400, temperature=1.0, top_k=None, top_p=1.0,
                          logits_processor=lambda seq, logits: grammar(seq, logits + likely),
                          generator=torch.Generator().manual_seed(0))
     assert sum(tok[i].startswith("Rest_") for i in out.flatten().tolist()) >= 20

@@ -4,10 +4,11 @@ import pickle
 import pytest
 import torch
 
-from pianogpt.checkpoints import load_checkpoint
-from pianogpt.generation.engine import filter_logits, new_caches, sample_next
 from conftest import tiny_model
-from model import ModelConfig, MusicTransformer
+from model import ModelConfig, MusicTransformer, new_caches
+from pianogpt.checkpoints import load_checkpoint, network_of
+from pianogpt.generation.engine import filter_logits, generate, sample_next
+from pianogpt.training.optim import configure_optimizers
 
 
 LEVERS = {  # the modern recipe's architecture options (tests/test_recipe.py tests what each promises)
@@ -42,7 +43,7 @@ def test_kv_cache_logits_equal_full_forward_at_every_step_and_across_slides(leve
     prompt = torch.randint(2, 64, (2, 5))
     composer = torch.tensor([1, 3])
     seen = []
-    out = model.generate(prompt, composer, 40, guidance=1.0, generator=torch.Generator().manual_seed(0),
+    out = generate(model, prompt, composer, 40, guidance=1.0, generator=torch.Generator().manual_seed(0),
                          on_step=lambda step, logits, start: seen.append((step, logits.clone(), start)))
     starts = {start for _, _, start in seen}
     assert len(starts) >= 3, "40 tokens through a 16-token window must slide several times"
@@ -68,7 +69,7 @@ def test_cache_filled_in_chunks_equals_full_forward(lever):
 def test_generation_builds_no_autograd_graph_so_memory_stays_flat():
     model = tiny_model(block_size=16)  # parameters that require grad, as a loaded model's do
     seen = []
-    model.generate(torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 2]), 20, guidance=3.0,
+    generate(model, torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 2]), 20, guidance=3.0,
                    on_step=lambda step, logits, start: seen.append(logits))
     assert all(p.requires_grad for p in model.parameters())
     assert not any(logits.requires_grad for logits in seen), "each step's graph would hold every earlier key"
@@ -78,7 +79,7 @@ def test_guidance_one_is_exactly_the_conditional_model():
     model = tiny_model()
     prompt = torch.ones(3, 1, dtype=torch.long)
     composer = torch.tensor([1, 2, 3])
-    out = model.generate(prompt, composer, 12, temperature=0.8, top_k=10, top_p=0.9, guidance=1.0,
+    out = generate(model, prompt, composer, 12, temperature=0.8, top_k=10, top_p=0.9, guidance=1.0,
                          generator=torch.Generator().manual_seed(7))
     # the same draws by hand, from full forwards of the conditional model
     gen, seq = torch.Generator().manual_seed(7), prompt
@@ -94,7 +95,7 @@ def test_guidance_mixes_conditional_and_unconditional_logits(guidance):
     prompt = torch.randint(2, 64, (2, 4))
     composer = torch.tensor([2, 3])
     seen = []
-    out = model.generate(prompt, composer, 6, guidance=guidance, on_step=lambda s, logits, start: seen.append(logits))
+    out = generate(model, prompt, composer, 6, guidance=guidance, on_step=lambda s, logits, start: seen.append(logits))
     for step, logits in enumerate(seen):
         seq = out[:, :4 + step]
         cond, _ = model(seq, composer)
@@ -152,7 +153,7 @@ def test_composer_layer_rows_reach_every_block_alike_in_cache_and_full_forward()
     mix = torch.nn.functional.one_hot(composer, 4).float()  # a one-hot mix is the composer itself
     torch.testing.assert_close(model(idx, mix)[0], model(idx, composer)[0], atol=1e-5, rtol=0)
     seen = []
-    out = model.generate(idx[:, :5], composer, 30, guidance=1.0, generator=torch.Generator().manual_seed(0),
+    out = generate(model, idx[:, :5], composer, 30, guidance=1.0, generator=torch.Generator().manual_seed(0),
                          on_step=lambda step, logits, start: seen.append((step, logits.clone(), start)))
     for step, logits, start in seen:
         full, _ = model(out[:, start:5 + step], composer)
@@ -198,7 +199,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 def test_bad_sampling_arguments_are_rejected(kwargs, message):
     model = tiny_model()
     with pytest.raises(ValueError, match=message):
-        model.generate(torch.ones(1, 1, dtype=torch.long), torch.tensor([1]), 3, **kwargs)
+        generate(model, torch.ones(1, 1, dtype=torch.long), torch.tensor([1]), 3, **kwargs)
 
 
 def test_tiny_model_overfits_one_sequence():
@@ -206,7 +207,7 @@ def test_tiny_model_overfits_one_sequence():
     model = tiny_model(label_smoothing=0.0).train()
     seq = torch.randint(2, 64, (1, 33))
     composer = torch.tensor([1])
-    optimizer = model.configure_optimizers(0.0, 3e-3)
+    optimizer = configure_optimizers(model, 0.0, 3e-3)
     for _ in range(300):
         _, loss = model(seq[:, :-1], composer, targets=seq[:, 1:])
         optimizer.zero_grad()
@@ -245,7 +246,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     model = tiny_model()
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "model_config": asdict(model.config)}, path)
-    loaded = MusicTransformer.from_checkpoint(path)
+    loaded = network_of(load_checkpoint(path))
     idx = torch.randint(2, 64, (1, 8))
     torch.testing.assert_close(loaded(idx, torch.tensor([1]))[0], model(idx, torch.tensor([1]))[0])
 
@@ -262,9 +263,9 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     config = asdict(model.config) | {"vocab_size": 99}
     torch.save({"model": MusicTransformer(ModelConfig(**config)).state_dict(), "model_config": asdict(model.config)}, other)
     with pytest.raises(ValueError, match=r"wte.weight: checkpoint \(99, 32\) vs model \(64, 32\)"):
-        MusicTransformer.from_checkpoint(other)
+        network_of(load_checkpoint(other))
     with pytest.raises(FileNotFoundError):
-        MusicTransformer.from_checkpoint(tmp_path / "missing.pt")
+        network_of(load_checkpoint(tmp_path / "missing.pt"))
 
 
 def test_compiled_decode_step_matches_eager_logits_and_greedy_tokens_with_the_grammar():
@@ -279,7 +280,7 @@ def test_compiled_decode_step_matches_eager_logits_and_greedy_tokens_with_the_gr
     runs = {}
     for compiled in (False, True):
         seen = []
-        out = model.generate(prompt, composer, 60, top_k=1, guidance=3.0, compile=compiled,
+        out = generate(model, prompt, composer, 60, top_k=1, guidance=3.0, compile=compiled,
                              logits_processor=RemiGrammar(tok), on_step=lambda s, logits, start: seen.append(logits))
         runs[compiled] = out, torch.stack(seen)
     assert torch.equal(runs[False][0], runs[True][0]), "greedy decoding gives the same tokens"
@@ -299,10 +300,10 @@ def test_a_compiled_decode_step_that_fails_to_build_decodes_eager_with_one_warni
 
     model = tiny_model(**LEVERS["all"])
     prompt, composer = torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 2])
-    eager = model.generate(prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0))
+    eager = generate(model, prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(torch, "compile", fails_to_build)
     with pytest.warns(UserWarning) as warned:
-        fell_back = model.generate(prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0),
+        fell_back = generate(model, prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0),
                                    compile=True)
     said = [str(w.message) for w in warned if w.category is UserWarning]
     assert said == ["the compiled decode step failed (InductorError: OSError: [Errno 28] No space left on device); "
@@ -310,7 +311,7 @@ def test_a_compiled_decode_step_that_fails_to_build_decodes_eager_with_one_warni
     assert torch.equal(fell_back, eager), "the same tokens: nothing was lost to the failed build"
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the failure is remembered: no second build, no warning
-        again = model.generate(prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0),
+        again = generate(model, prompt, composer, 20, guidance=3.0, generator=torch.Generator().manual_seed(0),
                                compile=True)
     assert torch.equal(again, eager)
 
@@ -333,9 +334,9 @@ def test_prepacked_weights_give_the_same_logits_and_are_dropped_on_exit(dtype):
     with torch.no_grad():
         plain, _ = model(idx, composer, all_logits=True)
         with prepacked_weights(model, rows=2):
-            assert all(m.packed is not None for m in packable)
+            assert all(m.inference_forward is not None for m in packable)
             packed, _ = model(idx, composer, all_logits=True)
-    assert all(m.packed is None for m in linears)
+    assert all(m.inference_forward is None for m in linears)
     if dtype == torch.bfloat16:
         assert torch.equal(packed, plain), "bf16 through the packed weights must be bit-identical"
     else:
@@ -347,7 +348,8 @@ def test_prepacked_weights_give_the_same_logits_and_are_dropped_on_exit(dtype):
 
 
 def test_one_bf16_row_decodes_through_aten_gemv_with_onednns_numbers():
-    from pianogpt.generation.engine import gemv_pays, onednn_off
+    from pianogpt.generation.engine import gemv_pays
+    from pianogpt.torch_internals import onednn_enabled, onednn_off
     torch.manual_seed(0)
     cfg = ModelConfig(block_size=64, vocab_size=64, n_composers=4, n_layer=2, n_head=4, n_embd=256, dropout=0.0)
     model = MusicTransformer(cfg).eval().to(torch.bfloat16)
@@ -359,16 +361,16 @@ def test_one_bf16_row_decodes_through_aten_gemv_with_onednns_numbers():
     runs = {}
     for prepack in (True, False):  # True: one-row steps run with oneDNN off (aten's gemv); False: oneDNN
         seen = []
-        out = model.generate(prompt, composer, 30, top_k=1, prepack=prepack,
+        out = generate(model, prompt, composer, 30, top_k=1, prepack=prepack,
                              on_step=lambda step, logits, start: seen.append(logits))
         runs[prepack] = out, torch.stack(seen)
     assert torch.equal(runs[True][0], runs[False][0]), "greedy decoding gives the same tokens"
     torch.testing.assert_close(runs[True][1], runs[False][1], atol=2e-2, rtol=0)  # one bf16 rounding apart
-    assert torch._C._get_mkldnn_enabled(), "generate restores oneDNN"
+    assert onednn_enabled(), "generate restores oneDNN"
     with pytest.raises(RuntimeError), onednn_off():
-        assert not torch._C._get_mkldnn_enabled()
+        assert not onednn_enabled()
         raise RuntimeError("a failing step")
-    assert torch._C._get_mkldnn_enabled(), "restored after an exception too"
+    assert onednn_enabled(), "restored after an exception too"
 
 
 def test_a_period_row_moves_every_composer_of_its_period_and_no_other():
@@ -384,3 +386,16 @@ def test_a_period_row_moves_every_composer_of_its_period_and_no_other():
     after = model(idx, composers, all_logits=True)[0]
     moved = [not torch.allclose(before[i], after[i]) for i in range(5)]
     assert moved == [False, True, True, False, False]
+
+
+def test_the_network_imports_torch_and_the_standard_library_alone():
+    """model.py is the network: the package depends on it, never the other way."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "model.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported - {"torch"} <= set(sys.stdlib_module_names), imported

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pianogpt.training.optim import Muon, newton_schulz, orthogonalization_dtype
+from pianogpt.training.optim import configure_optimizers
 
 
 def matrices(seed=0):
@@ -80,9 +81,9 @@ def test_a_cpu_limited_to_avx2_orthogonalises_in_float32():
 
 
 def test_configure_optimizers_gives_muon_the_device_dtype(monkeypatch):
-    from pianogpt import optim
+    from pianogpt.training import optim
     from model import ModelConfig, MusicTransformer
 
     monkeypatch.setattr(optim, "orthogonalization_dtype", lambda device: torch.float16)  # a marker
     net = MusicTransformer(ModelConfig(block_size=8, vocab_size=32, n_composers=2, n_layer=1, n_head=2, n_embd=16))
-    assert net.configure_optimizers(0.1, 1e-3, optimizer="muon").muon.ns_dtype == torch.float16
+    assert configure_optimizers(net, 0.1, 1e-3, optimizer="muon").muon.ns_dtype == torch.float16

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import REAL_MIDI, make_score, performed, tiny_model, write_midi
+from pianogpt.generation.engine import generate
 
 ASAP = os.path.join(os.path.dirname(REAL_MIDI), "asap-performed")
 
@@ -103,10 +104,10 @@ def test_generation_keeps_the_kind_in_both_guidance_branches():
         return original(rows, conditions, *args, **kwargs)
 
     model.forward = spy
-    model.generate(idx, composer, 4, guidance=3.0, kind=2, generator=torch.Generator().manual_seed(0))
+    generate(model, idx, composer, 4, guidance=3.0, kind=2, generator=torch.Generator().manual_seed(0))
     assert seen[0].tolist() == [2, 2]  # the prefill: conditional and unconditional rows, both performances
-    a = model.generate(idx, composer, 6, kind=1, generator=torch.Generator().manual_seed(0))
-    b = model.generate(idx, composer, 6, kind=1, generator=torch.Generator().manual_seed(0))
+    a = generate(model, idx, composer, 6, kind=1, generator=torch.Generator().manual_seed(0))
+    b = generate(model, idx, composer, 6, kind=1, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
 
 

@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_model
 from model import ModelConfig, MusicTransformer
 from pianogpt.training.optim import MuonWithAdamW
+from pianogpt.training.optim import configure_optimizers
 
 
 def tiny(**options):
@@ -94,7 +95,7 @@ def test_bad_lever_values_are_clear_errors(bad):
 
 def test_muon_takes_the_hidden_matrices_and_adamw_everything_else():
     model = tiny(positions="rope", norm="rmsnorm", tie_head=False)
-    optimizer = model.configure_optimizers(0.1, 1e-3, optimizer="muon")
+    optimizer = configure_optimizers(model, 0.1, 1e-3, optimizer="muon")
     assert isinstance(optimizer, MuonWithAdamW)
     muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
     adamw = {id(p) for g in optimizer.adamw.param_groups for p in g["params"]}
@@ -104,12 +105,12 @@ def test_muon_takes_the_hidden_matrices_and_adamw_everything_else():
     assert {id(model.wte.weight), id(model.wce.weight), id(model.lm_head.weight)} <= adamw
     assert len(optimizer.param_groups) == len(optimizer.muon.param_groups) + len(optimizer.adamw.param_groups)
     with pytest.raises(ValueError, match="adamw, muon"):
-        model.configure_optimizers(0.1, 1e-3, optimizer="sgd")
+        configure_optimizers(model, 0.1, 1e-3, optimizer="sgd")
 
 
 def test_muon_learns_and_its_state_round_trips():
     model = tiny(positions="rope", mlp="relu2").train()
-    optimizer = model.configure_optimizers(0.0, 3e-3, optimizer="muon")
+    optimizer = configure_optimizers(model, 0.0, 3e-3, optimizer="muon")
     idx, composer = torch.randint(2, 64, (4, 17)), torch.tensor([1, 2, 3, 1])
     losses = []
     for _ in range(40):
@@ -120,7 +121,7 @@ def test_muon_learns_and_its_state_round_trips():
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
     state = optimizer.state_dict()
-    again = model.configure_optimizers(0.0, 3e-3, optimizer="muon")
+    again = configure_optimizers(model, 0.0, 3e-3, optimizer="muon")
     again.load_state_dict(state)
     for a, b in ((optimizer.muon, again.muon), (optimizer.adamw, again.adamw)):
         for key, value in a.state_dict()["state"].items():
@@ -130,7 +131,7 @@ def test_muon_learns_and_its_state_round_trips():
         group["lr"] = 1.25e-4
     assert {g["lr"] for g in again.muon.param_groups + again.adamw.param_groups} == {1.25e-4}
     with pytest.raises(ValueError, match="Muon"):
-        again.load_state_dict(model.configure_optimizers(0.0, 1e-3).state_dict())
+        again.load_state_dict(configure_optimizers(model, 0.0, 1e-3).state_dict())
 
 
 # ----------------------------------------------------------------------------- the GPT-2 baseline's run

@@ -12,6 +12,7 @@ from pianogpt.cli import CliError
 from conftest import ROOT
 from model import MusicTransformer, ModelConfig
 from pianogpt.data.remi import RemiGrammar, build_tokenizer, grammar_error_rate
+from pianogpt.generation.engine import generate
 from sample import resolve_composer, resolve_mix
 
 COMPOSERS = {"<unconditional>": 0, "Bach, Johann Sebastian": 1, "Chopin, Frédéric": 2, "Schubert": 3,
@@ -101,10 +102,10 @@ def test_constrained_sampling_from_an_untrained_model_has_zero_grammar_errors():
                                          n_embd=32, dropout=0.0))
     kwargs = dict(temperature=1.5, top_k=None, top_p=1.0, generator=torch.Generator().manual_seed(0))
     prompt, composer = torch.ones(6, 1, dtype=torch.long), torch.ones(6, dtype=torch.long)
-    out = model.generate(prompt, composer, 300, logits_processor=RemiGrammar(tok), **kwargs)
+    out = generate(model, prompt, composer, 300, logits_processor=RemiGrammar(tok), **kwargs)
     assert all(grammar_error_rate(tok, row[1:]) == 0 for row in out.tolist())
     kwargs["generator"] = torch.Generator().manual_seed(0)
-    free = model.generate(prompt, composer, 300, **kwargs)
+    free = generate(model, prompt, composer, 300, **kwargs)
     assert np.mean([grammar_error_rate(tok, row[1:]) for row in free.tolist()]) > 0.1, "the mask is doing the work"
 
 
@@ -193,8 +194,8 @@ def test_a_mix_of_one_composer_at_weight_1_is_that_composer():
     idx = torch.randint(2, 30, (2, 10))
     one_hot = torch.nn.functional.one_hot(torch.tensor([2, 2]), 4).float()
     torch.testing.assert_close(model(idx, one_hot, all_logits=True)[0], model(idx, torch.tensor([2, 2]), all_logits=True)[0])
-    by_id = model.generate(idx[:, :1], torch.tensor([2, 2]), 20, guidance=3.0, generator=torch.Generator().manual_seed(1))
-    by_mix = model.generate(idx[:, :1], one_hot, 20, guidance=3.0, generator=torch.Generator().manual_seed(1))
+    by_id = generate(model, idx[:, :1], torch.tensor([2, 2]), 20, guidance=3.0, generator=torch.Generator().manual_seed(1))
+    by_mix = generate(model, idx[:, :1], one_hot, 20, guidance=3.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(by_id, by_mix)
 
 

@@ -1,10 +1,10 @@
-"""The generation engine: KV cache, prefill, the decode loop, guidance, sampling filters, the
-grammar hook, CPU weight packing, and the compiled (CUDA-graph) decode step.
+"""The generation engine: prefill, the decode loop, guidance, sampling filters, the grammar hook,
+CPU weight packing, and the compiled (CUDA-graph) decode step.
 
-The network (model.py) only knows how to run a forward over a chunk and one decode step into a
-cache it is handed; everything about *how* tokens are produced lives here, as nanochat keeps
-its engine apart from its GPT and gpt-fast keeps prefill and decode_one_token as plain functions.
-`MusicTransformer.generate` is this module's `generate`.
+The network (model.py) only knows how to run a forward over a chunk and one decode step into the
+KV caches (model.KVCache) it is handed; everything about *how* tokens are produced lives here, as
+nanochat keeps its engine apart from its GPT and gpt-fast keeps prefill and decode_one_token as
+plain functions. Every program generates through this module's `generate(model, ...)`.
 """
 import math
 import warnings
@@ -13,50 +13,10 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from pianogpt.devices import cpu_has_native_bf16, first_line
-
-# ---------------------------------------------------------------------- the KV cache
-
-
-class KVCache:
-    """Keys and values of one attention layer, preallocated for max_len positions.
-
-    Two ways in: append (a chunk after the `length` cached positions: the prefill) and write_at
-    (one token at a position given as a device tensor). With static=True a one-token step then
-    attends over all max_len slots under a mask (the static shapes a compiled step needs);
-    otherwise over the filled slots only, which reads less memory in eager mode.
-    """
-
-    def __init__(self, batch, n_head, max_len, head_dim, dtype, device):
-        self.k = torch.zeros(batch, n_head, max_len, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-        self.length = 0  # filled slots, as the eager paths count them
-        self.static = False  # True: one-token steps attend over every slot under a mask (compiled decoding)
-
-    def append(self, k, v):
-        start, end = self.length, self.length + k.size(2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-    def write_at(self, pos, k, v):
-        """Store one token's k, v at pos; (keys, values, mask) for its attention: the filled
-        slots and no mask (eager), or every slot masked beyond pos (static)."""
-        self.k.index_copy_(2, pos, k.to(self.k.dtype))
-        self.v.index_copy_(2, pos, v.to(self.v.dtype))
-        if self.static:
-            return self.k, self.v, (torch.arange(self.k.size(2), device=pos.device) <= pos)[None, :]
-        self.length += 1
-        return self.k[:, :, :self.length], self.v[:, :, :self.length], None
-
-
-def new_caches(model, batch, device, dtype, max_len=None):
-    """One empty KVCache per block, for `batch` rows and max_len positions (default: the context)."""
-    cfg = model.config
-    return [KVCache(batch, cfg.n_head, max_len or cfg.block_size, cfg.n_embd // cfg.n_head, dtype, device)
-            for _ in model.blocks]
-
+from model import new_caches
+from pianogpt.devices import first_line
+from pianogpt.torch_internals import (PackedLinear, can_pack_linears, cpu_has_native_bf16, mark_static_address,
+                                      onednn_off)
 
 # ---------------------------------------------------------------------- CPU matmuls for one-token steps
 
@@ -69,7 +29,7 @@ def can_prepack(weight):
     (a plain bf16 linear goes through oneDNN anyway, reordering every call), or a float32 one of
     at least PREPACK_MIN_FLOAT32 elements (below that MKL's plain call has less overhead than
     oneDNN's packed one: docs/LOG.md, "Sampling speed")."""
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    if weight.device.type != "cpu" or not can_pack_linears():
         return False
     if weight.dtype == torch.float32:
         return weight.numel() >= PREPACK_MIN_FLOAT32
@@ -78,18 +38,18 @@ def can_prepack(weight):
 
 @contextmanager
 def prepacked_weights(model, rows):
-    """Inside: every model.Linear (a Linear with a `packed` slot) runs from a weight reordered once
-    for oneDNN (rows: the batch it will mostly see). Same results, bit for bit in bf16 (tested);
+    """Inside: every model.Linear (a Linear with an `inference_forward` slot) runs from a weight
+    reordered once for oneDNN (torch_internals.PackedLinear; rows: the batch it will mostly see). Same results, bit for bit in bf16 (tested);
     faster CPU decoding steps (docs/LOG.md, "Sampling speed"). Packs are dropped on exit, so training never sees
     stale ones."""
-    linears = [m for m in model.modules() if hasattr(m, "packed") and can_prepack(m.weight)]
+    linears = [m for m in model.modules() if hasattr(m, "inference_forward") and can_prepack(m.weight)]
     for m in linears:
-        m.packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows)
+        m.inference_forward = PackedLinear(m, rows)
     try:
         yield
     finally:
         for m in linears:
-            m.packed = None
+            m.inference_forward = None
 
 
 def gemv_pays(rows, weight):
@@ -98,18 +58,6 @@ def gemv_pays(rows, weight):
     at the GPT-2 baseline's shape: docs/LOG.md, "Sampling speed"), so such decoding steps run with oneDNN
     off (see onednn_off). With more rows aten's bf16 path is far slower than oneDNN's."""
     return rows == 1 and weight.device.type == "cpu" and weight.dtype == torch.bfloat16
-
-
-@contextmanager
-def onednn_off():
-    """Inside: CPU matmuls run in aten's own kernels instead of oneDNN's (the global flag is
-    restored on exit, exception or not)."""
-    was_enabled = torch._C._get_mkldnn_enabled()
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        yield
-    finally:
-        torch._C._set_mkldnn_enabled(was_enabled)
 
 
 # ---------------------------------------------------------------------- guidance and sampling filters
@@ -235,8 +183,8 @@ def prefill(model, seq, keep, conditions, kind, dtype, cache_len, static, role=N
         if static and seq.device.type == "cuda":
             # CUDA graphs skip a graph that writes into an ordinary input; a static address may be
             # written (a new cache after a slide only re-records the graph)
-            torch._dynamo.mark_static_address(cache.k)
-            torch._dynamo.mark_static_address(cache.v)
+            mark_static_address(cache.k)
+            mark_static_address(cache.v)
     return logits[:, -1], caches, start
 
 

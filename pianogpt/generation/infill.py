@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pianogpt.data.remi import CHORD_LIMIT, RemiGrammar, encode_merged, notes_of
+from pianogpt.generation.engine import generate
 
 PLAIN, BEFORE, AFTER, MIDDLE, LAST_BAR = range(5)
 N_ROLES = 5
@@ -347,7 +348,7 @@ def write_middles(model, tokenizer, prompt, prompt_roles, bars, metre, budget, c
             logits = processor(seq, logits)
         return logits
 
-    out = model.generate(torch.tensor([prompt] * rows, dtype=torch.long, device=device), composer, budget,
+    out = generate(model, torch.tensor([prompt] * rows, dtype=torch.long, device=device), composer, budget,
                          logits_processor=constrain, roles=roles, stop=lambda seq: bool(roles.closed().all()),
                          **sampling)
     return [middle_of(row, len(prompt), bars, bar_id) for row in out.tolist()]

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from pianogpt.devices import cpu_has_native_bf16
+from pianogpt.torch_internals import cpu_has_native_bf16
 
 OPTIMIZERS = ("adamw", "muon")
 
