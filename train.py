@@ -11,12 +11,11 @@ field of TrainConfig (pianogpt/training/config.py; an unknown key is an error).
 """
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -24,310 +23,259 @@ import torch
 from model import MusicTransformer, load_state
 from pianogpt.checkpoints import save_checkpoint
 from pianogpt.cli import CliError, StopAtSafePoint, Stopped, run_program
+from pianogpt.devices import cpu_description, machine_key, machine_matmul_peak
+from pianogpt.files import FolderLock
+from pianogpt.data.dataset import WindowSampler, open_dataset, pad_share, piece_weights, train_pieces
+from pianogpt.data.periods import period_ids
+from pianogpt.generation.infill import arrange_batch
 from pianogpt.training.compile_auto import CompileTrial, memory_key
 from pianogpt.training.config import TrainConfig, load_config, model_config_of
-from pianogpt.data.dataset import WindowSampler, open_dataset, pad_share, piece_weights, train_pieces
-from pianogpt.devices import (autocast_context, cpu_description, device_type_of, machine_key, machine_matmul_peak,
-                              require_compile, resolve_device, resolve_dtype)
-from pianogpt.files import FolderLock
 from pianogpt.training.finetune import (adopt_base_model, base_checkpoint, composer_train_pieces, is_fine_tune,
-                               join_composer_tables, learn_new_rows_only, load_base_weights, open_replay, resumable)
-from pianogpt.generation.infill import arrange_batch
-from pianogpt.training.lifecycle import (across_processes, check_ranks_agree, end_processes, keep_previous_run,
-                                largest_on_any_rank, rank0_value, resume_command, start_processes, under_torchrun,
-                                write_curves)
-from pianogpt.training.optim import lr_at, orthogonalization_dtype
-from pianogpt.data.periods import period_ids
-from pianogpt.training.optim import configure_optimizers
+                                        join_composer_tables, learn_new_rows_only, load_base_weights, open_replay,
+                                        resumable)
+from pianogpt.training.lifecycle import (Clock, Log, across_processes, check_ranks_agree, end_processes,
+                                         keep_previous_run, largest_on_any_rank, resume_command, set_up_place,
+                                         write_curves)
+from pianogpt.training.optim import configure_optimizers, lr_at, orthogonalization_dtype
+
+# ----------------------------------------------------------------------------- what the loop holds (beside
+# lifecycle's Place, Clock and Log)
 
 
-class Run:
-    """What one training run holds: its config, where it runs, its data, model, optimizer and clock.
-    Built by set_up; read and advanced by the loop."""
+@dataclass
+class Data:
+    """The windows the run learns from and is scored on, and the composer table they are labelled by."""
+    meta: dict
+    composers: dict
+    tokenizer_json: str
+    train: WindowSampler
+    val: WindowSampler
+    weights: np.ndarray  # each training piece's chance of being drawn
+    new_composers: list  # a fine-tune's composers the checkpoint did not know
+    composer_train_pieces: dict
+    replay: WindowSampler = None  # fine-tuning: windows of the data the checkpoint learned from
+    replay_weights: np.ndarray = None
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.ddp = under_torchrun()
-        self.rank, self.world = 0, 1
-        self.best_val, self.start_iter, self.seconds_before = float("inf"), 0, 0.0
-        self.log_file = None
 
-    @property
-    def master(self):
-        return self.rank == 0
-
-    def say(self, *args, **kwargs):
-        if self.master:
-            print(*args, **kwargs)
-
-    def log(self, record):
-        if self.master:
-            self.log_file.write(json.dumps(record) + "\n")
-            self.log_file.flush()
-
-    def train_seconds(self):
-        """Training wall time, the part before a resume included (the time budget counts it)."""
-        return self.seconds_before + time.perf_counter() - self.loop_start
-
-    def checkpoint_state(self, it):
-        return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "iter": it, "best_val_loss": self.best_val,
-                "train_seconds": self.train_seconds(), "model_config": asdict(self.model_cfg),
-                "train_config": asdict(self.cfg), "tokenizer": self.tokenizer_json, "composers": self.composers,
-                "composer_train_pieces": self.composer_train_pieces, "new_composers": self.new_composers}
-
-    def save(self, name, it):
-        save_checkpoint(os.path.join(self.cfg.out_dir, name), self.checkpoint_state(it))
-        if name == "ckpt.pt":
-            self.last_save = time.perf_counter()
+@dataclass
+class Learner:
+    """The model (raw, and wrapped as the steps call it), its optimizer and scaler, and the best val loss."""
+    model_cfg: object
+    raw_model: MusicTransformer
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    best_val: float = float("inf")
 
 
 def train(cfg):
     """Run training; returns the last logged record. SIGINT/SIGTERM: checkpoint after the
     current step, then raise cli.Stopped."""
     with contextlib.ExitStack() as stack:
-        run = set_up(cfg, stack)
-        return training_loop(run)
+        base = base_checkpoint(cfg)
+        if is_fine_tune(cfg, base):
+            cfg = adopt_base_model(cfg, base)
+        place = set_up_place(cfg)
+        log = Log(place.master)
+        data = open_data(cfg, base, log)
+        if place.master:  # one run per folder, held for the whole run (a resume into a live run's folder too)
+            stack.enter_context(FolderLock(os.path.join(cfg.out_dir, ".lock"), f"out_dir {cfg.out_dir}"))
+        stop = stack.enter_context(StopAtSafePoint("train.py"))
+        learner, clock = build_learner(cfg, base, data, place)
+        if place.master:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            if cfg.init_from == "scratch":
+                keep_previous_run(cfg.out_dir, log.say)
+            log.file = stack.enter_context(open(os.path.join(cfg.out_dir, "log.jsonl"), "a"))
+        peak = machine_matmul_peak(place.device, place.dtype)
+        say_what_runs(cfg, place, data, learner, clock, peak, log)
+        return training_loop(cfg, place, data, learner, clock, log, stop, peak)
 
 
 # ----------------------------------------------------------------------------- set-up
 
 
-def set_up(cfg, stack):
-    """Processes, device and precision; data; model, optimizer and the resumed state; the log."""
-    run = Run(cfg)
-    run.base = base_checkpoint(cfg)
-    if is_fine_tune(cfg, run.base):
-        run.cfg = cfg = adopt_base_model(cfg, run.base)
-    set_up_device(run)
-    set_up_data(run)
-    if run.master:  # one run per folder, held for the whole run (a resume into a live run's folder too)
-        stack.enter_context(FolderLock(os.path.join(cfg.out_dir, ".lock"), f"out_dir {cfg.out_dir}"))
-    run.stop = stack.enter_context(StopAtSafePoint("train.py"))
-    set_up_model(run)
-    run.peak = machine_matmul_peak(run.device, run.dtype)
-    if run.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if cfg.init_from == "scratch":
-            keep_previous_run(cfg.out_dir, run.say)
-        run.log_file = stack.enter_context(open(os.path.join(cfg.out_dir, "log.jsonl"), "a"))
-    say_what_runs(run)
-    return run
-
-
-def set_up_device(run):
-    """torchrun's process group, the device, the dtype and its autocast, and whether the device can
-    do what the config asks (bf16, torch.compile) before any folder is made."""
-    cfg = run.cfg
-    run.device = resolve_device(cfg.device)
-    if run.ddp:
-        run.rank, run.world, run.device = start_processes(run.device, cfg.grad_accum)
-    run.device_type = device_type_of(run.device)
-    run.dtype = resolve_dtype(cfg.dtype, run.device_type)
-    if cfg.compile == "on":
-        require_compile(run.device, "compile=on", "--compile=auto or --compile=off trains eager")
-    run.ctx = autocast_context(run.device_type, run.dtype)
-    run.accum = cfg.grad_accum // run.world
-    if run.device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def set_up_data(run):
-    """The checked dataset, its train and val windows, the piece weights and the run's length."""
-    cfg = run.cfg
+def open_data(cfg, base, log):
+    """The checked dataset, its train and val windows, the piece weights; a fine-tune's joined
+    composer table and replayed data."""
     dataset = open_dataset(cfg.data_dir)  # every check before any work: a damaged dataset is one line
-    run.meta, run.composers, run.tokenizer_json = dataset.meta, dataset.composers, dataset.tokenizer_json
-    run.train_data = WindowSampler(dataset, "train", cfg.block_size)
-    run.val_data = WindowSampler(dataset, "val", cfg.block_size)
-    if len(run.train_data) == 0:
+    train_data = WindowSampler(dataset, "train", cfg.block_size)
+    val_data = WindowSampler(dataset, "val", cfg.block_size)
+    if len(train_data) == 0:
         raise CliError(f"{cfg.data_dir} has no training pieces")
-    run.new_composers, run.replay_data = [], None
-    if is_fine_tune(cfg, run.base):
-        run.composers, run.new_composers = join_composer_tables(cfg, run.base, dataset,
-                                                                (run.train_data, run.val_data), run.say)
-        run.replay_data, run.replay_weights = open_replay(cfg, run.composers, run.tokenizer_json)
-    run.piece_weights = piece_weights(run.train_data.index[:, 2], run.train_data.renditions, cfg.composer_balance,
-                                      cfg.rendition_weight, dataset.archive_ids("train"), cfg.archive_balance)
-    run.composer_train_pieces = composer_train_pieces(cfg, run.base, run.composers, run.train_data, run.replay_data)
-    samples_per_iter = cfg.batch_size * cfg.grad_accum
-    run.max_iters = cfg.max_iters or math.ceil(cfg.epochs * len(run.train_data) / samples_per_iter)
-    run.tokens_per_iter = samples_per_iter * cfg.block_size
+    composers, new_composers, replay, replay_weights = dataset.composers, [], None, None
+    if is_fine_tune(cfg, base):
+        composers, new_composers = join_composer_tables(cfg, base, dataset, (train_data, val_data), log.say)
+        replay, replay_weights = open_replay(cfg, composers, dataset.tokenizer_json)
+    weights = piece_weights(train_data.index[:, 2], train_data.renditions, cfg.composer_balance,
+                            cfg.rendition_weight, dataset.archive_ids("train"), cfg.archive_balance)
+    return Data(dataset.meta, composers, dataset.tokenizer_json, train_data, val_data, weights, new_composers,
+                composer_train_pieces(cfg, base, composers, train_data, replay), replay, replay_weights)
 
 
-def set_up_model(run):
+def build_learner(cfg, base, data, place):
     """The model (the same initial weights on every rank and run), its optimizer and scaler, the
-    state of the checkpoint it resumes, and the compiled / DDP wrappers the steps call."""
-    cfg = run.cfg
-    run.model_cfg = model_config_of(cfg, {**run.meta, "n_composers": len(run.composers)})
+    state of the checkpoint it resumes, the compiled / DDP wrappers the steps call; and the clock."""
+    max_iters = cfg.max_iters or math.ceil(cfg.epochs * len(data.train) / (cfg.batch_size * cfg.grad_accum))
+    model_cfg = model_config_of(cfg, {**data.meta, "n_composers": len(data.composers)})
     torch.manual_seed(cfg.seed)
-    model = MusicTransformer(run.model_cfg)
-    checkpoint = resumable(run.base, run.model_cfg, cfg.optimizer, run.max_iters) if cfg.init_from == "resume" else None
+    model = MusicTransformer(model_cfg)
+    checkpoint = resumable(base, model_cfg, cfg.optimizer, max_iters) if cfg.init_from == "resume" else None
     if checkpoint:
         load_state(model, checkpoint["model"])
-    elif run.base is not None:
-        load_base_weights(model, run.base)
-    if run.model_cfg.n_periods:  # by name: a fine-tune's new composers join their period's rows
-        model.period_of.copy_(torch.tensor(period_ids(run.composers)))
-    model.to(run.device)
+    elif base is not None:
+        load_base_weights(model, base)
+    if model_cfg.n_periods:  # by name: a fine-tune's new composers join their period's rows
+        model.period_of.copy_(torch.tensor(period_ids(data.composers)))
+    model.to(place.device)
     weight_decay = cfg.weight_decay
-    if is_fine_tune(cfg, run.base) and cfg.finetune == "new_rows":
-        learn_new_rows_only(model, len(run.composers) - len(run.new_composers))
+    if is_fine_tune(cfg, base) and cfg.finetune == "new_rows":
+        learn_new_rows_only(model, len(data.composers) - len(data.new_composers))
         weight_decay = 0.0  # decay would shrink the frozen rows
-    run.optimizer = configure_optimizers(model, weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                               run.device_type, cfg.optimizer)
-    run.scaler = torch.amp.GradScaler(run.device_type, enabled=run.dtype == "float16")
+    optimizer = configure_optimizers(model, weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), place.device_type,
+                                     cfg.optimizer)
+    scaler = torch.amp.GradScaler(place.device_type, enabled=place.dtype == "float16")
+    learner = Learner(model_cfg, model, model, optimizer, scaler)
+    clock = Clock(cfg, place.ddp, 0, max_iters, 0.0)
     if checkpoint:
-        run.optimizer.load_state_dict(checkpoint["optimizer"])
-        run.scaler.load_state_dict(checkpoint["scaler"])
-        run.start_iter, run.best_val = checkpoint["iter"], checkpoint["best_val_loss"]
-        run.seconds_before = checkpoint.get("train_seconds", 0.0)
-    run.raw_model = model
-    if cfg.compile == "on":
-        model = torch.compile(model)
-    run.model = model = across_processes(model, run.device) if run.ddp else model
-    key = memory_key(machine_key(run.device, run.dtype), run.model_cfg, cfg.block_size, cfg.batch_size, cfg.optimizer)
-    run.compile_trial = CompileTrial(model, key, run.device, run.ddp, run.master, say=lambda line: run.bar.write(line),
-                                     log=run.log) if cfg.compile == "auto" else None
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        clock.start_iter, learner.best_val = checkpoint["iter"], checkpoint["best_val_loss"]
+        clock.seconds_before = checkpoint.get("train_seconds", 0.0)
+    wrapped = torch.compile(model) if cfg.compile == "on" else model
+    learner.model = across_processes(wrapped, place.device) if place.ddp else wrapped
+    return learner, clock
 
 
-def say_what_runs(run):
-    cfg, model = run.cfg, run.raw_model
-    hardware = f"{run.device} ({cpu_description()})" if run.device_type == "cpu" else run.device
+def say_what_runs(cfg, place, data, learner, clock, peak, log):
+    hardware = f"{place.device} ({cpu_description()})" if place.device_type == "cpu" else place.device
     if cfg.optimizer == "muon":  # bf16 only where the device runs it natively (optim.orthogonalization_dtype)
-        hardware += f", Muon orthogonalising in {str(orthogonalization_dtype(run.device)).removeprefix('torch.')}"
-    run.say(f"data {cfg.data_dir}: {len(run.train_data)} train / {len(run.val_data)} val pieces, "
-            f"{run.meta['n_composers'] - 1} composers; PAD share of training targets "
-            f"{pad_share(run.train_data, cfg.batch_size, cfg.seed):.1%}")
-    run.say(f"model {model.num_params() / 1e6:.2f}M parameters; device {hardware}, {run.dtype}, {run.world} "
-            f"process(es); {run.tokens_per_iter:,} tokens/iter; iters {run.start_iter} -> {run.max_iters}; "
-            f"matmul peak {run.peak / 1e9:.0f} GFLOP/s")
+        hardware += f", Muon orthogonalising in {str(orthogonalization_dtype(place.device)).removeprefix('torch.')}"
+    log.say(f"data {cfg.data_dir}: {len(data.train)} train / {len(data.val)} val pieces, "
+            f"{data.meta['n_composers'] - 1} composers; PAD share of training targets "
+            f"{pad_share(data.train, cfg.batch_size, cfg.seed):.1%}")
+    log.say(f"model {learner.raw_model.num_params() / 1e6:.2f}M parameters; device {hardware}, {place.dtype}, "
+            f"{place.world} process(es); {clock.tokens_per_iter:,} tokens/iter; iters {clock.start_iter} -> "
+            f"{clock.max_iters}; matmul peak {peak / 1e9:.0f} GFLOP/s")
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def training_loop(run):
+def training_loop(cfg, place, data, learner, clock, log, stop, peak):
     """Evaluate and checkpoint when due, stop on a signal or the budget, else take one step."""
     from tqdm import tqdm
 
-    cfg = run.cfg
-    run.bar = bar = tqdm(total=run.max_iters, initial=run.start_iter, desc="train", unit="it",
-                         disable=not run.master or None, file=sys.stdout)
-    run.loop_start = run.last_save = time.perf_counter()
+    log.bar = tqdm(total=clock.max_iters, initial=clock.start_iter, desc="train", unit="it",
+                   disable=not place.master or None, file=sys.stdout)
+    trial = CompileTrial(learner.model, memory_key(machine_key(place.device, place.dtype), learner.model_cfg,
+                                                   cfg.block_size, cfg.batch_size, cfg.optimizer),
+                         place.device, place.ddp, place.master, say=log.say, log=log.record) \
+        if cfg.compile == "auto" else None
+    clock.loop_start = clock.last_save = time.perf_counter()
     last, bad_steps, iters_timed, t0 = {}, 0, 0, time.perf_counter()
-    run.model.train()
-    for it in range(run.start_iter, run.max_iters + 1):
-        if run.master and cfg.save_every_min > 0 and time.perf_counter() - run.last_save >= 60 * cfg.save_every_min:
-            run.save("ckpt.pt", it)
-        out_of_time = budget_used(run.train_seconds(), cfg, run.ddp) >= 1.0
-        resumed_here = cfg.init_from == "resume" and it == run.start_iter  # that state was evaluated already
-        if (it % cfg.eval_interval == 0 and not resumed_here) or it == run.max_iters or out_of_time:
-            evaluate_and_save(run, it)
-        if it == run.max_iters or out_of_time:
+    learner.model.train()
+    for it in range(clock.start_iter, clock.max_iters + 1):
+        if place.master and clock.save_due():
+            save(cfg, data, learner, clock, "ckpt.pt", it)
+        used = clock.budget_used()  # once a step: under DDP each reading is a broadcast
+        resumed_here = cfg.init_from == "resume" and it == clock.start_iter  # that state was evaluated already
+        if (it % cfg.eval_interval == 0 and not resumed_here) or it == clock.max_iters or used >= 1.0:
+            evaluate_and_save(cfg, place, data, learner, clock, log, it)
+        if it == clock.max_iters or used >= 1.0:
             break
-        stop_if_asked(run, it)
-        lr = lr_at(it, cfg, run.max_iters, budget_used(run.train_seconds(), cfg, run.ddp))
-        loss, grad_norm = timed_step(run, it, lr)
+        stop_if_asked(cfg, place, data, learner, clock, log, stop, it)
+        lr = lr_at(it, cfg, clock.max_iters, used)
+        model = trial.model if trial is not None else learner.model  # compile=auto decides which model steps
+        started = time.perf_counter()
+        loss, grad_norm = train_step(cfg, place, data, learner, model, it, lr, trial)
+        if trial is not None:
+            trial.step_done(it, time.perf_counter() - started, clock.max_iters - it - 1, clock.budget_left_s())
         if not math.isfinite(grad_norm):  # the step was skipped; the same on every rank (all-reduced gradients)
             bad_steps += 1
-            run.log({"iter": it, "loss": loss, "skipped": "non-finite loss or gradient"})
-            bar.write(f"iter {it}: non-finite loss/gradient, step skipped ({bad_steps} in a row)")
-            if bad_steps >= 10 and run.dtype != "float16":
+            log.record({"iter": it, "loss": loss, "skipped": "non-finite loss or gradient"})
+            log.say(f"iter {it}: non-finite loss/gradient, step skipped ({bad_steps} in a row)")
+            if bad_steps >= 10 and place.dtype != "float16":
                 raise RuntimeError("10 non-finite steps in a row: stopping; the last good checkpoint is kept")
             continue
         bad_steps = 0
-        bar.update()
+        log.bar.update()
         iters_timed += 1
-        if it % cfg.log_interval == 0 or it == run.max_iters - 1:
-            tokens_per_s = run.tokens_per_iter * iters_timed / (time.perf_counter() - t0)
+        if it % cfg.log_interval == 0 or it == clock.max_iters - 1:
+            tokens_per_s = clock.tokens_per_iter * iters_timed / (time.perf_counter() - t0)
             last = {"iter": it, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s),
-                    "minutes": round(run.train_seconds() / 60, 3),
-                    "mfu": round(run.raw_model.estimate_mfu(tokens_per_s / run.world, cfg.block_size, run.peak), 4)}
-            run.log(last)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+                    "minutes": round(clock.train_seconds() / 60, 3),
+                    "mfu": round(learner.raw_model.estimate_mfu(tokens_per_s / place.world, cfg.block_size, peak), 4)}
+            log.record(last)
+            log.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
             iters_timed, t0 = 0, time.perf_counter()
-    bar.close()
-    if run.ddp:
-        check_ranks_agree(run.raw_model, run.say)
-    end_processes(run.ddp)
-    run.say(f"done: {it} iters in {run.train_seconds() / 60:.1f} min of training, best val loss {run.best_val:.4f}; "
-            f"checkpoints in {cfg.out_dir}/")
+    log.close_bar()
+    if place.ddp:
+        check_ranks_agree(learner.raw_model, log.say)
+    end_processes(place.ddp)
+    log.say(f"done: {it} iters in {clock.train_seconds() / 60:.1f} min of training, best val loss "
+            f"{learner.best_val:.4f}; checkpoints in {cfg.out_dir}/")
     return last
 
 
-def budget_used(seconds, cfg, ddp):
-    """Share of the max_minutes budget used (0 without a budget); under DDP rank 0's clock decides."""
-    if cfg.max_minutes <= 0:
-        return 0.0
-    return max(rank0_value(seconds / (60 * cfg.max_minutes), ddp), 1e-12)
+def train_step(cfg, place, data, learner, model, it, lr, trial=None):
+    """One optimizer step over grad_accum micro-batches through `model`; (summed loss, gradient norm).
+    A non-finite gradient norm means the step was skipped (the float16 scaler backs off). The first
+    compiled step of compile=auto may fail to build (a full disk under inductor's cache, a compiler
+    error): then the same step is taken again eager, and the run stays eager."""
+    try:
+        return accumulate_and_step(cfg, place, data, learner, model, it, lr)
+    except Exception as e:  # signals only ask to stop (cli.StopAtSafePoint): this is the compile failing
+        if trial is None or not trial.compiling:
+            raise
+        learner.optimizer.zero_grad(set_to_none=True)
+        trial.compile_failed(it, e)
+        return accumulate_and_step(cfg, place, data, learner, trial.model, it, lr)
 
 
-def timed_step(run, it, lr):
-    """train_step, through compile=auto's trial while it measures (it picks the model each step calls)."""
-    trial = run.compile_trial
-    if trial is None:
-        return train_step(run, run.model, it, lr)
-    start = time.perf_counter()
-    result = trial.step(lambda model: train_step(run, model, it, lr),
-                        lambda: run.optimizer.zero_grad(set_to_none=True), it)
-    trial.step_done(it, time.perf_counter() - start, lambda step_s: seconds_left(run, it, step_s))
-    return result
-
-
-def seconds_left(run, it, step_s):
-    """The run's remaining training time at step_s per step: iterations left, or the time budget."""
-    left = (run.max_iters - it - 1) * step_s
-    if run.cfg.max_minutes > 0:
-        left = min(left, 60 * run.cfg.max_minutes - run.train_seconds())
-    return left
-
-
-def train_step(run, model, it, lr):
-    """One optimizer step over grad_accum micro-batches; (summed loss, gradient norm). A
-    non-finite gradient norm means the step was skipped (the float16 scaler backs off)."""
-    cfg = run.cfg
-    for group in run.optimizer.param_groups:
+def accumulate_and_step(cfg, place, data, learner, model, it, lr):
+    optimizer, scaler = learner.optimizer, learner.scaler
+    for group in optimizer.param_groups:
         group["lr"] = lr
-    torch.manual_seed(cfg.seed + 1_000_003 * it + run.rank)  # dropout masks: a function of (iter, rank)
+    torch.manual_seed(cfg.seed + 1_000_003 * it + place.rank)  # dropout masks: a function of (iter, rank)
     loss_sum = 0.0
-    for micro in range(run.accum):
-        x, y, composer, kind, role = (t if t is None else t.to(run.device) for t in micro_batch(run, it, micro))
-        sync = model.no_sync() if run.ddp and micro < run.accum - 1 else contextlib.nullcontext()
-        with sync, run.ctx:
+    for micro in range(place.accum):
+        x, y, composer, kind, role = (t if t is None else t.to(place.device)
+                                      for t in micro_batch(cfg, place, data, it, micro))
+        sync = model.no_sync() if place.ddp and micro < place.accum - 1 else contextlib.nullcontext()
+        with sync, place.autocast:
             _, loss = model(x, composer, targets=y, kind=kind, role=role)
-            loss = loss / run.accum
-        run.scaler.scale(loss).backward()
+            loss = loss / place.accum
+        scaler.scale(loss).backward()
         loss_sum += loss.item()
-    run.scaler.unscale_(run.optimizer)
+    scaler.unscale_(optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                      cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
     if math.isfinite(grad_norm):
-        run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.optimizer.zero_grad(set_to_none=True)
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm
 
 
-def micro_batch(run, it, micro):
+def micro_batch(cfg, place, data, it, micro):
     """The windows of one micro-step (x, y, composer, kind, role or None): a function of (seed,
     rank, iteration, micro-step) alone, so a resumed run draws exactly the batches the
     uninterrupted one would have."""
-    cfg = run.cfg
-    rng = np.random.default_rng([cfg.seed, run.rank, it, micro])
-    micro_step = it * cfg.grad_accum + run.rank * run.accum + micro
-    n_replay = round(cfg.batch_size * cfg.replay_share) if run.replay_data is not None else 0
+    rng = np.random.default_rng([cfg.seed, place.rank, it, micro])
+    micro_step = it * cfg.grad_accum + place.rank * place.accum + micro
+    n_replay = round(cfg.batch_size * cfg.replay_share) if data.replay is not None else 0
     n_new = cfg.batch_size - n_replay
-    pieces = train_pieces(len(run.train_data), cfg.seed, micro_step * n_new, n_new, run.piece_weights)
+    pieces = train_pieces(len(data.train), cfg.seed, micro_step * n_new, n_new, data.weights)
     options = (cfg.cond_drop, cfg.kind_drop if cfg.n_kinds else 0.0)
-    batch = run.train_data.batch(pieces, rng, *options)
+    batch = data.train.batch(pieces, rng, *options)
     if n_replay:  # fine-tuning: the rest of the windows from the data the checkpoint learned from
-        old = train_pieces(len(run.replay_data), cfg.seed + 1, micro_step * n_replay, n_replay, run.replay_weights)
-        batch = tuple(torch.cat(pair) for pair in zip(batch, run.replay_data.batch(old, rng, *options)))
+        old = train_pieces(len(data.replay), cfg.seed + 1, micro_step * n_replay, n_replay, data.replay_weights)
+        batch = tuple(torch.cat(pair) for pair in zip(batch, data.replay.batch(old, rng, *options)))
     if not cfg.infill_share:
         return (*batch, None)
-    x, y, role = arrange_batch(batch[0], batch[1], rng, cfg.infill_share, run.train_data.bar_id,
-                               run.train_data.pad_id, cfg.infill_bars, int(cfg.infill_middle * cfg.block_size))
+    x, y, role = arrange_batch(batch[0], batch[1], rng, cfg.infill_share, data.train.bar_id,
+                               data.train.pad_id, cfg.infill_bars, int(cfg.infill_middle * cfg.block_size))
     return x, y, batch[2], batch[3], role
 
 
@@ -335,7 +283,7 @@ def micro_batch(run, it, micro):
 
 
 @torch.no_grad()
-def estimate_val_loss(model, sampler, cfg, ctx, device):
+def estimate_val_loss(model, sampler, cfg, autocast, device):
     """Mean val NLL over eval_iters fixed windows, with the true composer and with composer 0."""
     if sampler is None or len(sampler) == 0:
         return None, None
@@ -344,7 +292,7 @@ def estimate_val_loss(model, sampler, cfg, ctx, device):
     for i in range(cfg.eval_iters):
         rng = np.random.default_rng([cfg.seed, 7, i])  # the same windows at every evaluation
         x, y, composer, kind = (t.to(device) for t in sampler.batch(rng.integers(0, len(sampler), cfg.batch_size), rng))
-        with ctx:
+        with autocast:
             for name, given in (("true", composer), ("uncond", torch.zeros_like(composer))):
                 nll, real = model.target_nll(x, given, y, kind)
                 losses[name].append((nll.sum() / real.sum()).item())
@@ -352,37 +300,50 @@ def estimate_val_loss(model, sampler, cfg, ctx, device):
     return float(np.mean(losses["true"])), float(np.mean(losses["uncond"]))
 
 
-def evaluate_and_save(run, it):
+def evaluate_and_save(cfg, place, data, learner, clock, log, it):
     """Val loss (true composer and composer 0), logged and charted; best.pt when it improves,
     ckpt.pt unless it is not finite."""
-    val, val_uncond = estimate_val_loss(run.raw_model, run.val_data, run.cfg, run.ctx, run.device)
-    if not run.master:
+    val, val_uncond = estimate_val_loss(learner.raw_model, data.val, cfg, place.autocast, place.device)
+    if not place.master:
         return
-    run.log({"iter": it, "val_loss": val, "val_loss_uncond": val_uncond, "minutes": round(run.train_seconds() / 60, 3)})
-    write_curves(run.cfg.out_dir)
-    run.bar.write(f"iter {it}: val loss {val if val is None else round(val, 4)} "
-                  f"(composer 0: {val_uncond if val_uncond is None else round(val_uncond, 4)})")
-    if val is not None and math.isfinite(val) and val < run.best_val:
-        run.best_val = val
-        run.save("best.pt", it)
+    log.record({"iter": it, "val_loss": val, "val_loss_uncond": val_uncond,
+                "minutes": round(clock.train_seconds() / 60, 3)})
+    write_curves(cfg.out_dir)
+    log.say(f"iter {it}: val loss {val if val is None else round(val, 4)} "
+            f"(composer 0: {val_uncond if val_uncond is None else round(val_uncond, 4)})")
+    if val is not None and math.isfinite(val) and val < learner.best_val:
+        learner.best_val = val
+        save(cfg, data, learner, clock, "best.pt", it)
     if val is None or math.isfinite(val):
-        run.save("ckpt.pt", it)
+        save(cfg, data, learner, clock, "ckpt.pt", it)
 
 
-def stop_if_asked(run, it):
+def save(cfg, data, learner, clock, name, it):
+    """out_dir/name: the state before iteration it (DESIGN.md's checkpoint contract)."""
+    save_checkpoint(os.path.join(cfg.out_dir, name), {
+        "model": learner.raw_model.state_dict(), "optimizer": learner.optimizer.state_dict(),
+        "scaler": learner.scaler.state_dict(), "iter": it, "best_val_loss": learner.best_val,
+        "train_seconds": clock.train_seconds(), "model_config": asdict(learner.model_cfg),
+        "train_config": asdict(cfg), "tokenizer": data.tokenizer_json, "composers": data.composers,
+        "composer_train_pieces": data.composer_train_pieces, "new_composers": data.new_composers})
+    if name == "ckpt.pt":
+        clock.last_save = time.perf_counter()
+
+
+def stop_if_asked(cfg, place, data, learner, clock, log, stop, it):
     """After SIGINT / SIGTERM (on any rank: every rank stops at this iteration): ckpt.pt with the
     exact state before iteration it, then cli.Stopped, saying how to resume."""
-    signum = largest_on_any_rank(run.stop.asked(), run.ddp)
+    signum = largest_on_any_rank(stop.asked(), place.ddp)
     if not signum:
         return
-    stop = Stopped(signum, kept=f"before iteration {it}; {os.path.join(run.cfg.out_dir, 'ckpt.pt')} holds the state "
-                                f"after the last finished step. Resume with: {resume_command()}")
-    if run.master:
-        run.save("ckpt.pt", it)
-        run.log({"iter": it, "stopped": stop.name})
-    run.bar.close()
-    end_processes(run.ddp)
-    raise stop
+    stopped = Stopped(signum, kept=f"before iteration {it}; {os.path.join(cfg.out_dir, 'ckpt.pt')} holds the "
+                                   f"state after the last finished step. Resume with: {resume_command()}")
+    if place.master:
+        save(cfg, data, learner, clock, "ckpt.pt", it)
+        log.record({"iter": it, "stopped": stopped.name})
+    log.close_bar()
+    end_processes(place.ddp)
+    raise stopped
 
 
 def main(argv=None):

@@ -151,13 +151,10 @@ def test_a_few_iterations_lower_the_loss(tiny_dataset, tmp_path):
 def compile_trial_run(max_iters, step_times, max_minutes=0.0, memory_key=None):
     """A CompileTrial fed those step times (torch.compile patched to mark its model), in a run of
     max_iters iterations or max_minutes; (the model of the next step, the eager one, the verdicts said)."""
-    from types import SimpleNamespace
-
     eager, said = object(), []
-    run = SimpleNamespace(cfg=SimpleNamespace(max_minutes=max_minutes), max_iters=max_iters, train_seconds=lambda: 0.0)
     trial = CompileTrial(eager, memory_key, "cpu", say=said.append)
     for it, seconds in enumerate(step_times):
-        trial.step_done(it, seconds, lambda step_s: train_module.seconds_left(run, it, step_s))
+        trial.step_done(it, seconds, max_iters - it - 1, 60 * max_minutes if max_minutes > 0 else math.inf)
     return trial.model, eager, [line.removeprefix("compile=auto: ") for line in said]
 
 

@@ -18,7 +18,8 @@ class CompileTrial:
     COMPILE_GUESS_S compile for a step REPAY_SPEEDUP faster. Short runs, tests and quick tries never
     pay for a compile. Under DDP rank 0's measurement decides for every rank.
 
-    .model is the model the next step calls; say(line) tells the user, log(record) the run's log."""
+    .model is the model the next step calls; say(line) tells the user, log(record) the run's log.
+    The loop asks for .model, takes the step, and reports its time to step_done."""
 
     STEPS = 3  # steps timed each way
     COMPILE_GUESS_S = 60.0  # a first compile of this project's step, as measured (docs/LOG.md)
@@ -30,28 +31,26 @@ class CompileTrial:
         self.memory_key, self.device, self.ddp, self.master, self.say, self.log = memory_key, device, ddp, master, say, log
         self.phase, self.times = "warm-up", {"eager": [], "compiled": []}
 
-    def step(self, take_step, zero_grad, it):
-        """take_step(self.model); the first compiled step may fail to build (a full disk under
-        inductor's cache, a compiler error): that step is taken again eager, and the run stays eager."""
-        if self.phase != "compiling":
-            return take_step(self.model)
-        try:
-            return take_step(self.model)
-        except Exception as e:  # signals only ask to stop (cli.StopAtSafePoint): this is the compile failing
-            zero_grad()
-            self.model = self.eager_model
-            self.decided(it, f"eager (the compiled step failed: {first_line(e)})")
-            return take_step(self.model)
+    @property
+    def compiling(self):
+        """The next step is the first compiled one: torch.compile builds there, and may fail."""
+        return self.phase == "compiling"
 
-    def step_done(self, it, seconds, seconds_left):
+    def compile_failed(self, it, error):
+        """The first compiled step failed to build (a full disk under inductor's cache, a compiler
+        error): the loop takes that step again eager, and the run stays eager."""
+        self.model = self.eager_model
+        self.decided(it, f"eager (the compiled step failed: {first_line(error)})")
+
+    def step_done(self, it, seconds, iters_left, budget_left_s=math.inf):
         """After each step until decided: record its time, choose the model of the next step.
-        seconds_left(step_s): the run's training time left at step_s seconds a step."""
+        iters_left, budget_left_s: the iterations and the seconds of the time budget the run has left."""
         if self.phase == "warm-up":  # first-step allocations and kernel choices
             self.phase = "eager"
         elif self.phase == "eager":
             self.times["eager"].append(seconds)
             if len(self.times["eager"]) == self.STEPS:
-                self.try_compiling(it, seconds_left)
+                self.try_compiling(it, iters_left, budget_left_s)
         elif self.phase == "compiling":
             self.compile_s = seconds - statistics.median(self.times["eager"])
             self.times, self.phase = {"eager": [], "compiled": []}, "alternating"
@@ -64,9 +63,9 @@ class CompileTrial:
             else:
                 self.model = self.compiled if ran == "eager" else self.eager_model
 
-    def try_compiling(self, it, seconds_left):
+    def try_compiling(self, it, iters_left, budget_left_s):
         step_s = statistics.median(self.times["eager"])
-        left = seconds_left(step_s)
+        left = min(iters_left * step_s, budget_left_s)
         compile_s, saving, source = self.expected()
         pays = saving > 0 and left * saving >= compile_s
         problem = compile_problem(self.device) if pays else None

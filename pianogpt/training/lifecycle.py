@@ -1,17 +1,110 @@
-"""A training run's life around its loop: its processes, its folder, the command that resumes it.
+"""A training run's life around its loop: its processes, its clock, its log, its folder, the command
+that resumes it.
 
-torchrun's processes and what they agree on; the run's folder (an earlier run moved aside, the
-curves).
+Where a process computes (Place: torchrun's rank, device, precision) and what the processes agree
+on; the run's length and time budget (Clock); what it tells (Log); the run's folder (an earlier run
+moved aside, the curves).
 """
+import json
+import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
 from pianogpt.cli import CliError
+from pianogpt.devices import autocast_context, device_type_of, require_compile, resolve_device, resolve_dtype
 from pianogpt.files import atomic_write_bytes, read_jsonl
 from pianogpt.output.pictures import chart, png_bytes, side_by_side
+
+
+# ----------------------------------------------------------------------------- the run: where, how long, what it tells
+
+
+@dataclass
+class Place:
+    """Where this process computes: its rank among torchrun's, the device and the precision."""
+    ddp: bool
+    rank: int
+    world: int
+    device: str
+    device_type: str
+    dtype: str
+    autocast: object
+    accum: int  # micro-steps of this process per iteration
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def set_up_place(cfg):
+    """torchrun's process group, the device, the dtype and its autocast, and whether the device can
+    do what the config asks (bf16, torch.compile) before any folder is made."""
+    ddp, rank, world = under_torchrun(), 0, 1
+    device = resolve_device(cfg.device)
+    if ddp:
+        rank, world, device = start_processes(device, cfg.grad_accum)
+    device_type = device_type_of(device)
+    dtype = resolve_dtype(cfg.dtype, device_type)
+    if cfg.compile == "on":
+        require_compile(device, "compile=on", "--compile=auto or --compile=off trains eager")
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Place(ddp, rank, world, device, device_type, dtype, autocast_context(device_type, dtype),
+                 cfg.grad_accum // world)
+
+
+class Clock:
+    """The run's length and time: iterations, training seconds (the part before a resume counted),
+    the max_minutes budget, and when ckpt.pt was last written."""
+
+    def __init__(self, cfg, ddp, start_iter, max_iters, seconds_before):
+        self.cfg, self.ddp = cfg, ddp
+        self.start_iter, self.max_iters, self.seconds_before = start_iter, max_iters, seconds_before
+        self.tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
+        self.loop_start = self.last_save = time.perf_counter()
+
+    def train_seconds(self):
+        return self.seconds_before + time.perf_counter() - self.loop_start
+
+    def budget_used(self):
+        """Share of the max_minutes budget used (0 without a budget); under DDP rank 0's clock decides."""
+        if self.cfg.max_minutes <= 0:
+            return 0.0
+        return max(rank0_value(self.train_seconds() / (60 * self.cfg.max_minutes), self.ddp), 1e-12)
+
+    def budget_left_s(self):
+        return 60 * self.cfg.max_minutes - self.train_seconds() if self.cfg.max_minutes > 0 else math.inf
+
+    def save_due(self):
+        minutes = self.cfg.save_every_min
+        return minutes > 0 and time.perf_counter() - self.last_save >= 60 * minutes
+
+
+class Log:
+    """What the run tells: lines to the terminal (through the progress bar once there is one) and
+    records to out_dir/log.jsonl; rank 0 alone speaks."""
+
+    def __init__(self, master):
+        self.master, self.file, self.bar = master, None, None
+
+    def say(self, line):
+        if self.master:
+            self.bar.write(line) if self.bar is not None else print(line)
+
+    def record(self, record):
+        if self.master:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close_bar(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # ----------------------------------------------------------------------------- torchrun's processes
