@@ -89,7 +89,6 @@ def test_samples_follow_the_requested_style_with_guidance_3(demo_midi, tmp_path)
     import torch
     from symusic import Score
 
-    from model import MusicTransformer
     from prepare import prepare
     from pianogpt.data.remi import tokenizer_from_json
     from sample import Draw, generate_samples

@@ -5,9 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import (CopyFinder, NGram, accuracy_on, adherence, bootstrap_mean, derangement, evaluate, Request,
-                      identification, judge_pieces, print_report, score_under, scored_span, tokens_scored,
-                      unigram_entropy, window_starts)
+from pianogpt.measures.copies import CopyFinder
+from pianogpt.measures.ngram import NGram, unigram_entropy
+from pianogpt.measures.samples import accuracy_on, adherence
+from pianogpt.measures.scoring import bootstrap_mean, derangement, score_under, scored_span, tokens_scored, window_starts
+from evaluate import evaluate, Request
+from pianogpt.measures.identification import identification, identify_pieces
+from pianogpt.measures.report import print_report
 from pianogpt.measures.judge import Judge, note_features
 from model import ModelConfig, MusicTransformer
 
@@ -121,8 +125,8 @@ def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, tiny_dataset,
 
 def test_a_large_training_set_gets_only_the_trigram_baseline(tiny_checkpoint, tiny_dataset, monkeypatch):
     """Orders above 3 need memory in proportion to the training tokens: past the limit they are skipped."""
-    import evaluate as evaluate_module
-    monkeypatch.setattr(evaluate_module, "HIGH_ORDER_MAX_TOKENS", 0)
+    from pianogpt.measures import evaluation
+    monkeypatch.setattr(evaluation, "HIGH_ORDER_MAX_TOKENS", 0)
     r = evaluate(tiny_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=2, guidances=(1.0,), samples_per_composer=1,
                  sample_tokens=16))
     b = r["baselines"]
@@ -136,7 +140,7 @@ def test_identification_by_a_composer_blind_model_is_chance_exactly():
     rng = np.random.default_rng(0)
     pieces = [(rng.integers(2, 30, 40), int(c), 0) for c in (1, 2, 3, 4, 1, 2)]  # kind 0: unknown
     names = {i: f"c{i}" for i in range(5)}
-    r = judge_pieces(model, pieces, [1, 2, 3, 4], names, {1: 9, 2: 5, 3: 5, 4: 5}, 5, bos_id=1, max_windows=None,
+    r = identify_pieces(model, pieces, [1, 2, 3, 4], names, {1: 9, 2: 5, 3: 5, 4: 5}, 5, bos_id=1, max_windows=None,
                      seed=0)
     assert r["identification"]["accuracy"] == 0.25 == r["identification"]["chance"]
     assert r["identification"]["commonest_baseline"] == 2 / 6

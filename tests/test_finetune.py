@@ -120,7 +120,8 @@ def test_a_dataset_of_another_tokenizer_is_a_one_line_error(tiny_checkpoint, new
 
 def test_evaluate_reads_a_dataset_by_composer_name_and_checks_the_new_composer_for_copies(
         tiny_checkpoint, new_composer_data, tmp_path, capsys):
-    from evaluate import Request, evaluate, print_report
+    from evaluate import evaluate, Request
+    from pianogpt.measures.report import print_report
 
     fine_tune(tiny_checkpoint, new_composer_data, tmp_path)
     r = evaluate(str(tmp_path / "ckpt.pt"), Request(data_dir=str(new_composer_data), num_windows=2, guidances=(1.0,),
@@ -137,7 +138,6 @@ def test_evaluate_reads_a_dataset_by_composer_name_and_checks_the_new_composer_f
 
 def test_new_rows_learn_at_every_layer_and_leave_the_network_and_the_old_composers_exactly(
         tiny_checkpoint, new_composer_data, tmp_path):
-    from model import MusicTransformer
 
     base = torch.load(tiny_checkpoint, weights_only=True)
     tuned = fine_tune(tiny_checkpoint, new_composer_data, tmp_path, finetune="new_rows", replay_share=0.0)

@@ -247,7 +247,8 @@ def test_both_layouts_of_a_real_gap_predict_the_same_middle_tokens():
 
 def test_evaluate_scores_real_gaps_both_ways_and_judges_filled_and_continued_takes(tiny_infill_checkpoint, tiny_dataset,
                                                                                   tmp_path, capsys):
-    from evaluate import Request, evaluate, print_report
+    from evaluate import evaluate, Request
+    from pianogpt.measures.report import print_report
     from train import train
 
     from conftest import tiny_train_config
@@ -272,7 +273,8 @@ def test_evaluate_scores_real_gaps_both_ways_and_judges_filled_and_continued_tak
 
 
 def test_a_context_too_short_for_any_gap_says_so(tiny_checkpoint, tiny_dataset, capsys):
-    from evaluate import Request, evaluate, print_report
+    from evaluate import evaluate, Request
+    from pianogpt.measures.report import print_report
 
     r = evaluate(tiny_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0, infill_gaps=6,
                  infill_takes=1))  # a 64-token context: no 2-bar gap with music on both sides

@@ -132,7 +132,8 @@ def mixed_checkpoint(tmp_path_factory):
 
 
 def test_evaluate_reports_each_kind_and_samples_rendered_both_ways(mixed_checkpoint, capsys):
-    from evaluate import Request, evaluate, print_report
+    from evaluate import evaluate, Request
+    from pianogpt.measures.report import print_report
 
     ckpt, data = mixed_checkpoint
     r = evaluate(ckpt, Request(data_dir=str(data), num_windows=4, guidances=(3.0,), samples_per_composer=1, sample_tokens=40,

@@ -122,7 +122,8 @@ def test_each_probe_removes_its_habit_and_keeps_the_grammar(encoded_piece):
 
 
 def test_evaluate_reports_the_held_out_sources_and_the_probes(held_out_dataset, tmp_path, capsys):
-    from evaluate import Request, evaluate, print_report
+    from evaluate import evaluate, Request
+    from pianogpt.measures.report import print_report
     from train import train
 
     train(tiny_train_config(held_out_dataset, tmp_path / "run", block_size=64, max_iters=6))
@@ -148,7 +149,7 @@ def test_scoring_the_notes_only_splits_a_piece_score_in_two(encoded_piece):
     import torch
 
     from conftest import tiny_model
-    from evaluate import counted_tokens, score_under, scored_span, tokens_scored
+    from pianogpt.measures.scoring import counted_tokens, score_under, scored_span, tokens_scored
 
     tokenizer, ids = encoded_piece
     model = tiny_model(block_size=64, vocab_size=len(tokenizer), n_composers=3)

@@ -15,7 +15,6 @@ from pianogpt.cli import CliError
 from pianogpt.training.config import load_config
 from conftest import ROOT, tiny_train_config
 from pianogpt.data.dataset import WindowSampler, open_dataset
-import train as train_module
 from pianogpt.training import compile_auto
 from pianogpt.cli import StopAtSafePoint, Stopped
 from pianogpt.training.compile_auto import CompileTrial
