@@ -214,3 +214,7 @@ def main(argv=None):
 
     written = f"; --json {args.json} is written only at the end" if args.json else ""
     run_program(parser.prog, body, kept=lambda: f"nothing was written{written}")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ project.
 import json
 import os
 import tempfile
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -346,6 +347,95 @@ def rest_start(state):
     return torch.maximum(state["sounding"], state["clock"].float())
 
 
+def base_token_tables(tokenizer, type_index):
+    """What RemiGrammar reads of each base token: its type and value, whether it may be generated,
+    which types may follow which (miditok's graph), its position, its length in positions."""
+    vocab = tokenizer.vocab
+    base_size = len(vocab)
+    type_of, value_of = [""] * base_size, [""] * base_size
+    for token, i in vocab.items():
+        type_of[i], value_of[i] = token.split("_", 1)
+    types = list(type_index)  # in number order
+    playable = np.ones(base_size, dtype=bool)
+    for i, (name, value) in enumerate(zip(type_of, value_of)):
+        if name in ("PAD", "BOS", "PitchDrum") or (name == "Pitch" and not PIANO_LOW <= int(value) <= PIANO_HIGH):
+            playable[i] = False
+    graph = tokenizer.tokens_types_graph
+    follows = np.stack([np.array([t in graph.get(name, set(types)) for t in type_of]) for name in types])
+    allowed_after = follows & playable
+    allowed_after[type_index["BOS"]] = np.array([t == "Bar" for t in type_of])  # a piece opens with a bar
+    per_beat = max(tokenizer.config.beat_res.values())
+    return SimpleNamespace(
+        size=base_size, type_of=type_of, value_of=value_of, type=np.array([type_index[t] for t in type_of]),
+        playable=playable, follows=follows, allowed_after=allowed_after, per_beat=per_beat,
+        position=np.array([int(v) if t == "Position" else -1 for t, v in zip(type_of, value_of)]),
+        length=np.array([time_in_positions(v, per_beat) if t in ("Duration", "Rest") else 0
+                         for t, v in zip(type_of, value_of)]),
+        is_pitch=np.array([t == "Pitch" for t in type_of]),
+        moves_time=np.array([t in ("Bar", "Position", "Rest") for t in type_of]))
+
+
+def merged_token_tables(parts, base, chord_limit):
+    """RemiGrammar's summaries of every id (a run of base tokens: `parts`), as numpy arrays by name."""
+    size = len(parts)
+    table = {name: np.full(size, -1, dtype=np.int64) for name in ("first", "first_pos", "max_pos", "last_pos",
+                                                                  "before_last")}
+    table |= {name: np.zeros(size, dtype=bool) for name in ("static_ok", "first_pos_at0", "moves")}
+    table |= {name: np.full(size, -1e9) for name in ("end_after_clock", "end_after_onset")}
+    table["last_type"] = np.zeros(size, dtype=np.int64)
+    table["lead"] = np.zeros((size, base.size), dtype=bool)
+    table["trail"] = np.zeros((size, base.size), dtype=bool)
+    for m, run in enumerate(parts):
+        summarise_run(table, m, list(run), base, chord_limit)
+    is_single = np.array([len(run) == 1 for run in parts])
+    type_of, value_of = base.type_of, base.value_of
+    first_type = [type_of[b] for b in table["first"]]
+    table["is_bar"] = is_single & np.array([t == "Bar" for t in first_type])
+    table["is_rest"] = is_single & np.array([t == "Rest" for t in first_type])
+    table["rest_length"] = np.where(table["is_rest"], base.length[table["first"]], 0)
+    table["bar_length"] = np.array([int(value_of[b].split("/")[0]) * base.per_beat if t == "TimeSig" and single else 0
+                                    for b, t, single in zip(table["first"], first_type, is_single)])
+    # durations and rests count beats of the time signature's own note value (an eighth in 6/8)
+    table["denominator"] = np.array([int(value_of[b].split("/")[1]) if t == "TimeSig" and single else 0
+                                     for b, t, single in zip(table["first"], first_type, is_single)])
+    table["lead_count"] = table["lead"].sum(1)
+    table["allowed_after"] = base.allowed_after
+    return table
+
+
+def summarise_run(table, m, run, base, chord_limit):
+    """Row m of the tables: the first and last tokens of run, the positions it moves to, the keys it
+    strikes before its first onset (lead) and at its last (trail), the note ends it writes, and
+    whether the run is grammatical in itself (static_ok)."""
+    table["first"][m], table["last_type"][m] = run[0], base.type[run[-1]]
+    if len(run) > 1:
+        table["before_last"][m] = base.type[run[-2]]
+    ok = all(base.playable[b] for b in run) and all(base.follows[base.type[a], b] for a, b in zip(run, run[1:]))
+    onset, positions, struck, counts = None, [], table["lead"][m], [0]
+    for j, b in enumerate(run):
+        if base.moves_time[b]:
+            onset, struck = base.position[b], np.zeros(base.size, dtype=bool)
+            counts.append(0)
+            table["moves"][m] = True
+            if base.position[b] >= 0:
+                positions.append(base.position[b])
+                table["first_pos_at0"][m] |= j == 0 and len(positions) == 1
+        elif base.is_pitch[b]:
+            ok &= not struck[b]
+            struck[b] = True
+            counts[-1] += 1
+        elif base.type_of[b] == "Duration":
+            key = "end_after_clock" if onset is None else "end_after_onset"
+            table[key][m] = max(table[key][m], base.length[b] + (0 if onset is None else onset))
+    if table["moves"][m]:
+        table["trail"][m] = struck
+    ok &= all(a < b for a, b in zip(positions, positions[1:]))
+    ok &= chord_limit is None or max(counts[1:], default=0) <= chord_limit
+    table["static_ok"][m] = ok
+    if positions:
+        table["first_pos"][m], table["max_pos"][m], table["last_pos"][m] = positions[0], max(positions), positions[-1]
+
+
 class RemiGrammar:
     """Which tokens may come next in a REMI piece, for every row of a batch, as tensors.
 
@@ -381,81 +471,13 @@ class RemiGrammar:
 
     def __init__(self, tokenizer, device="cpu", chord_limit=None):
         vocab = tokenizer.vocab  # the base tokens; merged ids are runs of them
-        base_size = len(vocab)
-        type_of, value_of = [""] * base_size, [""] * base_size
-        for token, i in vocab.items():
-            type_of[i], value_of[i] = token.split("_", 1)
         _, self.type_index = token_types(vocab)
-        types = list(self.type_index)  # in number order
-        base_type = np.array([self.type_index[t] for t in type_of])
-        playable = np.ones(base_size, dtype=bool)
-        for i, (name, value) in enumerate(zip(type_of, value_of)):
-            if name in ("PAD", "BOS", "PitchDrum") or (name == "Pitch" and not PIANO_LOW <= int(value) <= PIANO_HIGH):
-                playable[i] = False
-        graph = tokenizer.tokens_types_graph
-        follows = np.stack([np.array([t in graph.get(name, set(types)) for t in type_of]) for name in types])
-        allowed_after = follows & playable
-        allowed_after[self.type_index["BOS"]] = np.array([t == "Bar" for t in type_of])  # a piece opens with a bar
-        per_beat = max(tokenizer.config.beat_res.values())
-        position = np.array([int(v) if t == "Position" else -1 for t, v in zip(type_of, value_of)])
-        length = np.array([time_in_positions(v, per_beat) if t in ("Duration", "Rest") else 0 for t, v in zip(type_of, value_of)])
-        is_pitch = np.array([t == "Pitch" for t in type_of])
-        moves_time = np.array([t in ("Bar", "Position", "Rest") for t in type_of])
-
-        parts = merges.base_parts(tokenizer)
-        size = len(parts)
-        table = {name: np.full(size, -1, dtype=np.int64) for name in ("first", "first_pos", "max_pos", "last_pos",
-                                                                      "before_last")}
-        table |= {name: np.zeros(size, dtype=bool) for name in ("static_ok", "first_pos_at0", "moves")}
-        table |= {name: np.full(size, -1e9) for name in ("end_after_clock", "end_after_onset")}
-        table["last_type"] = np.zeros(size, dtype=np.int64)
-        lead, trail = np.zeros((size, base_size), dtype=bool), np.zeros((size, base_size), dtype=bool)
-        for m, run in enumerate(parts):
-            run = list(run)
-            table["first"][m], table["last_type"][m] = run[0], base_type[run[-1]]
-            if len(run) > 1:
-                table["before_last"][m] = base_type[run[-2]]
-            ok = all(playable[b] for b in run) and all(follows[base_type[a], b] for a, b in zip(run, run[1:]))
-            onset, positions, struck, counts = None, [], lead[m], [0]
-            for j, b in enumerate(run):
-                if moves_time[b]:
-                    onset, struck = position[b], np.zeros(base_size, dtype=bool)
-                    counts.append(0)
-                    table["moves"][m] = True
-                    if position[b] >= 0:
-                        positions.append(position[b])
-                        table["first_pos_at0"][m] |= j == 0 and len(positions) == 1
-                elif is_pitch[b]:
-                    ok &= not struck[b]
-                    struck[b] = True
-                    counts[-1] += 1
-                elif type_of[b] == "Duration":
-                    key = "end_after_clock" if onset is None else "end_after_onset"
-                    table[key][m] = max(table[key][m], length[b] + (0 if onset is None else onset))
-            if table["moves"][m]:
-                trail[m] = struck
-            ok &= all(a < b for a, b in zip(positions, positions[1:]))
-            ok &= chord_limit is None or max(counts[1:], default=0) <= chord_limit
-            table["static_ok"][m] = ok
-            if positions:
-                table["first_pos"][m], table["max_pos"][m], table["last_pos"][m] = positions[0], max(positions), positions[-1]
-        is_single = np.array([len(run) == 1 for run in parts])
-        first_type = [type_of[b] for b in table["first"]]
-        table["is_bar"] = is_single & np.array([t == "Bar" for t in first_type])
-        table["is_rest"] = is_single & np.array([t == "Rest" for t in first_type])
-        table["rest_length"] = np.where(table["is_rest"], length[table["first"]], 0)
-        table["bar_length"] = np.array([int(value_of[b].split("/")[0]) * per_beat if t == "TimeSig" and single else 0
-                                        for b, t, single in zip(table["first"], first_type, is_single)])
-        # durations and rests count beats of the time signature's own note value (an eighth in 6/8)
-        table["denominator"] = np.array([int(value_of[b].split("/")[1]) if t == "TimeSig" and single else 0
-                                         for b, t, single in zip(table["first"], first_type, is_single)])
-        table["lead"], table["trail"] = lead, trail
-        table["lead_count"] = lead.sum(1)
-        table["allowed_after"] = allowed_after
+        base = base_token_tables(tokenizer, self.type_index)
+        table = merged_token_tables(merges.base_parts(tokenizer), base, chord_limit)
         for name in self.TENSORS:
             setattr(self, name, torch.from_numpy(np.asarray(table[name])).to(device))
         self.lead_float = self.lead.float()
-        self.default_bar = 4 * per_beat
+        self.default_bar = 4 * base.per_beat
         self.pad_id = vocab["PAD_None"]
         self.chord_limit = chord_limit
         self.state = None

@@ -76,6 +76,15 @@ def print_report(r):
               f"{part['balanced_accuracy_on_real_val']:.3f} balanced over their {len(part['composers'])} composers")
     print(f"copying: {cp['rule']}; real val excerpts median {cp['real_val_excerpts']['median']:.0f}, "
           f"max {cp['real_val_excerpts']['max']}")
+    print_samples(r)
+    print("  * self-judged: the model as a Bayes classifier of its own samples; a sanity check of guidance, "
+          "not evidence of style")
+    print_like_for_like(r["samples"], j.get("by_kind", {}))
+    print_fine_tuned_copies(r["samples"], r["comparison_set"].get("fine_tuned", []))
+
+
+def print_samples(r):
+    """The samples' table: one row per guidance (and rendering), the real val excerpts, their spread."""
     print("\nsamples              judge   self-judged*  longest copy  notes/s  pitch range  pc H (bits)  chord  grammar")
     for g, s in r["samples"].items():
         is_real = "judge_accuracy" not in s
@@ -90,10 +99,6 @@ def print_report(r):
         print("  real 5-95 %                                           " + "  ".join(
             f"{spread[k][0]:.1f}-{spread[k][1]:.1f}" for k in ("notes_per_s", "pitch_range", "pitch_class_entropy",
                                                                "chord_size")))
-    print("  * self-judged: the model as a Bayes classifier of its own samples; a sanity check of guidance, "
-          "not evidence of style")
-    print_like_for_like(r["samples"], j.get("by_kind", {}))
-    print_fine_tuned_copies(r["samples"], r["comparison_set"].get("fine_tuned", []))
 
 
 def print_probes(r):
