@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pianogpt.cli import CliError, Parser, fail, non_negative_int, positive_int, run_program
-from pianogpt.data.dataset import RENDER_AS
+from pianogpt.data.dataset import TEXTURES
 from pianogpt.data.merges import full_vocab
 from pianogpt.data.remi import GUIDANCE_MODES, decode_sample
 from pianogpt.files import atomic_write_text, write_or_fail
@@ -121,7 +121,7 @@ def evaluate(ckpt, request=Request()):
     results["samples"] = {}
     # a model with a kind condition renders every guidance both ways (score, performance)
     renderings = [(f"{g}", g, None) for g in r.guidances] if not e.model.config.n_kinds else \
-        [(f"{g} {kind}", g, kind) for g in r.guidances for kind in RENDER_AS]
+        [(f"{g} {kind}", g, kind) for g in r.guidances for kind in TEXTURES]
     for label, g, kind in renderings:
         results["samples"][label] = sample_measures(e, judge, copies, g, kind, r.samples_per_composer, r.sample_tokens,
                                                     r.guidance_mode)

@@ -27,7 +27,7 @@ from pianogpt.output.audio import SOUNDFONT_ENV, SOUNDFONT_FOLDERS, find_soundfo
 from pianogpt.checkpoints import load_trained
 from pianogpt.cli import CliError, Parser, fraction_in, non_negative_int, positive_float, positive_int, run_program
 from pianogpt.files import atomic_write_text
-from pianogpt.data.dataset import RENDER_AS, UNCONDITIONAL
+from pianogpt.data.dataset import TEXTURES, UNCONDITIONAL
 from pianogpt.devices import compile_problem, device_type_of, require_compile, resolve_device, resolve_dtype
 from pianogpt.output.outputs import (keep_sample, keep_whole, kept_line, make_out_dir, refresh_gallery, write_gallery,
                               write_score)
@@ -129,10 +129,11 @@ def parse_args(argv):
     parser.add_argument("--temperature", type=positive_float, default=0.9)
     parser.add_argument("--top_k", type=non_negative_int, default=40, help="0 = off")
     parser.add_argument("--top_p", type=fraction_in(0, 1), default=0.95, help="nucleus mass in (0, 1]")
-    parser.add_argument("--render_as", default="any", choices=("any",) + tuple(RENDER_AS),
+    parser.add_argument("--texture", "--render_as", dest="texture", default="any",
+                        choices=("any",) + tuple(TEXTURES),
                         help="the texture of the new piece, for a model trained with a kind condition (n_kinds=3): "
                              "a score (metronomic, as written) or a performance (as played: rubato, pedal, dynamics); "
-                             "any: the model's own mix")
+                             "any: the model's own mix (--render_as: its earlier name)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--bars", type=number_or_span(positive_int, MAX_BARS), help="length in bars: stop at the bar "
                         f"line that ends the N-th bar after the prompt (at most {MAX_BARS}); with --infill, the bars "
@@ -428,7 +429,7 @@ def serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept):
         return make_samples(job_args, model, tokenizer, request, device, compiled, soundfont, kept, on_token)[2][0]
 
     composers = sorted(name for name, i in checkpoint["composers"].items() if i != UNCONDITIONAL_ID)
-    info = {"composers": composers, "render_as": bool(model.config.n_kinds), "infill": bool(model.config.n_roles),
+    info = {"composers": composers, "texture": bool(model.config.n_kinds), "infill": bool(model.config.n_roles),
             "max_bars": STUDIO_MAX_BARS, "max_seconds": STUDIO_MAX_SECONDS, "max_tokens": STUDIO_MAX_TOKENS,
             "guidance": args.guidance[0], "temperature": args.temperature, "checkpoint": args.ckpt}
     write_gallery(args.out_dir)  # the page's list of earlier pieces, also when there are none yet
@@ -465,9 +466,9 @@ def resolve_request(args, model, checkpoint, tokenizer):
         raise CliError(f"--{'bars' if isinstance(args.bars, tuple) else 'seconds'} A-B is a span to rewrite: it needs "
                        "--infill FILE; a length is one number")
     condition, composer_id, composer_name = resolve_condition(args, checkpoint["composers"])
-    if args.render_as != "any" and not model.config.n_kinds:
-        raise CliError(f"--render_as {args.render_as} needs a model trained with a kind condition (n_kinds=3); "
-                       f"{args.ckpt} has none: use --render_as any")
+    if args.texture != "any" and not model.config.n_kinds:
+        raise CliError(f"--texture {args.texture} needs a model trained with a kind condition (n_kinds=3); "
+                       f"{args.ckpt} has none: use --texture any")
     bos = tokenizer.vocab["BOS_None"]
     prompt = load_prompt(args.prompt, tokenizer, args.prompt_tokens, bos) if args.prompt else [bos]
     if len(prompt) >= model.config.block_size:
@@ -475,7 +476,7 @@ def resolve_request(args, model, checkpoint, tokenizer):
     musical_length = args.bars or args.seconds
     max_new_tokens = args.max_new_tokens or (MAX_TOKENS_FOR_A_LENGTH if musical_length else DEFAULT_NEW_TOKENS)
     return {"condition": condition, "composer_id": composer_id, "composer_name": composer_name,
-            "kind": RENDER_AS.get(args.render_as), "prompt": prompt, "max_new_tokens": max_new_tokens}
+            "kind": TEXTURES.get(args.texture), "prompt": prompt, "max_new_tokens": max_new_tokens}
 
 
 # ----------------------------------------------------------------------------- infilling
@@ -497,7 +498,7 @@ def run_infill(args, model, checkpoint, tokenizer, device, soundfont, kept):
 
 def infill_request(args, model, checkpoint, tokenizer):
     """The span to fill and how, checked: condition, the piece, its Plan, the kind (the piece's own
-    unless --render_as says), or a CliError naming the valid choices."""
+    unless --texture says), or a CliError naming the valid choices."""
     from symusic import Score
 
     if not model.config.n_roles:
@@ -528,10 +529,10 @@ def infill_request(args, model, checkpoint, tokenizer):
         plan = plan_span(tokenizer, merged, model.config.block_size, first, last)
     except ValueError as e:
         raise CliError(f"--infill {args.infill}: {e}") from None
-    render_as = args.render_as if args.render_as != "any" else ("score" if piece_kind(score)[0] == "sequenced"
-                                                                else "performance")
+    texture = args.texture if args.texture != "any" else ("score" if piece_kind(score)[0] == "sequenced"
+                                                          else "performance")
     return {"condition": condition, "composer_id": composer_id, "composer_name": composer_name, "score": score,
-            "plan": plan, "kind": RENDER_AS[render_as] if model.config.n_kinds else None, "render_as": render_as}
+            "plan": plan, "kind": TEXTURES[texture] if model.config.n_kinds else None, "texture": texture}
 
 
 FILL_RETRIES = 2  # a take that has not reached its closing bar line within its tokens is drawn again this often
@@ -570,7 +571,7 @@ def make_fills(args, model, tokenizer, request, device, soundfont, kept, on_toke
                            device, request["kind"], on_token)
         for i, (middle, closed) in enumerate(takes):
             settings = {**sample_settings(args, request | {"prompt": plan.prompt}, guidance, i),
-                        "render_as": request["render_as"]}
+                        "render_as": request["texture"]}  # the sidecar's key keeps its earlier name
             name = sample_name(args, request, guidance, i, prefix=f"{piece}_bars{plan.first}-{plan.last}_")
             summary = keep_fill(os.path.join(args.out_dir, name), request, middle, closed, tokenizer, settings,
                                 soundfont, args.audio)
@@ -614,7 +615,7 @@ def print_request(args, request):
     print(f"{request['composer_name']} ({composer}), guidance {', '.join(f'{g:g}' for g in args.guidance)} "
           f"({args.guidance_mode}), temperature {args.temperature}, top_k {args.top_k}, top_p {args.top_p}, "
           f"{args.num_samples} x {length}, {'constrained' if args.constrained else 'unconstrained'}, "
-          f"rendered as {args.render_as}, prompt {len(request['prompt'])} tokens")
+          f"texture {args.texture}, prompt {len(request['prompt'])} tokens")
 
 
 def sample_name(args, request, guidance, i, prefix=""):
@@ -628,7 +629,7 @@ def sample_settings(args, request, guidance, i):
     """What the sample's .json records: everything needed to make it again."""
     condition = request["condition"]
     return {"composer": request["composer_name"], "composer_id": request["composer_id"], "guidance": guidance,
-            "guidance_mode": args.guidance_mode, "render_as": args.render_as,
+            "guidance_mode": args.guidance_mode, "render_as": args.texture,
             **({"mix": {str(k): w for k, w in condition.items()}} if isinstance(condition, dict) else {}),
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
             "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt, "bars": args.bars,

@@ -154,19 +154,21 @@ def test_sample_renders_as_a_performance_and_records_it(mixed_checkpoint, tmp_pa
     import sample
 
     ckpt, _ = mixed_checkpoint
-    sample.main(["--ckpt", str(ckpt), "--composer", "bach", "--render_as", "performance", "--max_new_tokens", "30",
+    sample.main(["--ckpt", str(ckpt), "--composer", "bach", "--texture", "performance", "--max_new_tokens", "30",
                  "--out_dir", str(tmp_path), "--no-audio"])
     settings = [json.load(open(tmp_path / name)) for name in os.listdir(tmp_path) if name.endswith(".json")]
     assert [s["render_as"] for s in settings] == ["performance"]
     assert "rendered as performance" in (tmp_path / "index.html").read_text()
 
 
-def test_render_as_without_a_kind_condition_is_a_one_line_error(tiny_checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--texture", "--render_as"])  # --render_as: the flag's earlier name, for a release
+def test_a_texture_without_a_kind_condition_is_a_one_line_error(tiny_checkpoint, tmp_path, capsys, flag):
     import sample
 
     with pytest.raises(SystemExit) as exit_info:
-        sample.main(["--ckpt", str(tiny_checkpoint), "--composer_id", "1", "--render_as", "score", "--out_dir",
+        sample.main(["--ckpt", str(tiny_checkpoint), "--composer_id", "1", flag, "score", "--out_dir",
                      str(tmp_path)])
     stderr = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "kind condition" in stderr and len(stderr.strip().splitlines()) == 1
+    assert exit_info.value.code == 2 and "--texture score needs a model trained with a kind condition" in stderr
+    assert len(stderr.strip().splitlines()) == 1
     assert not os.listdir(tmp_path)

@@ -25,7 +25,7 @@ FORMAT_VERSION = 2
 UNCONDITIONAL = "<unconditional>"  # composers.json name of id 0; real composers are 1..N by name
 SPLITS = ("train", "val", "heldout")  # heldout: the pieces of sources held out whole (prepare.py --holdout)
 KIND_IDS = {kind: i for i, kind in enumerate(KINDS, start=1)}  # 0: unknown (or dropped in training, like composer 0)
-RENDER_AS = dict(zip(("score", "performance"), KIND_IDS.values()))  # the same kinds in a user's words (--render_as)
+TEXTURES = dict(zip(("score", "performance"), KIND_IDS.values()))  # the same kinds as a texture to write (--texture)
 CHECKSUMMED = tuple(f"{split}{ext}" for split in SPLITS for ext in (".bin", ".idx.npy")) + (
     "composers.json", "tokenizer.json", "pieces.jsonl")
 

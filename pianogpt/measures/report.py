@@ -1,6 +1,6 @@
 """evaluate.py's report: its results dict printed for a reader."""
 
-from pianogpt.data.dataset import RENDER_AS
+from pianogpt.data.dataset import TEXTURES
 from pianogpt.measures.identification import KIND_NAMES
 from pianogpt.measures.infilling import INFILL_BARS
 from pianogpt.measures.samples import accuracy_on
@@ -166,7 +166,7 @@ def print_like_for_like(samples, judge_by_kind):
     """Samples rendered as one kind against real val excerpts of that kind, on the composers those
     excerpts have: the samples' accuracy (balanced by design) beside the real excerpts' balanced one."""
     for label, s in samples.items():
-        kind = KIND_NAMES.get(RENDER_AS.get(label.split(" ")[-1]))
+        kind = KIND_NAMES.get(TEXTURES.get(label.split(" ")[-1]))
         real = judge_by_kind.get(kind)
         if "judge_confusion" not in s or real is None:
             continue

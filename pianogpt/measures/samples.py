@@ -4,7 +4,7 @@ model's self-judged adherence, copying, and music statistics beside real music's
 import numpy as np
 import torch
 
-from pianogpt.data.dataset import KIND_IDS, RENDER_AS
+from pianogpt.data.dataset import KIND_IDS, TEXTURES
 from pianogpt.measures.copies import note_events
 from pianogpt.measures.judge import Judge, note_arrays, note_features
 from pianogpt.data.remi import CHORD_LIMIT, RemiGrammar, decode_sample, guidance_types
@@ -106,12 +106,12 @@ def accuracy_on(confusion, composers):
     return sum(row.get(c, 0) for c, row in rows.items()) / total if total else float("nan")
 
 
-def sample_measures(e, judge, copies, guidance, render_as, per_composer, sample_tokens, guidance_mode):
+def sample_measures(e, judge, copies, guidance, texture, per_composer, sample_tokens, guidance_mode):
     """samples for every composer of the comparison set at one guidance (and rendering): the judge's
     verdict, self-judged adherence, copying and music statistics."""
     requested = torch.tensor([c for c in e.candidates for _ in range(per_composer)], device=e.device)
     bos = torch.full((len(requested), 1), e.bos_id, dtype=torch.long, device=e.device)
-    kind = None if render_as is None else RENDER_AS[render_as]
+    kind = None if texture is None else TEXTURES[texture]
     generator = torch.Generator(device=e.device).manual_seed(e.seed)
     with e.ctx:
         out = generate(e.model, bos, requested, sample_tokens, guidance=guidance, generator=generator,

@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from pianogpt.cli import CliError
-from pianogpt.data.dataset import RENDER_AS
+from pianogpt.data.dataset import TEXTURES
 
 MAX_REQUEST_BYTES = 8 * 2**20  # a MIDI file to continue, base64 in JSON
 MAX_HANDLERS = 16  # connections handled at once; more wait in the listen queue until one ends
@@ -338,7 +338,7 @@ progress{width:100%}audio{display:block;margin:.6em 0}iframe{width:100%;height:6
 <label for="mix_with">Mixed with (optional)</label><select id="mix_with"><option value="">nobody</option></select>
 <label for="mix_share">Share of the second composer: <span id="share_value">0.5</span></label>
 <input id="mix_share" type="range" min="0" max="1" step="0.05" value="0.5">
-<div id="render_box" hidden><label for="render_as">Texture</label><select id="render_as">
+<div id="texture_box" hidden><label for="texture">Texture</label><select id="texture">
 <option value="any">the model's own mix</option><option value="score">a score (as written)</option>
 <option value="performance">a performance (as played)</option></select></div>
 </fieldset>
@@ -381,7 +381,7 @@ async function load() {
   fillComposers("");
   for (const name of info.composers) $("mix_with").add(new Option(name, name));
   $("guidance").value = info.guidance; $("temperature").value = info.temperature;
-  $("render_box").hidden = !info.render_as; $("fill_box").hidden = !info.infill;
+  $("texture_box").hidden = !info.texture; $("fill_box").hidden = !info.infill;
   $("caps").textContent = "(at most " + info.max_bars + " bars or " + info.max_seconds + " s, " + info.max_tokens + " tokens)";
   $("length").max = info.max_bars;
   const query = new URLSearchParams(location.search);  // ?composer=...&length=...&go=1 fills the form
@@ -400,7 +400,7 @@ function readFile(file) {
 async function generate(mode) {
   const choices = {composer: $("composer").value || $("search").value, mix_with: $("mix_with").value,
     mix_share: $("mix_share").value, guidance: $("guidance").value, temperature: $("temperature").value,
-    length: $("length").value, unit: $("unit").value, render_as: $("render_as").value, seed: $("seed").value};
+    length: $("length").value, unit: $("unit").value, texture: $("texture").value, seed: $("seed").value};
   if (mode === "infill") Object.assign(choices, {mode: "infill", fill_from: $("fill_from").value, fill_to: $("fill_to").value});
   const file = $("prompt").files[0];
   if (file) { choices.prompt_b64 = await readFile(file); choices.prompt_name = file.name; }
@@ -469,9 +469,9 @@ def studio_arguments(args, choices, max_bar):
         first = int(studio_number(choices, "fill_from", 1, (1, max_bar)))
         job.bars, job.seconds = (first, int(studio_number(choices, "fill_to", first, (first, max_bar)))), None
     job.max_new_tokens, job.num_samples, job.name = STUDIO_MAX_TOKENS, 1, None
-    job.render_as = choices.get("render_as") or "any"
-    if job.render_as not in ("any",) + tuple(RENDER_AS):
-        raise CliError(f"render as must be one of any, {', '.join(RENDER_AS)}; got {job.render_as!r}")
+    job.texture = choices.get("texture") or "any"
+    if job.texture not in ("any",) + tuple(TEXTURES):
+        raise CliError(f"texture must be one of any, {', '.join(TEXTURES)}; got {job.texture!r}")
     job.seed = int(studio_number(choices, "seed", int.from_bytes(os.urandom(2), "big"), (0, 2**31 - 1)))
     return job
 
