@@ -45,7 +45,7 @@ from pianogpt.measures.scoring import MIN_SPAN, SCORE_TOKENS, scorings_of, val_w
 
 
 @dataclass
-class Request:
+class EvalOptions:
     """What evaluate() measures, and on how much: evaluate.py's flags (--help says what each does)."""
     data_dir: str = None  # None: the checkpoint's own dataset
     num_windows: int = 64
@@ -72,9 +72,9 @@ class Request:
     val_pieces: int = 0  # > 0: score only that many whole val pieces, spread over the split
 
 
-def evaluate(ckpt, request=Request()):
+def evaluate(ckpt, options=EvalOptions()):
     """Every measure of the module docstring, as one dict (print_report prints it)."""
-    r = request
+    r = options
     if r.real_dir and not os.path.isdir(r.real_dir):
         raise CliError(f"--real_dir {r.real_dir} is not a folder")
     e = set_up(ckpt, r.data_dir, r.window, r.device, r.dtype, r.min_train_pieces, r.max_composers, r.seed, r.max_windows,
@@ -204,9 +204,9 @@ def main(argv=None):
         fail(parser.prog, f"--probes: unknown probe {unknown[0]!r}; choose from {', '.join(Probes.PROBES)} or all")
 
     def body():
-        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Request) if hasattr(args, f.name)}
+        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalOptions) if hasattr(args, f.name)}
         compare = tuple(name.strip() for name in args.compare.split(",") if name.strip())
-        results = evaluate(args.ckpt, Request(**flags | {"guidances": guidances, "probes": probes, "compare": compare}))
+        results = evaluate(args.ckpt, EvalOptions(**flags | {"guidances": guidances, "probes": probes, "compare": compare}))
         print_report(results)
         if args.json:
             write_or_fail(atomic_write_text, args.json, json.dumps(results, indent=1))

@@ -243,7 +243,7 @@ class StopAtBarLine:
 
 @dataclass
 class Draw:
-    """How every token of a request is drawn: temperature and filters, guidance, the seed, the grammar mask."""
+    """How every token of a spec is drawn: temperature and filters, guidance, the seed, the grammar mask."""
     temperature: float = 0.9
     top_k: int = 40
     top_p: float = 0.95
@@ -264,22 +264,22 @@ class Draw:
                     guidance_types=guidance_types(tokenizer, self.guidance_mode))
 
 
-def generate_samples(model, tokenizer, request, num_samples, draw, device, compile=False, stop=None, on_token=None,
+def generate_samples(model, tokenizer, spec, num_samples, draw, device, compile=False, stop=None, on_token=None,
                      progress=True):
-    """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces of the request
+    """Token id lists (prompt + continuation, BOS dropped) for num_samples pieces of the spec
     (its condition, prompt, kind and max_new_tokens); with stop (a StopAtBarLine) each ends at its
     bar line, or at max_new_tokens if it got no further. on_token(step, total) follows the progress
     (the studio's progress bar; it may raise to stop)."""
     from tqdm import tqdm
 
-    max_new_tokens = request["max_new_tokens"]
-    idx = torch.tensor([request["prompt"]] * num_samples, dtype=torch.long, device=device)
-    composer = condition_tensor(request["condition"], num_samples, model.config.n_composers, device)
+    max_new_tokens = spec["max_new_tokens"]
+    idx = torch.tensor([spec["prompt"]] * num_samples, dtype=torch.long, device=device)
+    composer = condition_tensor(spec["condition"], num_samples, model.config.n_composers, device)
     bar = tqdm(total=max_new_tokens, desc="sampling", unit="tok", disable=not progress or None, file=sys.stdout)
     out = generate(model, idx, composer, max_new_tokens, **draw.options(tokenizer, device),
                          logits_processor=RemiGrammar(tokenizer, chord_limit=CHORD_LIMIT) if draw.constrained else None,
                          on_step=lambda step, *_: (bar.update(), on_token and on_token(step, max_new_tokens)),
-                         compile=compile, kind=request["kind"], stop=stop)
+                         compile=compile, kind=spec["kind"], stop=stop)
     bar.close()
     cut = stop.cut if stop is not None else {}
     return [row[1:cut.get(i, len(row))] for i, row in enumerate(out.tolist())]
@@ -337,7 +337,7 @@ def render_file(args):
 
 
 def main(argv=None):
-    """One line and exit 2 for a bad request or a failed write, 130 / 143 for Ctrl-C / SIGTERM: no
+    """One line and exit 2 for a bad flag or a failed write, 130 / 143 for Ctrl-C / SIGTERM: no
     traceback, every finished sample kept and listed, nothing partial on disk."""
     parser, args = parse_args(argv)
     kept = []  # stems of the samples written whole
@@ -356,7 +356,7 @@ def main(argv=None):
 
 
 def resolve_condition(args, composers):
-    """(condition: an id or {id: weight}, composer id or None for a mix, display name) of the request."""
+    """(condition: an id or {id: weight}, composer id or None for a mix, display name) of the spec."""
     if args.composer_id is None and args.composer is None:
         raise CliError("choose a composer: --composer NAME or --composer_id N (see --list_composers)")
     if args.composer and ":" in args.composer:
@@ -367,7 +367,7 @@ def resolve_condition(args, composers):
 
 
 def run(args, kept):
-    """Load, resolve the request, generate per guidance value, and keep each sample whole."""
+    """Load, resolve the spec, generate per guidance value, and keep each sample whole."""
     if args.soundfont and args.soundfont != "builtin" and not os.path.isfile(args.soundfont):
         raise CliError(f"--soundfont {args.soundfont} is not a file")
     if args.render:
@@ -387,12 +387,12 @@ def run(args, kept):
         return serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept)
     if args.infill:
         return run_infill(args, model, checkpoint, tokenizer, device, soundfont, kept)
-    request = resolve_request(args, model, checkpoint, tokenizer)
-    print_request(args, request)
-    compiled = compile_pays(args.compile, model, device, request["max_new_tokens"] * len(args.guidance))
+    spec = resolve_spec(args, model, checkpoint, tokenizer)
+    print_spec(args, spec)
+    compiled = compile_pays(args.compile, model, device, spec["max_new_tokens"] * len(args.guidance))
     make_out_dir(args.out_dir)
     print(f"decode step: {'compiled' if compiled else 'eager'} (--compile {args.compile}), {dtype} on {device}")
-    tokens, elapsed, summaries = make_samples(args, model, tokenizer, request, device, compiled, soundfont, kept)
+    tokens, elapsed, summaries = make_samples(args, model, tokenizer, spec, device, compiled, soundfont, kept)
     notes = sum(s["notes"] for s in summaries)
     print(f"{tokens} tokens, {notes} notes in {elapsed:.1f} s ({tokens / elapsed:.0f} tokens/s, {notes / elapsed:.0f} "
           f"notes/s); audio: "
@@ -401,12 +401,12 @@ def run(args, kept):
 
 
 def serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept):
-    """--serve: the studio page; each request from it is sample.py's own arguments with the page's
+    """--serve: the studio page; each HTTP request from it is sample.py's own arguments with the page's
     choices, checked as the command line is, and generated and kept as the command line does."""
-    from pianogpt.output.studio import (STUDIO_MAX_BARS, STUDIO_MAX_SECONDS, STUDIO_MAX_TOKENS, serve, studio_arguments,
-                                 uploaded_prompt)
+    from pianogpt.output.studio import (STUDIO_MAX_BARS, STUDIO_MAX_SECONDS, STUDIO_MAX_TOKENS, serve,
+                                        studio_arguments, uploaded_prompt)
 
-    def check(choices):  # a bad request is a CliError, answered on the page; nothing runs
+    def check(choices):  # a bad spec is a CliError, answered on the page; nothing runs
         job_args = studio_arguments(args, choices, MAX_BARS)
         fill = choices.get("mode") == "infill"
         with uploaded_prompt(choices) as prompt_path:
@@ -415,18 +415,18 @@ def serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept):
             flag = "--infill" if fill else "--prompt"
             setattr(job_args, flag[2:], prompt_path)
             try:  # the piece is read here, whole: the temporary file is gone once the job runs
-                request = (infill_request if fill else resolve_request)(job_args, model, checkpoint, tokenizer)
+                spec = (infill_spec if fill else resolve_spec)(job_args, model, checkpoint, tokenizer)
             except CliError as e:  # name the upload as the user knows it, not by its temporary path
                 raise CliError(str(e).replace(f"{flag} {prompt_path}", str(choices.get("prompt_name")))) from None
         setattr(job_args, flag[2:], choices.get("prompt_name") or ("uploaded.mid" if fill else None))
-        return job_args, request
+        return job_args, spec
 
     def run_job(job, on_token):
-        job_args, request = job
+        job_args, spec = job
         if job_args.infill:
-            return make_fills(job_args, model, tokenizer, request, device, soundfont, kept, on_token)[0]
-        compiled = compile_pays(job_args.compile, model, device, request["max_new_tokens"])
-        return make_samples(job_args, model, tokenizer, request, device, compiled, soundfont, kept, on_token)[2][0]
+            return make_fills(job_args, model, tokenizer, spec, device, soundfont, kept, on_token)[0]
+        compiled = compile_pays(job_args.compile, model, device, spec["max_new_tokens"])
+        return make_samples(job_args, model, tokenizer, spec, device, compiled, soundfont, kept, on_token)[2][0]
 
     composers = sorted(name for name, i in checkpoint["composers"].items() if i != UNCONDITIONAL_ID)
     info = {"composers": composers, "texture": bool(model.config.n_kinds), "infill": bool(model.config.n_roles),
@@ -437,31 +437,32 @@ def serve_studio(args, model, checkpoint, tokenizer, device, soundfont, kept):
 
 
 UNCONDITIONAL_ID = 0
-def make_samples(args, model, tokenizer, request, device, compiled, soundfont, kept, on_token=None):
-    """Generate the request at each guidance value and keep every sample whole (its stem joins
+def make_samples(args, model, tokenizer, spec, device, compiled, soundfont, kept, on_token=None):
+    """Generate the spec at each guidance value and keep every sample whole (its stem joins
     `kept` as soon as it is); the listening page lists them. (new tokens, seconds, summaries)."""
     tokens, elapsed, summaries = 0, 0.0, []
     for guidance in args.guidance:
         start = time.time()
         stop = StopAtBarLine(tokenizer, args.bars, args.seconds) if args.bars or args.seconds else None
-        samples = generate_samples(model, tokenizer, request, args.num_samples, Draw.of(args, guidance), device,
+        samples = generate_samples(model, tokenizer, spec, args.num_samples, Draw.of(args, guidance), device,
                                    compile=compiled, stop=stop, on_token=on_token)
         elapsed += time.time() - start
-        tokens += sum(len(ids) for ids in samples) - args.num_samples * (len(request["prompt"]) - 1)
+        tokens += sum(len(ids) for ids in samples) - args.num_samples * (len(spec["prompt"]) - 1)
         if stop is not None and len(stop.cut) < len(samples):
-            print(f"  {len(samples) - len(stop.cut)} sample(s) reached {request['max_new_tokens']} new tokens before "
+            print(f"  {len(samples) - len(stop.cut)} sample(s) reached {spec['max_new_tokens']} new tokens before "
                   f"their bar line (raise --max_new_tokens)")
         for i, ids in enumerate(samples):
-            summary = keep_sample(os.path.join(args.out_dir, sample_name(args, request, guidance, i)), ids, tokenizer,
-                                  sample_settings(args, request, guidance, i), soundfont, args.audio)
+            summary = keep_sample(os.path.join(args.out_dir, sample_name(args, spec, guidance, i)), ids, tokenizer,
+                                  sample_settings(args, spec, guidance, i), soundfont, args.audio)
             kept.append(summary["stem"])
             summaries.append(summary)
     write_gallery(args.out_dir)
     return tokens, elapsed, summaries
 
 
-def resolve_request(args, model, checkpoint, tokenizer):
-    """What to generate, checked against the checkpoint: condition, names, kind, prompt, length."""
+def resolve_spec(args, model, checkpoint, tokenizer):
+    """The spec of a continuation (a dict: what to generate), checked against the checkpoint: condition,
+    names, kind, prompt, length."""
     if isinstance(args.bars, tuple) or isinstance(args.seconds, tuple):
         raise CliError(f"--{'bars' if isinstance(args.bars, tuple) else 'seconds'} A-B is a span to rewrite: it needs "
                        "--infill FILE; a length is one number")
@@ -484,21 +485,21 @@ def resolve_request(args, model, checkpoint, tokenizer):
 
 def run_infill(args, model, checkpoint, tokenizer, device, soundfont, kept):
     """--infill: num_samples takes of the span at each guidance value, each written whole."""
-    request = infill_request(args, model, checkpoint, tokenizer)
-    plan = request["plan"]
-    print(f"{request['composer_name']}: bars {plan.first}-{plan.last} of {args.infill} ({plan.bar_count} bars, "
+    spec = infill_spec(args, model, checkpoint, tokenizer)
+    plan = spec["plan"]
+    print(f"{spec['composer_name']}: bars {plan.first}-{plan.last} of {args.infill} ({plan.bar_count} bars, "
           f"{plan.span_tokens} tokens in the span; {len(plan.prompt) - 2} tokens of music around it), "
           f"{args.num_samples} take(s) at guidance {', '.join(f'{g:g}' for g in args.guidance)}")
     make_out_dir(args.out_dir)
-    summaries = make_fills(args, model, tokenizer, request, device, soundfont, kept)
+    summaries = make_fills(args, model, tokenizer, spec, device, soundfont, kept)
     closed = sum(s["closed"] for s in summaries)
     print(f"{len(summaries)} take(s), {closed} closed at the bar line where the piece resumes; listen: "
           f"{os.path.join(args.out_dir, 'index.html')}")
 
 
-def infill_request(args, model, checkpoint, tokenizer):
-    """The span to fill and how, checked: condition, the piece, its Plan, the kind (the piece's own
-    unless --texture says), or a CliError naming the valid choices."""
+def infill_spec(args, model, checkpoint, tokenizer):
+    """The spec of a fill (a dict: the condition and names, the piece, its Plan, the kind and texture: the
+    piece's own unless --texture says), checked, or a CliError naming the valid choices."""
     from symusic import Score
 
     if not model.config.n_roles:
@@ -562,18 +563,18 @@ def fill_takes(model, tokenizer, plan, condition, num_samples, draw, device, kin
     return takes
 
 
-def make_fills(args, model, tokenizer, request, device, soundfont, kept, on_token=None):
-    """Every take of the request at each guidance value, kept whole (its stem joins `kept`)."""
-    plan, summaries = request["plan"], []
+def make_fills(args, model, tokenizer, spec, device, soundfont, kept, on_token=None):
+    """Every take of the spec at each guidance value, kept whole (its stem joins `kept`)."""
+    plan, summaries = spec["plan"], []
     piece = os.path.splitext(os.path.basename(args.infill))[0]
     for guidance in args.guidance:
-        takes = fill_takes(model, tokenizer, plan, request["condition"], args.num_samples, Draw.of(args, guidance),
-                           device, request["kind"], on_token)
+        takes = fill_takes(model, tokenizer, plan, spec["condition"], args.num_samples, Draw.of(args, guidance),
+                           device, spec["kind"], on_token)
         for i, (middle, closed) in enumerate(takes):
-            settings = {**sample_settings(args, request | {"prompt": plan.prompt}, guidance, i),
-                        "render_as": request["texture"]}  # the sidecar's key keeps its earlier name
-            name = sample_name(args, request, guidance, i, prefix=f"{piece}_bars{plan.first}-{plan.last}_")
-            summary = keep_fill(os.path.join(args.out_dir, name), request, middle, closed, tokenizer, settings,
+            settings = {**sample_settings(args, spec | {"prompt": plan.prompt}, guidance, i),
+                        "render_as": spec["texture"]}  # the sidecar's key keeps its earlier name
+            name = sample_name(args, spec, guidance, i, prefix=f"{piece}_bars{plan.first}-{plan.last}_")
+            summary = keep_fill(os.path.join(args.out_dir, name), spec, middle, closed, tokenizer, settings,
                                 soundfont, args.audio)
             kept.append(summary["stem"])
             summaries.append(summary)
@@ -581,12 +582,12 @@ def make_fills(args, model, tokenizer, request, device, soundfont, kept, on_toke
     return summaries
 
 
-def write_fill(stem, request, middle, closed, tokenizer, settings, soundfont, audio):
+def write_fill(stem, spec, middle, closed, tokenizer, settings, soundfont, audio):
     """stem.mid (the piece with its span replaced), .png (the span marked), .wav and .json last; a
     summary dict (keep_whole makes it all or nothing)."""
-    plan = request["plan"]
+    plan = spec["plan"]
     _, middle_score, errors = decode_sample(tokenizer, middle)
-    score, removed, added = splice(request["score"], middle_score, plan.start_tick, plan.end_tick)
+    score, removed, added = splice(spec["score"], middle_score, plan.start_tick, plan.end_tick)
     summary = write_score(stem, score, audio, soundfont, marked=(plan.start_tick, plan.end_tick))
     atomic_write_text(f"{stem}.json", json.dumps({
         **settings, "infill": {"file": settings["infill_file"], "bars": [plan.first, plan.last],
@@ -597,10 +598,10 @@ def write_fill(stem, request, middle, closed, tokenizer, settings, soundfont, au
     return {**summary, "grammar_error_rate": errors, "notes_removed": removed, "notes_added": added}
 
 
-def keep_fill(base, request, middle, closed, tokenizer, settings, soundfont, audio):
+def keep_fill(base, spec, middle, closed, tokenizer, settings, soundfont, audio):
     """One take written whole under a free stem, or a CliError with nothing of it left; its summary."""
-    plan = request["plan"]
-    stem, summary = keep_whole(base, lambda stem: write_fill(stem, request, middle, closed, tokenizer, settings,
+    plan = spec["plan"]
+    stem, summary = keep_whole(base, lambda stem: write_fill(stem, spec, middle, closed, tokenizer, settings,
                                                              soundfont, audio))
     print(f"  {stem}.mid: bars {plan.first}-{plan.last} rewritten ({summary['notes_removed']} notes out, "
           f"{summary['notes_added']} in{'' if closed else ', ran out of tokens before the bar line'}), grammar errors "
@@ -608,32 +609,32 @@ def keep_fill(base, request, middle, closed, tokenizer, settings, soundfont, aud
     return {**summary, "stem": stem, "closed": closed}
 
 
-def print_request(args, request):
+def print_spec(args, spec):
     length = (f"{args.bars} bars" if args.bars else f"{args.seconds:g} s" if args.seconds else "") or \
-        f"{request['max_new_tokens']} tokens"
-    composer = "a mix" if request["composer_id"] is None else f"id {request['composer_id']}"
-    print(f"{request['composer_name']} ({composer}), guidance {', '.join(f'{g:g}' for g in args.guidance)} "
+        f"{spec['max_new_tokens']} tokens"
+    composer = "a mix" if spec["composer_id"] is None else f"id {spec['composer_id']}"
+    print(f"{spec['composer_name']} ({composer}), guidance {', '.join(f'{g:g}' for g in args.guidance)} "
           f"({args.guidance_mode}), temperature {args.temperature}, top_k {args.top_k}, top_p {args.top_p}, "
           f"{args.num_samples} x {length}, {'constrained' if args.constrained else 'unconstrained'}, "
-          f"texture {args.texture}, prompt {len(request['prompt'])} tokens")
+          f"texture {args.texture}, prompt {len(spec['prompt'])} tokens")
 
 
-def sample_name(args, request, guidance, i, prefix=""):
+def sample_name(args, spec, guidance, i, prefix=""):
     """<prefix><composer>_<seed> (or --name), with the guidance and the sample's index when several."""
-    safe = "".join(c if c.isalnum() else "_" for c in request["composer_name"]).strip("_") or "unconditional"
+    safe = "".join(c if c.isalnum() else "_" for c in spec["composer_name"]).strip("_") or "unconditional"
     tag = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
     return f"{args.name or f'{prefix}{safe}_{args.seed}'}{tag}" + (f"_{i}" if args.num_samples > 1 else "")
 
 
-def sample_settings(args, request, guidance, i):
+def sample_settings(args, spec, guidance, i):
     """What the sample's .json records: everything needed to make it again."""
-    condition = request["condition"]
-    return {"composer": request["composer_name"], "composer_id": request["composer_id"], "guidance": guidance,
+    condition = spec["condition"]
+    return {"composer": spec["composer_name"], "composer_id": spec["composer_id"], "guidance": guidance,
             "guidance_mode": args.guidance_mode, "render_as": args.texture,
             **({"mix": {str(k): w for k, w in condition.items()}} if isinstance(condition, dict) else {}),
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
             "sample_index": i, "constrained": args.constrained, "ckpt": args.ckpt, "bars": args.bars,
-            "seconds": args.seconds, "prompt": args.prompt, "prompt_tokens": len(request["prompt"]) - 1,
+            "seconds": args.seconds, "prompt": args.prompt, "prompt_tokens": len(spec["prompt"]) - 1,
             "infill_file": args.infill}
 
 if __name__ == "__main__":

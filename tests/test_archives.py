@@ -65,17 +65,17 @@ def test_a_held_out_folder_keeps_its_copy_of_a_piece_found_in_another_folder(tmp
 
 
 def test_evaluate_compares_exactly_the_composers_it_is_told_and_names_each_credits_piece(tiny_checkpoint):
-    from evaluate import Request, evaluate
+    from evaluate import EvalOptions, evaluate
     from pianogpt.cli import CliError
 
-    request = Request(samples_per_composer=0, num_windows=4, max_windows=1, compare=("Bach", "Chopin"))
+    request = EvalOptions(samples_per_composer=0, num_windows=4, max_windows=1, compare=("Bach", "Chopin"))
     result = evaluate(tiny_checkpoint, request)
     assert set(result["comparison_set"]["composers"]) == {"Bach", "Chopin"}
     ident = result["val_pieces"]["identification"]
     assert ident["chance"] == 0.5 and len(ident["paths"]) == len(ident["credit"]) > 0
     assert all(p.split("/")[0] in ("Bach", "Chopin") for p in ident["paths"])
     with pytest.raises(CliError, match="closest: Chopin"):
-        evaluate(tiny_checkpoint, Request(samples_per_composer=0, num_windows=4, max_windows=1,
+        evaluate(tiny_checkpoint, EvalOptions(samples_per_composer=0, num_windows=4, max_windows=1,
                                           compare=("Bach", "Chopn")))
 
 

@@ -9,7 +9,7 @@ from pianogpt.measures.copies import CopyFinder
 from pianogpt.measures.ngram import NGram, unigram_entropy
 from pianogpt.measures.samples import accuracy_on, adherence
 from pianogpt.measures.scoring import bootstrap_mean, derangement, score_under, scored_span, tokens_scored, window_starts
-from evaluate import evaluate, Request
+from evaluate import evaluate, EvalOptions
 from pianogpt.measures.identification import identification, identify_pieces
 from pianogpt.measures.report import print_report
 from pianogpt.measures.judge import Judge, note_features
@@ -101,7 +101,7 @@ def test_a_short_context_model_is_scored_on_as_many_tokens_of_each_piece():
 
 
 def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, tiny_dataset, capsys):
-    r = evaluate(tiny_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=6, guidances=(1.0, 3.0), samples_per_composer=1,
+    r = evaluate(tiny_checkpoint, EvalOptions(data_dir=str(tiny_dataset), num_windows=6, guidances=(1.0, 3.0), samples_per_composer=1,
                  sample_tokens=100))  # longer than the model's 64-token context
     assert set(r["nll"]) == {"true", "uncond", "wrong"} and all(math.isfinite(v) for v in r["nll"].values())
     assert r["baselines"]["trigram_witten_bell_nll"] < r["baselines"]["unigram_nll"]
@@ -127,7 +127,7 @@ def test_a_large_training_set_gets_only_the_trigram_baseline(tiny_checkpoint, ti
     """Orders above 3 need memory in proportion to the training tokens: past the limit they are skipped."""
     from pianogpt.measures import evaluation
     monkeypatch.setattr(evaluation, "HIGH_ORDER_MAX_TOKENS", 0)
-    r = evaluate(tiny_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=2, guidances=(1.0,), samples_per_composer=1,
+    r = evaluate(tiny_checkpoint, EvalOptions(data_dir=str(tiny_dataset), num_windows=2, guidances=(1.0,), samples_per_composer=1,
                  sample_tokens=16))
     b = r["baselines"]
     assert b["witten_bell_nll_by_order"] == {"3": b["trigram_witten_bell_nll"]} and b["best_ngram_order"] == 3
@@ -224,7 +224,7 @@ def test_note_features_have_one_length_for_any_excerpt():
 
 
 def test_no_samples_scores_the_val_pieces_only(tiny_checkpoint, tiny_dataset, capsys):
-    r = evaluate(tiny_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0))
+    r = evaluate(tiny_checkpoint, EvalOptions(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0))
     assert "val_pieces" in r and not {"judge", "copying", "samples"} & set(r)
     print_report(r)
     assert "identification" in capsys.readouterr().out

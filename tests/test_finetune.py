@@ -120,11 +120,11 @@ def test_a_dataset_of_another_tokenizer_is_a_one_line_error(tiny_checkpoint, new
 
 def test_evaluate_reads_a_dataset_by_composer_name_and_checks_the_new_composer_for_copies(
         tiny_checkpoint, new_composer_data, tmp_path, capsys):
-    from evaluate import evaluate, Request
+    from evaluate import evaluate, EvalOptions
     from pianogpt.measures.report import print_report
 
     fine_tune(tiny_checkpoint, new_composer_data, tmp_path)
-    r = evaluate(str(tmp_path / "ckpt.pt"), Request(data_dir=str(new_composer_data), num_windows=2, guidances=(1.0,),
+    r = evaluate(str(tmp_path / "ckpt.pt"), EvalOptions(data_dir=str(new_composer_data), num_windows=2, guidances=(1.0,),
                  samples_per_composer=1, sample_tokens=16))
     assert "Satie" in r["comparison_set"]["composers"]  # a fine-tuned composer is always compared
     assert r["comparison_set"]["fine_tuned"] == ["Satie"]

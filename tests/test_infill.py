@@ -247,13 +247,13 @@ def test_both_layouts_of_a_real_gap_predict_the_same_middle_tokens():
 
 def test_evaluate_scores_real_gaps_both_ways_and_judges_filled_and_continued_takes(tiny_infill_checkpoint, tiny_dataset,
                                                                                   tmp_path, capsys):
-    from evaluate import evaluate, Request
+    from evaluate import evaluate, EvalOptions
     from pianogpt.measures.report import print_report
     from train import train
 
     from conftest import tiny_train_config
 
-    r = evaluate(tiny_infill_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0, infill_gaps=6,
+    r = evaluate(tiny_infill_checkpoint, EvalOptions(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0, infill_gaps=6,
                  infill_takes=1, infill_guidance=2.0))
     f = r["infill"]
     assert f["gaps"] == 6 and len(f["per_gap"]["infill"]) == len(f["per_gap"]["continue"]) == 6
@@ -265,7 +265,7 @@ def test_evaluate_scores_real_gaps_both_ways_and_judges_filled_and_continued_tak
     out = capsys.readouterr().out
     assert "music after it visible" in out and "infilling takes" in out
     train(tiny_train_config(tiny_dataset, tmp_path / "plain", block_size=256, max_iters=4, eval_interval=4))
-    plain = evaluate(tmp_path / "plain" / "ckpt.pt", Request(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0,
+    plain = evaluate(tmp_path / "plain" / "ckpt.pt", EvalOptions(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0,
                      infill_gaps=6))
     assert set(plain["infill"]["nll"]) == {"continue"}  # a model that only continues is scored one way ...
     assert len(plain["infill"]["per_gap"]["continue"]) == 6  # ... on the same gaps
@@ -273,10 +273,10 @@ def test_evaluate_scores_real_gaps_both_ways_and_judges_filled_and_continued_tak
 
 
 def test_a_context_too_short_for_any_gap_says_so(tiny_checkpoint, tiny_dataset, capsys):
-    from evaluate import evaluate, Request
+    from evaluate import evaluate, EvalOptions
     from pianogpt.measures.report import print_report
 
-    r = evaluate(tiny_checkpoint, Request(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0, infill_gaps=6,
+    r = evaluate(tiny_checkpoint, EvalOptions(data_dir=str(tiny_dataset), num_windows=2, samples_per_composer=0, infill_gaps=6,
                  infill_takes=1))  # a 64-token context: no 2-bar gap with music on both sides
     assert r["infill"] == {"gaps": 0, "bars": 2, "takes_per_way": 0}
     print_report(r)

@@ -132,11 +132,11 @@ def mixed_checkpoint(tmp_path_factory):
 
 
 def test_evaluate_reports_each_kind_and_samples_rendered_both_ways(mixed_checkpoint, capsys):
-    from evaluate import evaluate, Request
+    from evaluate import evaluate, EvalOptions
     from pianogpt.measures.report import print_report
 
     ckpt, data = mixed_checkpoint
-    r = evaluate(ckpt, Request(data_dir=str(data), num_windows=4, guidances=(3.0,), samples_per_composer=1, sample_tokens=40,
+    r = evaluate(ckpt, EvalOptions(data_dir=str(data), num_windows=4, guidances=(3.0,), samples_per_composer=1, sample_tokens=40,
                  min_train_pieces=1))
     by_kind = r["val_pieces"]["by_kind"]
     assert set(by_kind) == {"sequenced", "performed"}  # the fixture's val split holds both (a fixed hash)

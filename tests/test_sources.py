@@ -122,12 +122,12 @@ def test_each_probe_removes_its_habit_and_keeps_the_grammar(encoded_piece):
 
 
 def test_evaluate_reports_the_held_out_sources_and_the_probes(held_out_dataset, tmp_path, capsys):
-    from evaluate import evaluate, Request
+    from evaluate import evaluate, EvalOptions
     from pianogpt.measures.report import print_report
     from train import train
 
     train(tiny_train_config(held_out_dataset, tmp_path / "run", block_size=64, max_iters=6))
-    results = evaluate(tmp_path / "run" / "ckpt.pt", Request(samples_per_composer=0, min_train_pieces=1, max_windows=1,
+    results = evaluate(tmp_path / "run" / "ckpt.pt", EvalOptions(samples_per_composer=0, min_train_pieces=1, max_windows=1,
                        num_windows=4, probes=("flat_velocity",)))
     held = results["heldout_pieces"]
     assert held["sources"] == ["recitals"] and held["works"] == 5 and held["pieces"] == 5
@@ -135,7 +135,7 @@ def test_evaluate_reports_the_held_out_sources_and_the_probes(held_out_dataset, 
     assert set(results["probes"]["flat_velocity"]) == {"val", "heldout"}
     by_tokens = held["identification_by_tokens"]  # one scoring pass gives both sums
     assert list(by_tokens) == ["all", "notes"] and by_tokens["all"] == held["identification"]
-    notes_first = evaluate(tmp_path / "run" / "ckpt.pt", Request(samples_per_composer=0, min_train_pieces=1, max_windows=1,
+    notes_first = evaluate(tmp_path / "run" / "ckpt.pt", EvalOptions(samples_per_composer=0, min_train_pieces=1, max_windows=1,
                            num_windows=4, score_tokens="notes"))["heldout_pieces"]
     assert notes_first["identification"] == by_tokens["notes"]
     assert notes_first["tokens_scored"] < held["tokens_scored"]
