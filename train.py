@@ -135,13 +135,13 @@ def build_learner(cfg, base, data, place):
     optimizer = configure_optimizers(model, weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), place.device_type,
                                      cfg.optimizer)
     scaler = torch.amp.GradScaler(place.device_type, enabled=place.dtype == "float16")
-    learner = Learner(model_cfg, model, model, optimizer, scaler)
-    clock = Clock(cfg, place.ddp, 0, max_iters, 0.0)
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
-        clock.start_iter, learner.best_val = checkpoint["iter"], checkpoint["best_val_loss"]
-        clock.seconds_before = checkpoint.get("train_seconds", 0.0)
+    learner = Learner(model_cfg, model, model, optimizer, scaler,
+                      checkpoint["best_val_loss"] if checkpoint else float("inf"))
+    clock = Clock(cfg, place.ddp, checkpoint["iter"] if checkpoint else 0, max_iters,
+                  checkpoint.get("train_seconds", 0.0) if checkpoint else 0.0)
     wrapped = torch.compile(model) if cfg.compile == "on" else model
     learner.model = across_processes(wrapped, place.device) if place.ddp else wrapped
     return learner, clock
@@ -172,7 +172,7 @@ def training_loop(cfg, place, data, learner, clock, log, stop, peak):
                                                    cfg.block_size, cfg.batch_size, cfg.optimizer),
                          place.device, place.ddp, place.master, say=log.say, log=log.record) \
         if cfg.compile == "auto" else None
-    clock.loop_start = clock.last_save = time.perf_counter()
+    clock.start()
     last, bad_steps, iters_timed, t0 = {}, 0, 0, time.perf_counter()
     learner.model.train()
     for it in range(clock.start_iter, clock.max_iters + 1):

@@ -39,9 +39,9 @@ def can_prepack(weight):
 @contextmanager
 def prepacked_weights(model, rows):
     """Inside: every model.Linear (a Linear with an `inference_forward` slot) runs from a weight
-    reordered once for oneDNN (torch_internals.PackedLinear; rows: the batch it will mostly see). Same results, bit for bit in bf16 (tested);
-    faster CPU decoding steps (docs/LOG.md, "Sampling speed"). Packs are dropped on exit, so training never sees
-    stale ones."""
+    reordered once for oneDNN (torch_internals.PackedLinear; rows: the batch it will mostly see).
+    Same results, bit for bit in bf16 (tested); faster CPU decoding steps (docs/LOG.md, "Sampling
+    speed"). Packs are dropped on exit, so training never sees stale ones."""
     linears = [m for m in model.modules() if hasattr(m, "inference_forward") and can_prepack(m.weight)]
     for m in linears:
         m.inference_forward = PackedLinear(m, rows)

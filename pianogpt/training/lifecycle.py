@@ -66,6 +66,10 @@ class Clock:
         self.cfg, self.ddp = cfg, ddp
         self.start_iter, self.max_iters, self.seconds_before = start_iter, max_iters, seconds_before
         self.tokens_per_iter = cfg.batch_size * cfg.grad_accum * cfg.block_size
+        self.start()
+
+    def start(self):
+        """Training time counts from now (the loop's start: set-up and a resume's reading are not training)."""
         self.loop_start = self.last_save = time.perf_counter()
 
     def train_seconds(self):
@@ -93,8 +97,12 @@ class Log:
         self.master, self.file, self.bar = master, None, None
 
     def say(self, line):
-        if self.master:
-            self.bar.write(line) if self.bar is not None else print(line)
+        if not self.master:
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line)
 
     def record(self, record):
         if self.master:
